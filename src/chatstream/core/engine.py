@@ -1,0 +1,315 @@
+"""The engine: admission, scheduling and decoding composed behind one driving surface.
+
+An adapter drives it in the h11 manner::
+
+    engine.send(Submit(...))             # inputs: Submit, Cancel, StepCompleted, ...
+    while (event := engine.next_event()) is not NEED_INPUT:
+        ...                              # route outputs: per-request events, StepPlans
+
+Rule 1: every decision lives here or in the machines it composes; the adapter only moves
+data. Rule 2: no I/O, no clock, no threads; time and tokens arrive as inputs.
+
+At most one :class:`StepPlan` is in flight. The next plan is built lazily, when the adapter
+asks for the next event after the previous step's result arrived, so every cancel that
+arrived in the meantime is already taken into account.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .admission import Admission, AdmissionEvent
+from .config import ChatStreamConfig, GenerationParams
+from .decoding import Detokenizer, IncrementalDecoder
+from .errors import LocalProtocolError, RemoteProtocolError
+from .events import (
+    NEED_INPUT,
+    Admitted,
+    Cancel,
+    Drain,
+    Finished,
+    FinishReason,
+    Input,
+    ModelLost,
+    Output,
+    Rejected,
+    RejectReason,
+    RequestId,
+    Sentinel,
+    StepCompleted,
+    StepFailed,
+    StepPlan,
+    Submit,
+    TextDelta,
+    Usage,
+)
+from .scheduler import Scheduler
+
+__all__ = ["Engine", "EngineStatistics"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineStatistics:
+    """A snapshot of the engine (what ``/get_load`` and ``/metrics`` report)."""
+
+    running: int
+    waiting: int
+    #: Slots: ``num_of_concurrent_executions``.
+    capacity: int
+    #: Waiting room: ``max_queue_size``.
+    max_waiting: int
+    admitted_total: int
+    rejected_total: int
+    cancelled_total: int
+    finished_total: int
+    #: Tokens sampled for all requests so far.
+    generated_tokens_total: int
+    steps_total: int
+    step_in_flight: bool
+    draining: bool
+    #: Set when the model is gone (:class:`ModelLost`); every request is then refused.
+    lost: str | None
+
+
+@dataclass(slots=True, kw_only=True)
+class _Request:
+    request_id: RequestId
+    prompt: tuple[int, ...]
+    params: GenerationParams
+    decoder: IncrementalDecoder
+    generated: int = 0
+
+
+class Engine:
+    """Composes admission, scheduling and decoding for one model.
+
+    Args:
+        config: capacity, queue size, context length and step budget.
+        detokenizer: turns token ids into text (special tokens skipped).
+    """
+
+    def __init__(self, config: ChatStreamConfig, detokenizer: Detokenizer) -> None:
+        self.config = config
+        self._detokenizer = detokenizer
+        self._admission = Admission(
+            capacity=config.num_of_concurrent_executions, max_waiting=config.max_queue_size
+        )
+        self._scheduler = Scheduler(max_tokens_per_step=config.max_tokens_per_step)
+        self._requests: dict[RequestId, _Request] = {}
+        self._outbox: deque[Output] = deque()
+        self._in_flight: StepPlan | None = None
+        self._next_step = 0
+        self._generated_total = 0
+        self._draining = False
+        self._lost: str | None = None
+
+    # ------------------------------------------------------------------ driving surface
+
+    def send(self, event: Input) -> None:
+        """Feed one input. Outputs it causes are read with :meth:`next_event`.
+
+        Raises:
+            LocalProtocolError: a request id already in use, or an empty prompt.
+            RemoteProtocolError: a step result that does not match the step in flight.
+        """
+        match event:
+            case Submit():
+                self._submit(event)
+            case Cancel(request_id=request_id):
+                self._cancel(request_id)
+            case StepCompleted():
+                self._step_completed(event)
+            case StepFailed(step=step, message=message):
+                plan = self._take_in_flight(step)
+                for request_id in _requests_in(plan):
+                    self._fail(request_id, message)
+            case ModelLost(message=message):
+                self._lose_model(message)
+            case Drain():
+                self._draining = True
+            case _:
+                raise LocalProtocolError(f"not an engine input: {event!r}")
+
+    def next_event(self) -> Output | Sentinel:
+        """The next output, or :data:`NEED_INPUT` when only a new input can cause one."""
+        if self._outbox:
+            return self._outbox.popleft()
+        if self._in_flight is None and self._lost is None:
+            plan = self._scheduler.plan(self._next_step)
+            if plan is not None:
+                self._next_step += 1
+                self._in_flight = plan
+                return plan
+        return NEED_INPUT
+
+    def statistics(self) -> EngineStatistics:
+        admission = self._admission.statistics()
+        return EngineStatistics(
+            running=admission.running,
+            waiting=admission.waiting,
+            capacity=admission.capacity,
+            max_waiting=admission.max_waiting,
+            admitted_total=admission.admitted_total,
+            rejected_total=admission.rejected_total,
+            cancelled_total=admission.cancelled_total,
+            finished_total=admission.finished_total,
+            generated_tokens_total=self._generated_total,
+            steps_total=self._next_step,
+            step_in_flight=self._in_flight is not None,
+            draining=self._draining,
+            lost=self._lost,
+        )
+
+    @property
+    def waiting(self) -> tuple[RequestId, ...]:
+        """Waiting requests, next in line first."""
+        return self._admission.waiting
+
+    def is_active(self, request_id: RequestId) -> bool:
+        """True while a request has not had its terminal event."""
+        return request_id in self._requests
+
+    # ------------------------------------------------------------------ inputs
+
+    def _submit(self, event: Submit) -> None:
+        request_id = event.request_id
+        if request_id in self._requests:
+            raise LocalProtocolError(f"request id {request_id!r} is already in use")
+        if not event.prompt_token_ids:
+            raise LocalProtocolError("a prompt needs at least one token")
+        reason = None
+        if self._lost is not None:
+            reason = RejectReason.UNAVAILABLE
+        elif self._draining:
+            reason = RejectReason.DRAINING
+        elif len(event.prompt_token_ids) >= self.config.context_len:
+            reason = RejectReason.PROMPT_TOO_LONG
+        if reason is not None:
+            self._outbox.append(self._admission.reject(request_id, reason))
+            return
+        options = event.decoding
+        if event.params.stop:
+            stops = options.stop_strings + event.params.stop
+            options = type(options)(
+                stop_strings=stops,
+                stop_token_ids=options.stop_token_ids,
+                replacements=options.replacements,
+                strip_leading_whitespace=options.strip_leading_whitespace,
+            )
+        self._requests[request_id] = _Request(
+            request_id=request_id,
+            prompt=event.prompt_token_ids,
+            params=event.params,
+            decoder=IncrementalDecoder(
+                self._detokenizer, options, context_token_ids=event.prompt_token_ids
+            ),
+        )
+        outcome = self._admission.submit(request_id)
+        if isinstance(outcome, Rejected):
+            del self._requests[request_id]
+        self._emit_admission([outcome])
+
+    def _cancel(self, request_id: RequestId) -> None:
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return
+        if self._admission.slot_of(request_id) is not None:
+            self._scheduler.remove(request_id)
+        admission_events = self._admission.cancel(request_id)
+        self._outbox.append(self._finished(request, FinishReason.CANCELLED))
+        self._emit_admission(admission_events)
+
+    def _step_completed(self, event: StepCompleted) -> None:
+        plan = self._take_in_flight(event.step)
+        expected = _requests_in(plan)
+        for request_id in (*event.tokens, *event.errors):
+            if request_id not in expected:
+                raise RemoteProtocolError(f"step {plan.step} had no request {request_id!r}")
+        for request_id, message in event.errors.items():
+            self._fail(request_id, message)
+        sampling = [c.request_id for c in plan.prefill if c.last]
+        sampling += [d.request_id for d in plan.decode]
+        for request_id in sampling:
+            if request_id in event.errors:
+                continue
+            tokens = event.tokens.get(request_id, ())
+            if not tokens:
+                self._fail(request_id, "the model returned no token")
+            else:
+                self._tokens(request_id, tuple(tokens))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _take_in_flight(self, step: int) -> StepPlan:
+        plan = self._in_flight
+        if plan is None or plan.step != step:
+            raise RemoteProtocolError(f"a result for step {step}, which is not in flight")
+        self._in_flight = None
+        return plan
+
+    def _tokens(self, request_id: RequestId, tokens: tuple[int, ...]) -> None:
+        request = self._requests.get(request_id)
+        if request is None:  # cancelled while the step ran
+            return
+        request.generated += len(tokens)
+        self._generated_total += len(tokens)
+        self._scheduler.record(request_id, tokens)
+        text = request.decoder.push(tokens)
+        reason = None
+        if request.decoder.stopped is not None:
+            reason = FinishReason.STOP
+        elif (
+            request.generated >= request.params.max_new_tokens
+            or len(request.prompt) + request.generated >= self.config.context_len
+        ):
+            reason = FinishReason.LENGTH
+            text += request.decoder.finish()
+        if text:
+            self._outbox.append(TextDelta(request_id=request_id, text=text))
+        if reason is not None:
+            self._end(request_id, reason)
+
+    def _fail(self, request_id: RequestId, message: str) -> None:
+        if request_id in self._requests:
+            self._end(request_id, FinishReason.ERROR, error=message)
+
+    def _end(self, request_id: RequestId, reason: FinishReason, error: str | None = None) -> None:
+        request = self._requests.pop(request_id)
+        self._scheduler.remove(request_id)
+        admission_events = self._admission.finish(request_id)
+        self._outbox.append(self._finished(request, reason, error))
+        self._emit_admission(admission_events)
+
+    def _lose_model(self, message: str) -> None:
+        self._lost = message
+        self._in_flight = None
+        for request_id in list(self._requests):
+            if self._admission.is_waiting(request_id):
+                self._cancel_waiting_as_error(request_id, message)
+        for request_id in list(self._requests):
+            self._end(request_id, FinishReason.ERROR, error=message)
+
+    def _cancel_waiting_as_error(self, request_id: RequestId, message: str) -> None:
+        request = self._requests.pop(request_id)
+        self._admission.cancel(request_id)
+        self._outbox.append(self._finished(request, FinishReason.ERROR, message))
+
+    def _emit_admission(self, events: list[AdmissionEvent]) -> None:
+        for event in events:
+            if isinstance(event, Admitted):
+                request = self._requests[event.request_id]
+                self._scheduler.add(
+                    event.request_id, slot=event.slot, prompt=request.prompt, params=request.params
+                )
+            self._outbox.append(event)
+
+    def _finished(
+        self, request: _Request, reason: FinishReason, error: str | None = None
+    ) -> Finished:
+        usage = Usage(prompt_tokens=len(request.prompt), completion_tokens=request.generated)
+        return Finished(request_id=request.request_id, reason=reason, usage=usage, error=error)
+
+
+def _requests_in(plan: StepPlan) -> set[RequestId]:
+    return {c.request_id for c in plan.prefill} | {d.request_id for d in plan.decode}

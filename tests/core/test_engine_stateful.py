@@ -1,0 +1,256 @@
+"""Random submit / cancel / step / failure sequences against the engine, with invariants.
+
+Invariants checked after every input: running <= N, waiting <= M, first come first served,
+exactly one terminal event per request and nothing after it, queue positions contiguous,
+no slot ever lost or shared, plans within the token budget, and the text streamed for a
+request equal to what its tokens decode to.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from chatstream.core import (
+    Admitted,
+    Cancel,
+    ChatStreamConfig,
+    DecodeItem,
+    DecodingOptions,
+    Drain,
+    Engine,
+    Finished,
+    FinishReason,
+    GenerationParams,
+    ModelLost,
+    PrefillChunk,
+    Queued,
+    QueuePositionChanged,
+    Rejected,
+    RejectReason,
+    StepCompleted,
+    StepFailed,
+    StepPlan,
+    Submit,
+    TextDelta,
+)
+
+from .helpers import LetterTokenizer, drain
+
+
+class EngineMachine(RuleBasedStateMachine):
+    @initialize(
+        capacity=st.integers(1, 4),
+        max_waiting=st.integers(0, 4),
+        extra_budget=st.integers(1, 12),
+    )
+    def setup(self, capacity: int, max_waiting: int, extra_budget: int) -> None:
+        self.config = ChatStreamConfig(
+            num_of_concurrent_executions=capacity,
+            max_queue_size=max_waiting,
+            max_new_tokens=6,
+            context_len=40,
+            max_tokens_per_step=capacity + extra_budget,
+        )
+        self.tokenizer = LetterTokenizer()
+        self.engine = Engine(self.config, self.tokenizer)
+        self.next_id = 0
+        self.plan: StepPlan | None = None
+        self.terminal: dict[int, object] = {}
+        self.running: dict[int, int] = {}  # request id -> slot
+        self.waiting: list[int] = []  # queue order as the test saw it
+        self.positions: dict[int, int] = {}
+        self.tokens: dict[int, list[int]] = defaultdict(list)
+        self.text: dict[int, str] = defaultdict(str)
+        self.prompt_len: dict[int, int] = {}
+        self.lost = False
+        self.draining = False
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(prompt_len=st.integers(1, 45), max_new=st.integers(1, 6))
+    def submit(self, prompt_len: int, max_new: int) -> None:
+        request_id = self.next_id
+        self.next_id += 1
+        self.prompt_len[request_id] = prompt_len
+        self.engine.send(
+            Submit(
+                request_id=request_id,
+                prompt_token_ids=tuple(range(2, 2 + prompt_len)),
+                params=GenerationParams(max_new_tokens=max_new),
+                decoding=DecodingOptions(stop_token_ids=frozenset({LetterTokenizer.STOP})),
+            )
+        )
+        self.absorb()
+        assert (
+            request_id in self.terminal
+            or request_id in self.running
+            or (request_id in self.waiting)
+        )
+        if prompt_len >= self.config.context_len and not (self.draining or self.lost):
+            assert self.terminal[request_id] == RejectReason.PROMPT_TOO_LONG
+
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        request_id = data.draw(st.integers(0, self.next_id + 1))
+        was_active = request_id in self.running or request_id in self.waiting
+        self.engine.send(Cancel(request_id=request_id))
+        self.absorb()
+        if was_active:
+            assert self.terminal[request_id] == FinishReason.CANCELLED
+
+    @precondition(lambda self: self.plan is not None)
+    @rule(data=st.data())
+    def complete_step(self, data: st.DataObject) -> None:
+        plan = self.plan
+        assert plan is not None
+        self.plan = None
+        sampled = [c.request_id for c in plan.prefill if c.last]
+        sampled += [d.request_id for d in plan.decode]
+        tokens: dict[int, tuple[int, ...]] = {}
+        errors: dict[int, str] = {}
+        for request_id in sampled:
+            outcome = data.draw(st.sampled_from(["token", "token", "token", "stop", "error"]))
+            if outcome == "error":
+                errors[request_id] = "boom"
+            else:
+                token = LetterTokenizer.STOP if outcome == "stop" else data.draw(st.integers(1, 30))
+                tokens[request_id] = (token,)
+        for request_id, token_ids in tokens.items():
+            if request_id not in self.terminal:
+                self.tokens[request_id].extend(token_ids)
+        self.engine.send(StepCompleted(step=plan.step, tokens=tokens, errors=errors))
+        self.absorb()
+        for request_id in errors:
+            assert request_id in self.terminal
+
+    @precondition(lambda self: self.plan is not None)
+    @rule()
+    def fail_step(self) -> None:
+        plan = self.plan
+        assert plan is not None
+        self.plan = None
+        self.engine.send(StepFailed(step=plan.step, message="out of memory"))
+        self.absorb()
+        for chunk in plan.prefill:
+            assert chunk.request_id in self.terminal
+        for decode in plan.decode:
+            assert decode.request_id in self.terminal
+
+    @precondition(lambda self: not self.draining)
+    @rule()
+    def drain_engine(self) -> None:
+        self.draining = True
+        self.engine.send(Drain())
+        self.absorb()
+
+    @precondition(lambda self: not self.lost and self.next_id > 3)
+    @rule()
+    def lose_model(self) -> None:
+        self.lost = True
+        self.plan = None
+        self.engine.send(ModelLost(message="thread died"))
+        self.absorb()
+        assert not self.running
+        assert not self.waiting
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def absorb(self) -> None:
+        for event in drain(self.engine):
+            request_id = getattr(event, "request_id", None)
+            if request_id is not None:
+                assert request_id not in self.terminal, f"event after terminal: {event}"
+            match event:
+                case Queued(request_id=rid, position=position):
+                    assert rid not in self.running and rid not in self.waiting
+                    self.waiting.append(rid)
+                    assert position == len(self.waiting)
+                    self.positions[rid] = position
+                case QueuePositionChanged(request_id=rid, position=position):
+                    assert position < self.positions[rid]
+                    self.positions[rid] = position
+                case Admitted(request_id=rid, slot=slot):
+                    if rid in self.waiting:
+                        # First come, first served: only the head of the line is admitted.
+                        assert self.waiting[0] == rid
+                        self.waiting.remove(rid)
+                    assert slot not in self.running.values()
+                    assert 0 <= slot < self.config.num_of_concurrent_executions
+                    self.running[rid] = slot
+                case Rejected(request_id=rid, reason=reason):
+                    assert rid not in self.running and rid not in self.waiting
+                    if reason is RejectReason.QUEUE_FULL:
+                        assert len(self.running) == self.config.num_of_concurrent_executions
+                        assert len(self.waiting) == self.config.max_queue_size
+                    if self.lost:
+                        assert reason is RejectReason.UNAVAILABLE
+                    elif self.draining:
+                        assert reason in (RejectReason.DRAINING, RejectReason.PROMPT_TOO_LONG)
+                    self.terminal[rid] = reason
+                case TextDelta(request_id=rid, text=text):
+                    assert rid in self.running
+                    assert text
+                    self.text[rid] += text
+                case Finished(request_id=rid, reason=reason, usage=usage):
+                    self.terminal[rid] = reason
+                    self.running.pop(rid, None)
+                    if rid in self.waiting:
+                        self.waiting.remove(rid)
+                    produced = self.tokens.get(rid, [])
+                    assert usage.completion_tokens == len(produced)
+                    assert usage.prompt_tokens == self.prompt_len[rid]
+                    generated = produced
+                    if LetterTokenizer.STOP in produced:
+                        assert reason is FinishReason.STOP
+                        generated = produced[: produced.index(LetterTokenizer.STOP)]
+                    assert self.text[rid] == self.tokenizer.decode(generated)
+                case StepPlan():
+                    assert self.plan is None, "two steps in flight"
+                    self.plan = event
+                    self.check_plan(event)
+        # Positions must be 1..waiting in queue order after every input.
+        for index, rid in enumerate(self.waiting, 1):
+            assert self.positions[rid] == index
+
+    def check_plan(self, plan: StepPlan) -> None:
+        assert plan.num_tokens <= self.config.max_tokens_per_step
+        items: list[PrefillChunk | DecodeItem] = [*plan.prefill, *plan.decode]
+        ids = [i.request_id for i in items]
+        assert len(ids) == len(set(ids))
+        for item in items:
+            assert item.request_id in self.running
+            assert self.running[item.request_id] == item.slot
+        for release in plan.release:
+            assert release.request_id in self.terminal
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def bounded(self) -> None:
+        stats = self.engine.statistics()
+        assert stats.running == len(self.running) <= self.config.num_of_concurrent_executions
+        assert stats.waiting == len(self.waiting) <= self.config.max_queue_size
+        assert list(self.engine.waiting) == self.waiting
+        # Every request ever submitted is exactly one of: running, waiting, terminated.
+        assert len(self.running) + len(self.waiting) + len(self.terminal) == self.next_id
+        assert stats.admitted_total >= stats.running
+
+    @invariant()
+    def progress(self) -> None:
+        # Work never stalls: if something runs, a step is in flight.
+        if self.running and not self.lost:
+            assert self.plan is not None
+
+
+EngineMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=50, deadline=None)
+TestEngineMachine = EngineMachine.TestCase
