@@ -17,7 +17,9 @@ arrived in the meantime is already taken into account.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .admission import Admission, AdmissionEvent
 from .config import ChatStreamConfig, GenerationParams
@@ -78,6 +80,7 @@ class _Request:
     prompt: tuple[int, ...]
     params: GenerationParams
     decoder: IncrementalDecoder
+    metadata: Mapping[str, Any]
     generated: int = 0
 
 
@@ -204,6 +207,7 @@ class Engine:
             decoder=IncrementalDecoder(
                 self._detokenizer, options, context_token_ids=event.prompt_token_ids
             ),
+            metadata=event.metadata,
         )
         outcome = self._admission.submit(request_id)
         if isinstance(outcome, Rejected):
@@ -300,7 +304,11 @@ class Engine:
             if isinstance(event, Admitted):
                 request = self._requests[event.request_id]
                 self._scheduler.add(
-                    event.request_id, slot=event.slot, prompt=request.prompt, params=request.params
+                    event.request_id,
+                    slot=event.slot,
+                    prompt=request.prompt,
+                    params=request.params,
+                    metadata=request.metadata,
                 )
             self._outbox.append(event)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from .config import GenerationParams
 from .decoding import DecodingOptions
@@ -109,6 +109,9 @@ class Submit(Event):
     prompt_token_ids: tuple[int, ...]
     params: GenerationParams = field(default_factory=GenerationParams)
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    #: Opaque data passed to the backend with each prefill chunk (the mock backend reads
+    #: the user's input and the turn number from it).
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,6 +247,7 @@ class PrefillChunk:
     start: int
     last: bool
     params: GenerationParams
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

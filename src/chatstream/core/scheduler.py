@@ -10,7 +10,9 @@ that next step so the backend frees its memory first.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .config import GenerationParams
 from .events import DecodeItem, PrefillChunk, Release, RequestId, StepPlan
@@ -24,6 +26,7 @@ class _Running:
     slot: int
     prompt: tuple[int, ...]
     params: GenerationParams
+    metadata: Mapping[str, Any]
     #: Prompt tokens already given to the model (planned, if a step is in flight).
     prefilled: int = 0
     #: Tokens sampled so far.
@@ -42,11 +45,17 @@ class Scheduler:
         self._released: list[Release] = []
 
     def add(
-        self, request_id: RequestId, *, slot: int, prompt: tuple[int, ...], params: GenerationParams
+        self,
+        request_id: RequestId,
+        *,
+        slot: int,
+        prompt: tuple[int, ...],
+        params: GenerationParams,
+        metadata: Mapping[str, Any],
     ) -> None:
         """A newly admitted request; it joins the batch at the next step."""
         self._running[request_id] = _Running(
-            request_id=request_id, slot=slot, prompt=prompt, params=params
+            request_id=request_id, slot=slot, prompt=prompt, params=params, metadata=metadata
         )
 
     def remove(self, request_id: RequestId) -> None:
@@ -92,6 +101,7 @@ class Scheduler:
                     start=r.prefilled,
                     last=size == remaining,
                     params=r.params,
+                    metadata=r.metadata,
                 )
             )
             r.prefilled += size
