@@ -915,3 +915,28 @@ ConversationMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=30, deadline=None
 )
 TestConversationMachine = ConversationMachine.TestCase
+
+
+def test_abort_turn_restores_the_history_before_the_turn() -> None:
+    conversation = Conversation()
+    conversation.start_turn("a", user_message_id="u1", reply_id="r1")
+    conversation.append_reply("b")
+    conversation.finish_reply("stop")
+    before = conversation.to_json()
+    conversation.start_turn("c", user_message_id="u2", reply_id="r2")
+    conversation.abort_turn()
+    assert conversation.to_json() == before
+    assert not conversation.in_flight
+    # A regenerate that is refused puts the replaced reply back where it was.
+    conversation.start_regenerate(reply_id="r3")
+    assert [m.id for m in conversation.archived] == ["r1"]
+    conversation.abort_turn()
+    assert conversation.to_json() == before
+    # The ids of an aborted turn were never used and may be used again.
+    conversation.start_turn("c", user_message_id="u2", reply_id="r2")
+    assert conversation.reply.id == "r2"
+
+
+def test_abort_turn_needs_a_turn_in_flight() -> None:
+    with pytest.raises(LocalProtocolError, match="no turn is in flight"):
+        Conversation().abort_turn()

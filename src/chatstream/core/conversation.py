@@ -131,6 +131,10 @@ class Conversation:
     messages: list[Message] = field(default_factory=list)
     #: Replies replaced by a regenerate, kept so that feedback on them still works.
     archived: list[Message] = field(default_factory=list)
+    # How to undo the turn in flight (abort_turn): the user message it added, or the reply
+    # a regenerate archived. Not part of the JSON form: a turn does not outlive its process.
+    _added_user: Message | None = field(default=None, init=False, repr=False, compare=False)
+    _replaced: Message | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ turns
 
@@ -154,8 +158,11 @@ class Conversation:
         """Add a user message and an empty reply to stream into; return the reply."""
         self._check_idle()
         self._check_new_ids(user_message_id, reply_id)
-        self.messages.append(Message(id=user_message_id, role=Role.USER, content=user_input))
-        return self._open_reply(reply_id, user_message_id)
+        user = Message(id=user_message_id, role=Role.USER, content=user_input)
+        self.messages.append(user)
+        reply = self._open_reply(reply_id, user_message_id)
+        self._added_user, self._replaced = user, None
+        return reply
 
     def start_regenerate(self, *, reply_id: str) -> Message:
         """Answer the last user message again with a new reply id; return the reply.
@@ -167,11 +174,27 @@ class Conversation:
         """
         self._check_idle()
         self._check_new_ids(reply_id)
-        if self.messages and self.messages[-1].role is Role.ASSISTANT:
-            self.archived.append(self.messages.pop())
-        if not self.messages:
+        users = [m for m in self.messages if m.role is Role.USER]
+        if not users:
             raise NothingToRegenerateError("there is no user message to answer again")
-        return self._open_reply(reply_id, self.messages[-1].id)
+        replaced = None
+        if self.messages[-1].role is Role.ASSISTANT:
+            replaced = self.messages.pop()
+            self.archived.append(replaced)
+        reply = self._open_reply(reply_id, self.messages[-1].id)
+        self._added_user, self._replaced = None, replaced
+        return reply
+
+    def abort_turn(self) -> None:
+        """Undo the turn in flight as if it never started (it was refused before it ran:
+        queue full, prompt too long). The history is as it was before the turn."""
+        self.messages.remove(self.reply)
+        if self._added_user is not None:
+            self.messages.remove(self._added_user)
+        if self._replaced is not None:
+            self.archived.remove(self._replaced)
+            self.messages.append(self._replaced)
+        self._added_user = self._replaced = None
 
     def append_reply(self, text: str) -> None:
         """Stream more text into the reply in flight."""
