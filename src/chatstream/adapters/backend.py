@@ -1,0 +1,47 @@
+"""What a model backend provides: a tokenizer side and a step runner.
+
+A backend is built and used inside the model thread (see :mod:`.model_thread`), except for
+:meth:`Backend.decode`, which the engine calls on the event loop for the few new tokens of a
+step, and :meth:`Backend.encode`, which adapters call in a worker thread to tokenize prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from chatstream.core import StepCompleted, StepPlan
+
+__all__ = ["Backend"]
+
+
+class Backend(Protocol):
+    """A model behind the continuous-batching step interface."""
+
+    #: A short name for logs and ``/v1/models``.
+    name: str
+    #: Token ids that end a reply (EOS and the chat template's end-of-turn tokens).
+    stop_token_ids: frozenset[int]
+    #: The longest sequence the model can attend to, or None if unbounded.
+    max_context: int | None
+
+    def encode(self, text: str, *, add_special_tokens: bool | None = None) -> list[int]:
+        """Tokenize a prompt. Called from a worker thread, never on the event loop."""
+        ...
+
+    def decode(self, token_ids: Sequence[int], /) -> str:
+        """Detokenize (special tokens skipped). Cheap: called for a few tokens per step."""
+        ...
+
+    def run_step(self, plan: StepPlan) -> StepCompleted:
+        """Run one step in the model thread: release, prefill, decode, sample.
+
+        A failure confined to some requests is reported in ``StepCompleted.errors``; an
+        exception fails every request of the step (the driver turns it into ``StepFailed``)
+        and the backend must stay usable for the next step.
+        """
+        ...
+
+    def close(self) -> None:
+        """Free the model's memory; called once, in the model thread."""
+        ...

@@ -1,0 +1,467 @@
+"""``ChatStream``: the original's constructor and methods, built on the core and adapters.
+
+    chat_stream = ChatStream(model=model, tokenizer=tokenizer, chat_prompt_clazz=MyPrompt)
+    async with chat_stream:                        # loads the model in its thread
+        conversation = chat_stream.new_conversation()
+        async for delta in chat_stream.chat(conversation, "hello"):
+            print(delta, end="")
+
+The same object serves HTTP requests (``chatstream.adapters.starlette``), console chat
+(:meth:`ChatStream.handle_console_input`) and programmatic use, under asyncio or trio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import AsyncGenerator, Mapping
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from chatstream.core import (
+    AbstractChatPrompt,
+    ChatPromptTogetherRedPajamaINCITEChat,
+    ChatStreamConfig,
+    ChatStreamError,
+    ConfigError,
+    Conversation,
+    DecodingOptions,
+    Engine,
+    EngineStatistics,
+    Finished,
+    FinishReason,
+    Message,
+    MockParams,
+    PenaltyMethod,
+    Rejected,
+    RejectReason,
+    RenderedPrompt,
+    TextDelta,
+)
+
+from .backend import Backend
+from .chat_template import chat_template_prompt_class, has_chat_template
+from .driver import EngineDriver, RequestEvent, RequestHandle
+from .messages import resolve_locale, text
+from .model_thread import ModelThread
+
+__all__ = ["ChatStream", "RequestRejected", "Turn"]
+
+_REJECT_STATUS = {
+    RejectReason.QUEUE_FULL: 429,
+    RejectReason.DRAINING: 503,
+    RejectReason.UNAVAILABLE: 503,
+    RejectReason.PROMPT_TOO_LONG: 400,
+}
+
+
+class RequestRejected(ChatStreamError):
+    """The engine refused the request before it ran (queue full, draining, ...)."""
+
+    def __init__(self, reason: RejectReason) -> None:
+        super().__init__(f"request rejected: {reason}", status_hint=_REJECT_STATUS[reason])
+        self.reason = reason
+
+
+class Turn:
+    """One turn in flight: its events, and the conversation kept up to date with them.
+
+    Iterate it (``async for event in turn``) for the request's events; leaving early (or
+    :meth:`close`) cancels the generation and keeps the partial reply, marked cancelled.
+    """
+
+    def __init__(
+        self, conversation: Conversation, handle: RequestHandle, prompt: RenderedPrompt
+    ) -> None:
+        self.conversation = conversation
+        self.reply: Message = conversation.reply
+        self.prompt = prompt
+        self._handle = handle
+        self.finished: Finished | None = None
+
+    @property
+    def outcome(self) -> RequestEvent:
+        """Admitted or Queued (a rejected turn never gets this far)."""
+        return self._handle.outcome
+
+    def events(self) -> Turn:
+        """Every event of the turn; the last one is ``Finished``. (The turn itself.)"""
+        return self
+
+    def __aiter__(self) -> Turn:
+        return self
+
+    async def __anext__(self) -> RequestEvent:
+        # A plain iterator, not an async generator: nothing is left for the garbage
+        # collector to finalize when a consumer stops early.
+        try:
+            event = await self._handle.__anext__()
+        except BaseException:
+            self.close()
+            raise
+        if isinstance(event, TextDelta):
+            self.conversation.append_reply(event.text)
+        elif isinstance(event, Finished):
+            self.finished = event
+            self.conversation.finish_reply(event.reason)
+            self.close()
+        return event
+
+    def close(self) -> None:
+        """Stop the turn if it is still running (the partial reply stays, cancelled)."""
+        self._handle.close()
+        conversation = self.conversation
+        if self.finished is None and conversation.in_flight and conversation.reply is self.reply:
+            conversation.finish_reply(FinishReason.CANCELLED)
+
+    async def aclose(self) -> None:
+        """:meth:`close`, for ``contextlib.aclosing``."""
+        self.close()
+
+    async def __aenter__(self) -> Turn:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class ChatStream:
+    """Streaming chat over a causal LM, under load control.
+
+    Every option of the original constructor is here, with its documented default; see
+    ``docs/options.md``. Invalid options raise :class:`~chatstream.core.ConfigError` at
+    construction, not at the first request.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        tokenizer: Any = None,
+        device: Any = None,
+        num_of_concurrent_executions: int = 2,
+        max_queue_size: int = 5,
+        too_many_request_as_http_error: bool = False,
+        use_mock_response: bool = False,
+        mock_params: Mapping[str, Any] | MockParams | None = None,
+        chat_prompt_clazz: type[AbstractChatPrompt] | None = None,
+        max_new_tokens: int = 256,
+        context_len: int = 1024,
+        temperature: float = 1.0,
+        top_k: int | None = 50,
+        top_p: float = 1.0,
+        repetition_penalty: float | None = None,
+        repetition_penalty_method: PenaltyMethod = "multiplicative",
+        add_special_tokens: bool | None = None,
+        request_handler: Any = None,
+        logger: logging.Logger | None = None,
+        *,
+        name: str = "node:0",
+        num_gpus: int | None = None,
+        locale: str | None = None,
+        client_roles: Mapping[str, Any] | None = None,
+        max_tokens_per_step: int = 512,
+        torch_threads: int | None = None,
+    ) -> None:
+        if isinstance(mock_params, Mapping):
+            mock_params = MockParams.from_mapping(mock_params)
+        self.config = ChatStreamConfig(
+            num_of_concurrent_executions=num_of_concurrent_executions,
+            max_queue_size=max_queue_size,
+            too_many_request_as_http_error=too_many_request_as_http_error,
+            use_mock_response=use_mock_response,
+            mock_params=mock_params or MockParams(),
+            max_new_tokens=max_new_tokens,
+            context_len=context_len,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            repetition_penalty_method=repetition_penalty_method,
+            add_special_tokens=add_special_tokens,
+            max_tokens_per_step=max_tokens_per_step,
+        )
+        if not use_mock_response and (model is None or tokenizer is None):
+            raise ConfigError("model", "a model and a tokenizer are needed (or use_mock_response)")
+        if chat_prompt_clazz is None:
+            if use_mock_response or not has_chat_template(tokenizer):
+                if not use_mock_response:
+                    raise ConfigError(
+                        "chat_prompt_clazz",
+                        "the tokenizer has no chat template; give a prompt class",
+                    )
+                chat_prompt_clazz = ChatPromptTogetherRedPajamaINCITEChat
+            else:
+                chat_prompt_clazz = chat_template_prompt_class(tokenizer)
+        elif not (
+            isinstance(chat_prompt_clazz, type)
+            and issubclass(chat_prompt_clazz, AbstractChatPrompt)
+        ):
+            raise ConfigError("chat_prompt_clazz", "must be a subclass of AbstractChatPrompt")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.chat_prompt_clazz: type[AbstractChatPrompt] = chat_prompt_clazz
+        self.request_handler = request_handler
+        self.logger = logger or logging.getLogger("chatstream")
+        self.name = name
+        self.locale = resolve_locale(locale)
+        self.client_roles = client_roles
+        self.num_gpus = _count_gpus(device, num_gpus, use_mock_response)
+        self._torch_threads = torch_threads
+        self._model_thread: ModelThread[Backend] | None = None
+        self._driver: EngineDriver | None = None
+        self._console = Conversation()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> ChatStream:
+        if self._driver is not None:
+            raise RuntimeError("this ChatStream is already running")
+        self.logger.info(text(self.locale, "loading", name=self._model_name()))
+        model_thread: ModelThread[Backend] = ModelThread(self._make_backend)
+        await model_thread.__aenter__()
+        try:
+            config = self._fit_context(model_thread.backend)
+            driver = EngineDriver(Engine(config, model_thread.backend), model_thread)
+            await driver.__aenter__()
+        except BaseException:
+            await model_thread.__aexit__(None, None, None)
+            raise
+        self._model_thread, self._driver = model_thread, driver
+        self.logger.info(
+            text(
+                self.locale,
+                "ready",
+                name=model_thread.backend.name,
+                slots=config.num_of_concurrent_executions,
+                waiting=config.max_queue_size,
+                context=config.context_len,
+            )
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        driver, model_thread = self._driver, self._model_thread
+        self._driver = self._model_thread = None
+        assert driver is not None and model_thread is not None
+        stats = driver.statistics()
+        # The block's own exception propagates by itself; the parts only clean up.
+        try:
+            await driver.__aexit__(None, None, None)
+        finally:
+            await model_thread.__aexit__(None, None, None)
+        self.logger.info(
+            text(
+                self.locale,
+                "stopped",
+                finished=stats.finished_total,
+                cancelled=stats.cancelled_total,
+                rejected=stats.rejected_total,
+            )
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._driver is not None
+
+    @property
+    def driver(self) -> EngineDriver:
+        if self._driver is None:
+            raise RuntimeError("start the ChatStream first: `async with chat_stream:`")
+        return self._driver
+
+    @property
+    def backend(self) -> Backend:
+        if self._model_thread is None:
+            raise RuntimeError("start the ChatStream first: `async with chat_stream:`")
+        return self._model_thread.backend
+
+    def statistics(self) -> EngineStatistics:
+        return self.driver.statistics()
+
+    # ------------------------------------------------------------------ chatting
+
+    def new_conversation(self) -> Conversation:
+        return Conversation()
+
+    async def start_turn(
+        self,
+        conversation: Conversation,
+        user_input: str | None,
+        *,
+        regenerate: bool = False,
+        generation_params: Mapping[str, object] | None = None,
+    ) -> Turn:
+        """Start a turn and submit it; return once the engine has admitted or queued it.
+
+        Raises:
+            TurnInFlightError: the conversation already has a turn running (409).
+            NothingToRegenerateError: regenerate with no user message (400).
+            ConfigError: invalid generation parameters (400).
+            PromptTooLongError: the turn does not fit the context (400).
+            RequestRejected: queue full (429), draining or model gone (503).
+        """
+        driver = self.driver
+        params = self.config.generation_params(generation_params)
+        if regenerate:
+            conversation.start_regenerate(reply_id=_new_id())
+        else:
+            if user_input is None:
+                raise ConfigError("user_input", "is required unless regenerating")
+            conversation.start_turn(user_input, user_message_id=_new_id(), reply_id=_new_id())
+        try:
+            prompt = await anyio.to_thread.run_sync(self._render, conversation)
+            handle = driver.submit(
+                prompt.token_ids,
+                params,
+                DecodingOptions(
+                    stop_strings=prompt.stop_strings,
+                    stop_token_ids=self.backend.stop_token_ids,
+                    replacements=prompt.replacements,
+                    strip_leading_whitespace=prompt.strip_reply,
+                ),
+                metadata={
+                    "user_input": conversation.find(conversation.reply.in_reply_to or "").content,
+                    "turn": sum(1 for m in conversation.messages if m.role == "user"),
+                },
+            )
+        except BaseException:
+            conversation.abort_turn()
+            raise
+        if isinstance(handle.outcome, Rejected):
+            handle.close()
+            conversation.abort_turn()
+            self._log_rejection(handle.outcome.reason)
+            raise RequestRejected(handle.outcome.reason)
+        return Turn(conversation, handle, prompt)
+
+    async def chat(
+        self,
+        conversation: Conversation,
+        user_input: str | None,
+        *,
+        regenerate: bool = False,
+        generation_params: Mapping[str, object] | None = None,
+    ) -> AsyncGenerator[str, None]:
+        """Stream the reply to ``user_input`` as text deltas, keeping ``conversation``.
+
+        Leaving the loop early cancels the generation; the partial reply stays in the
+        history, marked cancelled.
+        """
+        turn = await self.start_turn(
+            conversation, user_input, regenerate=regenerate, generation_params=generation_params
+        )
+        async with turn:
+            async for event in turn:
+                if isinstance(event, TextDelta):
+                    yield event.text
+                elif isinstance(event, Finished) and event.reason is FinishReason.ERROR:
+                    raise ChatStreamError(f"generation failed: {event.error}")
+
+    async def handle_console_input(
+        self, user_input: str
+    ) -> AsyncGenerator[tuple[str, str, str], None]:
+        """Console chat, as in the original: yields ``(response_text, updated_text, pos)``,
+        where ``response_text`` is the reply so far, ``updated_text`` the new part, and
+        ``pos`` is "begin", "mid" or "end". The history is kept between calls.
+        """
+        response = ""
+        position = "begin"
+        async for delta in self.chat(self._console, user_input):
+            response += delta
+            yield response, delta, position
+            position = "mid"
+        yield response, "", "end"
+
+    def clear_console(self) -> None:
+        self._console.clear()
+
+    # ------------------------------------------------------------------ internals
+
+    def _render(self, conversation: Conversation) -> RenderedPrompt:
+        backend = self.backend
+        add_special = self.config.add_special_tokens
+        if add_special is None:
+            add_special = self.chat_prompt_clazz.add_special_tokens
+
+        def encode(text: str) -> list[int]:
+            return backend.encode(text, add_special_tokens=add_special)
+
+        return conversation.render(
+            self.chat_prompt_clazz,
+            encode=encode,
+            budget=self.driver.engine.config.prompt_budget,
+        )
+
+    def _make_backend(self) -> Backend:
+        # Runs in the model thread: imports and loading stay off the event loop.
+        if self.config.use_mock_response:
+            from .mock_backend import MockBackend
+
+            return MockBackend(self.config.mock_params)
+        import torch
+
+        from .transformers_backend import TransformersBackend
+
+        if self._torch_threads is not None:
+            torch.set_num_threads(self._torch_threads)
+        return TransformersBackend(
+            self.model,
+            self.tokenizer,
+            num_slots=self.config.num_of_concurrent_executions,
+            max_positions=self.config.context_len,
+            device=self.device,
+            name=self._model_name(),
+        )
+
+    def _fit_context(self, backend: Backend) -> ChatStreamConfig:
+        limit = backend.max_context
+        if limit is None or limit >= self.config.context_len:
+            return self.config
+        self.logger.warning(
+            text(self.locale, "context_clamped", asked=self.config.context_len, used=limit)
+        )
+        return dataclasses.replace(self.config, context_len=limit)
+
+    def _model_name(self) -> str:
+        if self.config.use_mock_response:
+            return "mock"
+        config = getattr(self.model, "config", None)
+        return str(getattr(config, "_name_or_path", "") or type(self.model).__name__)
+
+    def _log_rejection(self, reason: RejectReason) -> None:
+        stats = self.driver.statistics()
+        self.logger.warning(
+            text(
+                self.locale,
+                "rejected",
+                reason=reason,
+                running=stats.running,
+                capacity=stats.capacity,
+                waiting=stats.waiting,
+                max_waiting=stats.max_waiting,
+            )
+        )
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _count_gpus(device: Any, num_gpus: int | None, mock: bool) -> int:
+    """GPUs to report in resource usage: 0 unless the device is CUDA."""
+    if mock or device is None or "cuda" not in str(device):
+        return 0
+    if num_gpus is not None:
+        return num_gpus
+    import torch
+
+    return int(torch.cuda.device_count())

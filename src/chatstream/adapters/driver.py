@@ -1,0 +1,238 @@
+"""The AnyIO driver: owns an :class:`~chatstream.core.Engine` and its task group.
+
+Everything the engine decides is routed synchronously, in the event-loop thread, right after
+the input that caused it (a submit, a cancel, a step result): admission outcomes are known as
+soon as :meth:`EngineDriver.submit` returns, which lets an HTTP handler answer 429 before it
+sends any header. Step plans go to the model through a :class:`StepRunner`; one step task runs
+at a time, because the engine keeps at most one plan in flight.
+
+Each request's events travel on its own bounded memory object stream. The bound is the most
+events a request can ever produce, so routing never blocks and a slow client never stalls
+the others. Leaving a :class:`RequestHandle` early (break, cancellation, exception, a
+closed stream) cancels the request in the engine, and its slot is free before the next step.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from chatstream.core import (
+    NEED_INPUT,
+    Admitted,
+    Cancel,
+    DecodingOptions,
+    Drain,
+    Engine,
+    EngineStatistics,
+    Finished,
+    GenerationParams,
+    ModelLost,
+    Queued,
+    QueuePositionChanged,
+    Rejected,
+    StepCompleted,
+    StepFailed,
+    StepPlan,
+    Submit,
+    TextDelta,
+)
+
+from .model_thread import ModelThreadDied
+
+__all__ = ["EngineDriver", "RequestEvent", "RequestHandle", "StepRunner"]
+
+#: What a request's handle yields: every core output except step plans.
+RequestEvent = Queued | QueuePositionChanged | Admitted | Rejected | TextDelta | Finished
+
+
+class StepRunner(Protocol):
+    """Runs a step somewhere off the event loop (see :class:`~.model_thread.ModelThread`)."""
+
+    async def run(self, plan: StepPlan) -> StepCompleted | StepFailed: ...
+
+
+class RequestHandle:
+    """The events of one request: ``Queued``/``Admitted`` ... ``TextDelta`` ... ``Finished``
+    (or a lone ``Rejected``).
+
+    Use it as a context manager (sync or async) and iterate it; leaving the block before the
+    terminal event cancels the request.
+    """
+
+    def __init__(
+        self,
+        driver: EngineDriver,
+        request_id: int,
+        events: MemoryObjectReceiveStream[RequestEvent],
+    ) -> None:
+        self.request_id = request_id
+        self._driver = driver
+        self._events = events
+        self._peeked: RequestEvent | None = None
+        self.finished: Finished | Rejected | None = None
+
+    @property
+    def outcome(self) -> RequestEvent:
+        """The admission outcome, known as soon as submit returns: Admitted, Queued or
+        Rejected (or Finished, for a request that ended at once)."""
+        if self._peeked is None:
+            self._peeked = self._events.receive_nowait()
+        return self._peeked
+
+    def __aiter__(self) -> RequestHandle:
+        return self
+
+    async def __anext__(self) -> RequestEvent:
+        if self._peeked is not None:
+            event, self._peeked = self._peeked, None
+        else:
+            try:
+                event = await self._events.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                self._events.close()
+                raise StopAsyncIteration from None
+        if isinstance(event, Finished | Rejected):
+            self.finished = event
+            self._events.close()  # nothing follows a terminal event
+        return event
+
+    def close(self) -> None:
+        """Stop listening; cancels the request if it has not ended."""
+        self._events.close()
+        self._driver.cancel(self.request_id)
+
+    def __enter__(self) -> RequestHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> RequestHandle:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class EngineDriver:
+    """Drives an engine from AnyIO tasks.
+
+    Args:
+        engine: the sans-IO engine.
+        runner: runs step plans off the event loop.
+    """
+
+    def __init__(self, engine: Engine, runner: StepRunner) -> None:
+        self.engine = engine
+        self._runner = runner
+        self._ids = itertools.count()
+        self._streams: dict[int, MemoryObjectSendStream[RequestEvent]] = {}
+        self._task_group: TaskGroup | None = None
+        config = engine.config
+        # Every event a request can produce, so that routing never blocks: the admission
+        # outcome, queue moves, one delta per token, and the terminal event.
+        self._buffer = config.max_queue_size + config.context_len + 4
+
+    async def __aenter__(self) -> EngineDriver:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._task_group is not None
+        self.cancel_all()
+        self._task_group.cancel_scope.cancel()
+        return await self._task_group.__aexit__(exc_type, exc, tb)
+
+    def submit(
+        self,
+        prompt_token_ids: tuple[int, ...],
+        params: GenerationParams,
+        decoding: DecodingOptions | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> RequestHandle:
+        """Submit a tokenized prompt. Returns at once; ``handle.outcome`` tells whether the
+        request runs, waits or was rejected."""
+        if self._task_group is None:
+            raise RuntimeError("use the driver inside `async with`")
+        request_id = next(self._ids)
+        send, receive = anyio.create_memory_object_stream[RequestEvent](self._buffer)
+        self._streams[request_id] = send
+        self.engine.send(
+            Submit(
+                request_id=request_id,
+                prompt_token_ids=prompt_token_ids,
+                params=params,
+                decoding=decoding or DecodingOptions(),
+                metadata=metadata or {},
+            )
+        )
+        self._flush()
+        return RequestHandle(self, request_id, receive)
+
+    def cancel(self, request_id: int) -> None:
+        """Cancel a request; nothing happens if it already ended."""
+        stream = self._streams.pop(request_id, None)
+        if stream is not None:
+            stream.close()
+        if self.engine.is_active(request_id):
+            self.engine.send(Cancel(request_id=request_id))
+            self._flush()
+
+    def cancel_all(self) -> None:
+        for request_id in list(self._streams):
+            self.engine.send(Cancel(request_id=request_id))
+        self._flush()
+
+    def drain(self) -> None:
+        """Admit nothing new; what was accepted goes on."""
+        self.engine.send(Drain())
+
+    def statistics(self) -> EngineStatistics:
+        return self.engine.statistics()
+
+    def _flush(self) -> None:
+        while (event := self.engine.next_event()) is not NEED_INPUT:
+            if isinstance(event, StepPlan):
+                assert self._task_group is not None
+                self._task_group.start_soon(self._run_step, event)
+                continue
+            self._route(event)
+
+    def _route(self, event: RequestEvent) -> None:
+        request_id = event.request_id
+        stream = self._streams.get(request_id)
+        if stream is None:
+            return
+        terminal = isinstance(event, Finished | Rejected)
+        try:
+            stream.send_nowait(event)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock):
+            # The consumer is gone: stop the work done for it.
+            terminal = True
+            if self.engine.is_active(request_id):
+                self.engine.send(Cancel(request_id=request_id))
+        if terminal:
+            del self._streams[request_id]
+            stream.close()
+
+    async def _run_step(self, plan: StepPlan) -> None:
+        try:
+            result = await self._runner.run(plan)
+        except ModelThreadDied as error:
+            self.engine.send(ModelLost(message=str(error)))
+        else:
+            self.engine.send(result)
+        self._flush()

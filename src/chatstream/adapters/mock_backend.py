@@ -1,0 +1,122 @@
+"""The mock backend (``use_mock_response=True``): canned replies, no model, no torch.
+
+It plays the part of a model behind the same step interface as the real backend and runs
+in the same model thread, so everything above it (engine, driver, HTTP, web UI) is exercised
+for real, at the pace ``mock_params`` asks for:
+
+* ``"round"``: one line per turn of a short story (line ``turn``, wrapping after 12);
+* ``"long"``: a long multi-paragraph story;
+* ``"echo"``: the user's input back.
+
+Replies are in Japanese when the user wrote Japanese. English is streamed word by word and
+Japanese character by character, as the original did, but mixed text is split by script
+rather than by a global rule.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Sequence
+
+from chatstream.core import MockParams, RequestId, StepCompleted, StepPlan
+
+from . import mock_texts
+
+__all__ = ["END_OF_REPLY", "MockBackend", "MockTokenizer", "split_pieces"]
+
+#: Token id that ends a reply (the code point U+0000, never in a prompt).
+END_OF_REPLY = 0
+_PIECE_BASE = 0x110000  # ids above every code point name whole pieces
+_WIDE = "\u3000-\u30ff\u3400-\u9fff\uf900-\ufaff\uff00-\uffef"
+_PIECES = re.compile(rf"[{_WIDE}]|\s*[^\s{_WIDE}]+|\s+")
+
+
+def split_pieces(text: str) -> list[str]:
+    """Japanese and other wide characters one by one; other words with their leading space."""
+    return _PIECES.findall(text)
+
+
+def _is_japanese(text: str) -> bool:
+    return re.search(rf"[{_WIDE}]", text) is not None
+
+
+class MockTokenizer:
+    """Prompts are code points; replies are whole pieces (words or characters)."""
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self._ids: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def encode(self, text: str, *, add_special_tokens: bool | None = None) -> list[int]:
+        return [ord(c) for c in text if c != "\0"]
+
+    def decode(self, token_ids: Sequence[int], /) -> str:
+        pieces = self._pieces
+        return "".join(
+            pieces[t - _PIECE_BASE] if t >= _PIECE_BASE else chr(t)
+            for t in token_ids
+            if t != END_OF_REPLY
+        )
+
+    def piece_ids(self, text: str) -> list[int]:
+        out = []
+        with self._lock:
+            for piece in split_pieces(text):
+                token = self._ids.get(piece)
+                if token is None:
+                    token = _PIECE_BASE + len(self._pieces)
+                    self._pieces.append(piece)
+                    self._ids[piece] = token
+                out.append(token)
+        return out
+
+
+class MockBackend(MockTokenizer):
+    """A :class:`~.backend.Backend` that replies with canned text."""
+
+    name = "mock"
+    stop_token_ids = frozenset({END_OF_REPLY})
+    max_context: int | None = None
+
+    def __init__(self, params: MockParams | None = None) -> None:
+        super().__init__()
+        self.params = params or MockParams()
+        self._scripts: dict[RequestId, list[int]] = {}
+
+    def reply_text(self, user_input: str, turn: int) -> str:
+        """What the mock answers to ``user_input`` at turn ``turn`` (1 is the first)."""
+        if self.params.type == "echo":
+            return user_input
+        japanese = _is_japanese(user_input)
+        if self.params.type == "round":
+            lines = mock_texts.ROUND_JA if japanese else mock_texts.ROUND_EN
+            return lines[(max(turn, 1) - 1) % len(lines)]
+        return mock_texts.LONG_JA if japanese else mock_texts.LONG_EN
+
+    def run_step(self, plan: StepPlan) -> StepCompleted:
+        for release in plan.release:
+            self._scripts.pop(release.request_id, None)
+        wait = 0.0
+        for chunk in plan.prefill:
+            if chunk.start == 0:
+                user_input = str(chunk.metadata.get("user_input", ""))
+                turn = int(str(chunk.metadata.get("turn", 1)))
+                script = [*self.piece_ids(self.reply_text(user_input, turn)), END_OF_REPLY]
+                self._scripts[chunk.request_id] = script
+                wait = max(wait, self.params.initial_wait_sec)
+        sampling = [c.request_id for c in plan.prefill if c.last]
+        sampling += [d.request_id for d in plan.decode]
+        if sampling:
+            wait += self.params.time_per_token_sec
+        time.sleep(wait)
+        tokens = {}
+        for request_id in sampling:
+            script = self._scripts[request_id]
+            tokens[request_id] = (script.pop(0) if script else END_OF_REPLY,)
+        return StepCompleted(step=plan.step, tokens=tokens)
+
+    def close(self) -> None:
+        self._scripts.clear()

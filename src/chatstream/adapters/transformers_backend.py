@@ -1,0 +1,248 @@
+"""Continuous batching for any HuggingFace ``AutoModelForCausalLM``.
+
+One :meth:`TransformersBackend.run_step` runs one :class:`~chatstream.core.StepPlan`:
+releases first, then each prefill chunk (one forward per chunk, into its slot of the
+:class:`~.slot_cache.SlotKVCache`), then one batched forward for every decoding request,
+then one batched sampling call. The sampled tokens and NaN flags cross to the host in a
+single transfer per step.
+
+The forward keyword for the cache is ``cache`` from transformers 5.24 and
+``past_key_values`` before; the backend asks the model's signature which one it takes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from chatstream.core import (
+    DecodeItem,
+    GenerationParams,
+    PrefillChunk,
+    RequestId,
+    StepCompleted,
+    StepPlan,
+)
+
+from .sampling import BatchSampler, make_generator
+from .slot_cache import SCRATCH_COLUMN, SlotKVCache
+
+__all__ = ["TransformersBackend", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device | None, model: torch.nn.Module) -> torch.device:
+    """The device inputs go to: the given one, else where the input embeddings live."""
+    if device is not None:
+        return torch.device(device)
+    embeddings = model.get_input_embeddings()  # type: ignore[operator]
+    return torch.device(embeddings.weight.device)
+
+
+@dataclass(slots=True)
+class _Slot:
+    request_id: RequestId
+    params: GenerationParams
+    generator: torch.Generator | None = None
+
+
+class TransformersBackend:
+    """A :class:`~.backend.Backend` over a transformers model and tokenizer.
+
+    Args:
+        model: a causal LM (``AutoModelForCausalLM``), already on its device(s).
+        tokenizer: its tokenizer.
+        num_slots: requests decoded together (``num_of_concurrent_executions``).
+        max_positions: longest sequence a slot holds (prompt + reply); capped by the
+            model's ``max_position_embeddings``.
+        device: where inputs go; None: where the model's input embeddings are.
+        name: the model's name for logs and ``/v1/models``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        num_slots: int,
+        max_positions: int,
+        device: str | torch.device | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or str(getattr(model.config, "_name_or_path", "") or "model")
+        self.device = resolve_device(device, model)
+        model_limit = _max_positions(model.config)
+        self.max_context: int | None = (
+            min(max_positions, model_limit) if model_limit else max_positions
+        )
+        self.stop_token_ids = _stop_token_ids(model, tokenizer)
+        self._cache = SlotKVCache(
+            num_layers=int(model.config.num_hidden_layers),
+            num_slots=num_slots,
+            max_positions=max_positions if self.max_context is None else self.max_context,
+        )
+        parameters = inspect.signature(model.forward).parameters
+        self._cache_keyword = "cache" if "cache" in parameters else "past_key_values"
+        self._extra: dict[str, Any] = {}
+        if "logits_to_keep" in parameters:
+            self._extra["logits_to_keep"] = 1
+        self._slots: dict[int, _Slot] = {}
+        self._sampler = BatchSampler()
+        vocab = int(model.config.vocab_size)
+        # Tokens each slot has seen, for the repetition penalty (kept only if one is used).
+        self._seen = torch.zeros((num_slots, vocab), dtype=torch.bool, device=self.device)
+        self._dtype = next(model.parameters()).dtype
+        model.eval()
+
+    # ------------------------------------------------------------------ tokenizer side
+
+    def encode(self, text: str, *, add_special_tokens: bool | None = None) -> list[int]:
+        if add_special_tokens is None:
+            return list(self.tokenizer(text)["input_ids"])
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, token_ids: Sequence[int], /) -> str:
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+
+    # ------------------------------------------------------------------ steps
+
+    @torch.inference_mode()
+    def run_step(self, plan: StepPlan) -> StepCompleted:
+        for release in plan.release:
+            self._slots.pop(release.slot, None)
+        errors: dict[RequestId, str] = {}
+        rows: list[tuple[RequestId, int, GenerationParams]] = []
+        logits: list[torch.Tensor] = []
+        for chunk in plan.prefill:
+            try:
+                last_logits = self._prefill(chunk)
+            except Exception as error:  # one prompt's failure is that request's alone
+                errors[chunk.request_id] = f"prefill failed: {type(error).__name__}: {error}"
+                continue
+            if chunk.last:
+                rows.append((chunk.request_id, chunk.slot, chunk.params))
+                logits.append(last_logits)
+        if plan.decode:
+            decoded = self._decode(plan.decode)
+            rows += [(d.request_id, d.slot, d.params) for d in plan.decode]
+            logits.append(decoded)
+        if not rows:
+            return StepCompleted(step=plan.step, errors=errors)
+        return StepCompleted(
+            step=plan.step, tokens=self._sample(rows, logits, errors), errors=errors
+        )
+
+    def close(self) -> None:
+        self._slots.clear()
+        self._cache = SlotKVCache(num_layers=0, num_slots=0, max_positions=0)
+
+    # ------------------------------------------------------------------ internals
+
+    def _prefill(self, chunk: PrefillChunk) -> torch.Tensor:
+        if chunk.start == 0:
+            generator = None
+            if chunk.params.seed is not None:
+                generator = make_generator(chunk.params.seed, self.device)
+            self._slots[chunk.slot] = _Slot(chunk.request_id, chunk.params, generator)
+            self._seen[chunk.slot] = False
+        size = len(chunk.token_ids)
+        ids = torch.tensor([chunk.token_ids], dtype=torch.long, device=self.device)
+        positions = torch.arange(chunk.start, chunk.start + size, device=self.device)[None, :]
+        kv_columns = chunk.start + size + 1
+        # Query i (position start + i) sees columns 1 .. start + i + 1: its prefix and itself.
+        columns = torch.arange(kv_columns, device=self.device)[None, :]
+        visible = (columns >= 1) & (columns <= positions.transpose(0, 1) + 1)
+        self._cache.plan_write(slice(chunk.slot, chunk.slot + 1), positions + 1, kv_columns)
+        out = self._forward(ids, positions, visible[None, None, :, :])
+        self._seen[chunk.slot, ids[0]] = True
+        return out[0, -1]
+
+    def _decode(self, items: tuple[DecodeItem, ...]) -> torch.Tensor:
+        low = min(d.slot for d in items)
+        high = max(d.slot for d in items) + 1
+        batch = high - low
+        tokens = [0] * batch
+        positions = [0] * batch
+        live = [False] * batch
+        for d in items:
+            tokens[d.slot - low] = d.token_id
+            positions[d.slot - low] = d.position
+            live[d.slot - low] = True
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
+        position_ids = torch.tensor(positions, dtype=torch.long, device=self.device)[:, None]
+        is_live = torch.tensor(live, device=self.device)[:, None]
+        write = torch.where(is_live, position_ids + 1, SCRATCH_COLUMN)
+        kv_columns = max(d.position for d in items) + 2
+        columns = torch.arange(kv_columns, device=self.device)[None, :]
+        # A live row sees columns 1 .. position + 1; a padding row only the scratch column.
+        visible = torch.where(is_live, (columns >= 1) & (columns <= write), columns == 0)
+        self._cache.plan_write(slice(low, high), write, kv_columns)
+        out = self._forward(ids, position_ids, visible[:, None, None, :])
+        return out[[d.slot - low for d in items], -1]
+
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor
+    ) -> torch.Tensor:
+        # An additive float mask: transformers passes a 4D mask through unchanged, and
+        # every attention implementation (sdpa, eager) accepts the additive form.
+        mask = torch.zeros(visible.shape, dtype=self._dtype, device=self.device)
+        mask.masked_fill_(~visible, torch.finfo(self._dtype).min)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_keyword: self._cache},
+            **self._extra,
+        )
+        return out.logits  # type: ignore[no-any-return]
+
+    def _sample(
+        self,
+        rows: list[tuple[RequestId, int, GenerationParams]],
+        logits: list[torch.Tensor],
+        errors: dict[RequestId, str],
+    ) -> dict[RequestId, tuple[int, ...]]:
+        batch = torch.cat([t if t.ndim == 2 else t[None, :] for t in logits]).float()
+        slots = [slot for _, slot, _ in rows]
+        params = [p for _, _, p in rows]
+        seen = None
+        if any(p.repetition_penalty is not None for p in params):
+            seen = self._seen[torch.tensor(slots, device=self.device)]
+        generators = [self._slots[slot].generator for slot in slots]
+        sampled = self._sampler.sample(batch, params, seen=seen, generators=generators)
+        broken = torch.isnan(batch).any(dim=-1)
+        self._seen[torch.tensor(slots, device=self.device), sampled] = True
+        # The one host sync of the step.
+        tokens, nan_rows = torch.stack([sampled, broken.long()]).tolist()
+        result: dict[RequestId, tuple[int, ...]] = {}
+        for (request_id, _, _), token, is_nan in zip(rows, tokens, nan_rows, strict=True):
+            if is_nan:
+                errors[request_id] = "the model produced NaN logits"
+            else:
+                result[request_id] = (int(token),)
+        return result
+
+
+def _max_positions(config: Any) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)

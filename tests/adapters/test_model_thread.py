@@ -1,0 +1,130 @@
+"""The model thread: one thread for the whole life of the backend, failures reported."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import anyio
+import pytest
+
+from chatstream.adapters.driver import EngineDriver
+from chatstream.adapters.model_thread import ModelThread, ModelThreadDied
+from chatstream.core import (
+    ChatStreamConfig,
+    DecodingOptions,
+    Engine,
+    Finished,
+    FinishReason,
+    GenerationParams,
+    Rejected,
+    RejectReason,
+    StepCompleted,
+    StepFailed,
+    StepPlan,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class Fatal(BaseException):
+    """Not an Exception: the kind of failure that ends a thread."""
+
+
+class ScriptedBackend:
+    """A stand-in model at the thread boundary: it records where it runs and can fail."""
+
+    name: str = "scripted"
+    stop_token_ids: frozenset[int] = frozenset({0})
+    max_context: int | None = None
+
+    def __init__(self, fail_steps: Sequence[int] = (), die_at: int | None = None) -> None:
+        self.threads: set[int] = {threading.get_ident()}
+        self.fail_steps = set(fail_steps)
+        self.die_at = die_at
+        self.closed_in: int | None = None
+
+    def encode(self, text: str, *, add_special_tokens: bool | None = None) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, token_ids: Sequence[int], /) -> str:
+        return "".join(chr(t) for t in token_ids if t)
+
+    def run_step(self, plan: StepPlan) -> StepCompleted:
+        self.threads.add(threading.get_ident())
+        if plan.step == self.die_at:
+            raise Fatal("the thread is going down")
+        if plan.step in self.fail_steps:
+            raise MemoryError("out of memory in this step")
+        sampling = [c.request_id for c in plan.prefill if c.last]
+        sampling += [d.request_id for d in plan.decode]
+        return StepCompleted(step=plan.step, tokens={r: (ord("x"),) for r in sampling})
+
+    def close(self) -> None:
+        self.closed_in = threading.get_ident()
+
+
+def plan(step: int) -> StepPlan:
+    return StepPlan(step=step)
+
+
+async def test_every_step_runs_in_one_thread_off_the_loop() -> None:
+    async with ModelThread(ScriptedBackend) as model_thread:
+        for step in range(5):
+            assert await model_thread.run(plan(step)) == StepCompleted(step=step)
+        backend = model_thread.backend
+    # Built, run and closed in the same thread.
+    assert len(backend.threads) == 1
+    (thread,) = backend.threads
+    assert thread != threading.get_ident()
+    assert backend.closed_in == thread, "the backend is closed in its own thread"
+
+
+async def test_an_exception_fails_the_step_and_the_thread_goes_on() -> None:
+    async with ModelThread(lambda: ScriptedBackend(fail_steps=[1])) as model_thread:
+        assert await model_thread.run(plan(0)) == StepCompleted(step=0)
+        failed = await model_thread.run(plan(1))
+        assert isinstance(failed, StepFailed)
+        assert "MemoryError: out of memory in this step" in failed.message
+        assert await model_thread.run(plan(2)) == StepCompleted(step=2)
+
+
+async def test_a_load_failure_is_reported_at_start() -> None:
+    def broken() -> ScriptedBackend:
+        raise OSError("weights not found")
+
+    with pytest.raises(ModelThreadDied, match="failed to load: OSError: weights not found"):
+        async with ModelThread(broken):
+            pass  # pragma: no cover
+
+
+async def test_a_dead_thread_fails_everything_and_refuses_new_work() -> None:
+    config = ChatStreamConfig(
+        num_of_concurrent_executions=1, max_queue_size=1, max_new_tokens=8, context_len=64
+    )
+    backend = ScriptedBackend(die_at=2)
+    async with ModelThread(lambda: backend) as model_thread:
+        engine = Engine(config, backend)
+        async with EngineDriver(engine, model_thread) as driver:
+            params = GenerationParams(max_new_tokens=8)
+            options = DecodingOptions(stop_token_ids=backend.stop_token_ids)
+            running = driver.submit((1, 2, 3), params, options)
+            waiting = driver.submit((4, 5), params, options)
+            finished = []
+            with anyio.fail_after(5):
+                for handle in (running, waiting):
+                    events = [event async for event in handle]
+                    finished.append(events[-1])
+            assert all(isinstance(e, Finished) for e in finished)
+            assert all(e.reason is FinishReason.ERROR for e in finished)  # type: ignore[union-attr]
+            assert "the model thread died" in str(finished[0].error)  # type: ignore[union-attr]
+            later = driver.submit((6,), params, options)
+            assert later.outcome == Rejected(
+                request_id=later.request_id, reason=RejectReason.UNAVAILABLE
+            )
+            later.close()
+            with pytest.raises(ModelThreadDied):
+                await model_thread.run(plan(9))
+            stats = driver.statistics()
+            assert (stats.running, stats.waiting) == (0, 0)
+            assert stats.lost is not None

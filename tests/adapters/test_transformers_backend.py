@@ -1,0 +1,262 @@
+"""The transformers backend under the engine, driven synchronously: continuous batching must
+give exactly the tokens each request gets from ``model.generate`` when run alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from chatstream.adapters.transformers_backend import TransformersBackend
+from chatstream.core import (
+    NEED_INPUT,
+    ChatStreamConfig,
+    DecodingOptions,
+    Engine,
+    Finished,
+    FinishReason,
+    GenerationParams,
+    StepPlan,
+    Submit,
+)
+
+GREEDY = GenerationParams(max_new_tokens=12, temperature=0.0)
+PROMPTS = [
+    "hello",
+    "the quick brown fox jumps over the lazy dog 世界",
+    "テスト stream こんにちは",
+    "chat model reply",
+    "async trio token stream hello world the quick brown",
+]
+
+
+def encode(tokenizer: Any, text: str) -> tuple[int, ...]:
+    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def reference(model: Any, tokenizer: Any, ids: tuple[int, ...], max_new: int) -> list[int]:
+    """What ``generate`` samples greedily for one prompt alone, up to and excluding EOS."""
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )[0, len(ids) :].tolist()
+    if tokenizer.eos_token_id in out:
+        out = out[: out.index(tokenizer.eos_token_id) + 1]
+    return [int(t) for t in out]
+
+
+class Harness:
+    """Engine + backend in one thread: the backend's tokens per request are recorded."""
+
+    def __init__(self, model: Any, tokenizer: Any, **options: Any) -> None:
+        self.config = ChatStreamConfig(
+            **{
+                "num_of_concurrent_executions": 4,
+                "max_new_tokens": 12,
+                "context_len": 256,
+                **options,
+            }
+        )
+        self.backend = TransformersBackend(
+            model,
+            tokenizer,
+            num_slots=self.config.num_of_concurrent_executions,
+            max_positions=self.config.context_len,
+        )
+        self.engine = Engine(self.config, self.backend)
+        self.tokens: dict[int, list[int]] = {}
+        self.text: dict[int, str] = {}
+        self.finished: dict[int, Finished] = {}
+        self.next_id = 0
+
+    def submit(self, ids: tuple[int, ...], params: GenerationParams = GREEDY) -> int:
+        request_id = self.next_id
+        self.next_id += 1
+        self.tokens[request_id] = []
+        self.text[request_id] = ""
+        self.engine.send(
+            Submit(
+                request_id=request_id,
+                prompt_token_ids=ids,
+                params=params,
+                decoding=DecodingOptions(stop_token_ids=self.backend.stop_token_ids),
+            )
+        )
+        return request_id
+
+    def step(self) -> bool:
+        """Run every pending event and at most one model step; False when idle."""
+        while (event := self.engine.next_event()) is not NEED_INPUT:
+            if isinstance(event, StepPlan):
+                result = self.backend.run_step(event)
+                for request_id, token_ids in result.tokens.items():
+                    if request_id not in self.finished:
+                        self.tokens[request_id].extend(token_ids)
+                self.engine.send(result)
+                return True
+            if isinstance(event, Finished):
+                self.finished[event.request_id] = event
+            elif hasattr(event, "text"):
+                self.text[event.request_id] += event.text
+        return False
+
+    def run(self) -> None:
+        while self.step():
+            pass
+
+
+def test_batched_greedy_equals_generate_alone_with_staggered_joins(
+    tiny_model: tuple[Any, Any],
+) -> None:
+    model, tokenizer = tiny_model
+    harness = Harness(model, tokenizer, num_of_concurrent_executions=3, max_queue_size=5)
+    prompts = [encode(tokenizer, p) for p in PROMPTS]
+    assert len({len(p) for p in prompts}) >= 4, "prompt lengths should differ"
+    # Requests join at different steps: two at once, one after 3 steps, the rest queue.
+    harness.submit(prompts[0])
+    harness.submit(prompts[1])
+    for _ in range(3):
+        harness.step()
+    for ids in prompts[2:]:
+        harness.submit(ids)
+    harness.run()
+    for request_id, ids in enumerate(prompts):
+        expected = reference(model, tokenizer, ids, 12)
+        assert harness.tokens[request_id] == expected, request_id
+        finished = harness.finished[request_id]
+        stop = expected[-1] == tokenizer.eos_token_id
+        assert finished.reason is (FinishReason.STOP if stop else FinishReason.LENGTH)
+        visible = expected[:-1] if stop else expected
+        assert harness.text[request_id] == tokenizer.decode(visible, skip_special_tokens=True)
+    assert harness.engine.statistics().running == 0
+
+
+def test_chunked_prefill_gives_the_same_tokens(tiny_model: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_model
+    harness = Harness(model, tokenizer, num_of_concurrent_executions=2, max_tokens_per_step=5)
+    long_prompt = encode(tokenizer, " ".join(PROMPTS))
+    short_prompt = encode(tokenizer, PROMPTS[0])
+    harness.submit(short_prompt)
+    harness.step()
+    harness.submit(long_prompt)  # prefilled 4 tokens a step while the other decodes
+    harness.run()
+    assert harness.tokens[0] == reference(model, tokenizer, short_prompt, 12)
+    assert harness.tokens[1] == reference(model, tokenizer, long_prompt, 12)
+
+
+def test_seeded_sampling_is_reproducible_and_params_are_per_request(
+    tiny_model: tuple[Any, Any],
+) -> None:
+    model, tokenizer = tiny_model
+    ids = encode(tokenizer, PROMPTS[1])
+    seeded = GenerationParams(max_new_tokens=10, temperature=1.5, top_k=None, seed=1234)
+    runs = []
+    for companions in (0, 2):
+        harness = Harness(model, tokenizer)
+        request_id = harness.submit(ids, seeded)
+        for _ in range(companions):  # different batch company must not change the draw
+            harness.submit(ids, GenerationParams(max_new_tokens=10, temperature=1.0))
+        harness.run()
+        runs.append(harness.tokens[request_id])
+    assert runs[0] == runs[1]
+    harness = Harness(model, tokenizer)
+    other = harness.submit(ids, GenerationParams(max_new_tokens=10, temperature=1.5, seed=99))
+    harness.run()
+    assert harness.tokens[other] != runs[0]
+
+
+def test_max_positions_respected(tiny_model: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_model
+    backend = TransformersBackend(model, tokenizer, num_slots=1, max_positions=4096)
+    assert backend.max_context == 512  # the model's max_position_embeddings
+    assert backend.stop_token_ids == {tokenizer.eos_token_id}
+    assert backend.encode("hello", add_special_tokens=False) == list(encode(tokenizer, "hello"))
+
+
+def test_prefill_exception_fails_only_that_request(tiny_model: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_model
+    poison = tokenizer.convert_tokens_to_ids("<|eos|>")
+
+    def refuse_poison(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        if (kwargs["input_ids"] == poison).any():
+            raise RuntimeError("cannot process this prompt")
+
+    handle = model.register_forward_pre_hook(refuse_poison, with_kwargs=True)
+    try:
+        harness = Harness(model, tokenizer)
+        good = harness.submit(encode(tokenizer, PROMPTS[0]))
+        bad = harness.submit((*encode(tokenizer, PROMPTS[2]), poison))
+        harness.run()
+    finally:
+        handle.remove()
+    assert harness.finished[bad].reason is FinishReason.ERROR
+    assert "cannot process this prompt" in str(harness.finished[bad].error)
+    assert harness.tokens[good] == reference(model, tokenizer, encode(tokenizer, PROMPTS[0]), 12)
+
+
+def test_nan_logits_fail_only_that_request(tiny_model: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_model
+    harness = Harness(model, tokenizer, num_of_concurrent_executions=2)
+    poisoned_slot = {"row": -1}
+
+    def nan_row(module: Any, args: Any, output: Any) -> Any:
+        if poisoned_slot["row"] >= 0 and output.shape[0] > 1:
+            output = output.clone()
+            output[poisoned_slot["row"]] = float("nan")
+        return output
+
+    handle = model.lm_head.register_forward_hook(nan_row)
+    try:
+        first = harness.submit(encode(tokenizer, PROMPTS[0]))
+        second = harness.submit(encode(tokenizer, PROMPTS[3]))
+        harness.step()  # both prefilled
+        poisoned_slot["row"] = 1  # the second request's row in the decode batch
+        harness.step()
+        poisoned_slot["row"] = -1
+        harness.run()
+    finally:
+        handle.remove()
+    assert harness.finished[second].reason is FinishReason.ERROR
+    assert harness.finished[second].error == "the model produced NaN logits"
+    assert harness.tokens[first] == reference(model, tokenizer, encode(tokenizer, PROMPTS[0]), 12)
+
+
+def repeats(tokens: list[int], prompt: tuple[int, ...]) -> int:
+    """Tokens that were already in the sequence when they were produced."""
+    seen = set(prompt)
+    count = 0
+    for token in tokens:
+        count += token in seen
+        seen.add(token)
+    return count
+
+
+@pytest.mark.parametrize("method", ["multiplicative", "subtractive"])
+def test_repetition_penalty_steers_greedy_away_from_seen_tokens(
+    tiny_model: tuple[Any, Any], method: str
+) -> None:
+    model, tokenizer = tiny_model
+    ids = encode(tokenizer, PROMPTS[4])
+    harness = Harness(model, tokenizer, max_new_tokens=40)
+    plain = harness.submit(ids, GenerationParams(max_new_tokens=40, temperature=0.0))
+    penalised = harness.submit(
+        ids,
+        GenerationParams(
+            max_new_tokens=40,
+            temperature=0.0,
+            repetition_penalty=50.0,
+            repetition_penalty_method=method,  # type: ignore[arg-type]
+        ),
+    )
+    harness.run()
+    assert repeats(harness.tokens[plain], ids) > 0, "the plain greedy run should repeat"
+    assert harness.tokens[penalised] != harness.tokens[plain]
+    assert repeats(harness.tokens[penalised], ids) < repeats(harness.tokens[plain], ids)
+    if method == "subtractive":
+        # Subtracting 50 from a logit of this model forbids the token outright.
+        assert repeats(harness.tokens[penalised], ids) == 0
