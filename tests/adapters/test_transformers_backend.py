@@ -260,3 +260,63 @@ def test_repetition_penalty_steers_greedy_away_from_seen_tokens(
     if method == "subtractive":
         # Subtracting 50 from a logit of this model forbids the token outright.
         assert repeats(harness.tokens[penalised], ids) == 0
+
+
+class LegacyForward(torch.nn.Module):
+    """The forward signature of transformers before 5.24 (``past_key_values``,
+    ``cache_position``), over the installed model."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+        self.generation_config = inner.generation_config
+        self.seen_keywords: set[str] = set()
+
+    def get_input_embeddings(self) -> Any:
+        return self.inner.get_input_embeddings()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool | None = None,
+        cache_position: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> Any:
+        assert past_key_values is not None
+        self.seen_keywords.add("past_key_values")
+        return self.inner(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=past_key_values,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+        )
+
+
+def test_the_pre_5_24_cache_keyword_is_used_when_the_model_asks_for_it(
+    tiny_model: tuple[Any, Any],
+) -> None:
+    model, tokenizer = tiny_model
+    legacy = LegacyForward(model)
+    harness = Harness(legacy, tokenizer)
+    prompts = [encode(tokenizer, p) for p in PROMPTS[:3]]
+    for ids in prompts:
+        harness.submit(ids)
+    harness.run()
+    assert legacy.seen_keywords == {"past_key_values"}
+    for request_id, ids in enumerate(prompts):
+        assert harness.tokens[request_id] == reference(model, tokenizer, ids, 12)
+
+
+def test_device_may_be_a_string_or_a_torch_device(tiny_model: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_model
+    for device in ("cpu", torch.device("cpu"), None):
+        backend = TransformersBackend(
+            model, tokenizer, num_slots=1, max_positions=64, device=device
+        )
+        assert backend.device == torch.device("cpu")

@@ -306,9 +306,20 @@ def test_model_lost_fails_everything_and_refuses_new_requests() -> None:
     assert (stats.running, stats.waiting) == (0, 0)
 
 
+def test_pool_slot_groups_fill_the_least_loaded_copy_first() -> None:
+    admission = Admission(capacity=5, max_waiting=0, groups=2)
+    assert admission.group_bounds == (0, 2, 5)
+    slots = [admission.submit(r) for r in range(5)]
+    assert [s.slot for s in slots] == [2, 0, 3, 1, 4]  # type: ignore[union-attr]
+    admission.finish(0)  # slot 2 frees: group 1 now has one free slot, group 0 none
+    assert admission.submit(9) == Admitted(request_id=9, slot=2)
+
+
 def test_admission_refuses_misuse() -> None:
     with pytest.raises(LocalProtocolError):
         Admission(capacity=0, max_waiting=0)
+    with pytest.raises(LocalProtocolError):
+        Admission(capacity=2, max_waiting=0, groups=3)
     admission = Admission(capacity=1, max_waiting=1)
     admission.submit(1)
     with pytest.raises(LocalProtocolError, match="already in use"):

@@ -52,8 +52,11 @@ class EngineMachine(RuleBasedStateMachine):
         capacity=st.integers(1, 4),
         max_waiting=st.integers(0, 4),
         extra_budget=st.integers(1, 12),
+        data=st.data(),
     )
-    def setup(self, capacity: int, max_waiting: int, extra_budget: int) -> None:
+    def setup(
+        self, capacity: int, max_waiting: int, extra_budget: int, data: st.DataObject
+    ) -> None:
         self.config = ChatStreamConfig(
             num_of_concurrent_executions=capacity,
             max_queue_size=max_waiting,
@@ -62,7 +65,8 @@ class EngineMachine(RuleBasedStateMachine):
             max_tokens_per_step=capacity + extra_budget,
         )
         self.tokenizer = LetterTokenizer()
-        self.engine = Engine(self.config, self.tokenizer)
+        self.groups = data.draw(st.integers(1, capacity), label="slot groups")
+        self.engine = Engine(self.config, self.tokenizer, slot_groups=self.groups)
         self.next_id = 0
         self.plan: StepPlan | None = None
         self.terminal: dict[int, object] = {}
@@ -186,6 +190,7 @@ class EngineMachine(RuleBasedStateMachine):
                         self.waiting.remove(rid)
                     assert slot not in self.running.values()
                     assert 0 <= slot < self.config.num_of_concurrent_executions
+                    self.check_least_loaded(slot)
                     self.running[rid] = slot
                 case Rejected(request_id=rid, reason=reason):
                     assert rid not in self.running and rid not in self.waiting
@@ -221,6 +226,18 @@ class EngineMachine(RuleBasedStateMachine):
         # Positions must be 1..waiting in queue order after every input.
         for index, rid in enumerate(self.waiting, 1):
             assert self.positions[rid] == index
+
+    def check_least_loaded(self, slot: int) -> None:
+        # The slot came from a group with the most free slots at that moment.
+        bounds = self.engine.slot_groups
+        used = set(self.running.values())
+
+        def free(group: int) -> int:
+            return sum(s not in used for s in range(bounds[group], bounds[group + 1]))
+
+        chosen = next(g for g in range(self.groups) if bounds[g] <= slot < bounds[g + 1])
+        assert free(chosen) == max(free(g) for g in range(self.groups))
+        assert slot == min(s for s in range(bounds[chosen], bounds[chosen + 1]) if s not in used)
 
     def check_plan(self, plan: StepPlan) -> None:
         assert plan.num_tokens <= self.config.max_tokens_per_step

@@ -13,6 +13,7 @@ The same object serves HTTP requests (``chatstream.adapters.starlette``), consol
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Mapping
@@ -46,7 +47,7 @@ from .backend import Backend
 from .chat_template import chat_template_prompt_class, has_chat_template
 from .driver import EngineDriver, RequestEvent, RequestHandle
 from .messages import resolve_locale, text
-from .model_thread import ModelThread
+from .pool import ModelPool
 
 __all__ = ["ChatStream", "RequestRejected", "Turn"]
 
@@ -203,15 +204,26 @@ class ChatStream:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
+        # A list of models (one per GPU, or copies) makes a pool behind one queue.
+        self._models: list[Any] = list(model) if isinstance(model, list | tuple) else [model]
+        devices = device if isinstance(device, list | tuple) else [device] * len(self._models)
+        if len(devices) != len(self._models):
+            raise ConfigError("device", "give one device per model, or a single device")
+        if len(self._models) > num_of_concurrent_executions:
+            raise ConfigError(
+                "num_of_concurrent_executions",
+                f"must be at least the number of models ({len(self._models)})",
+            )
+        self._devices: list[Any] = list(devices)
         self.chat_prompt_clazz: type[AbstractChatPrompt] = chat_prompt_clazz
         self.request_handler = request_handler
         self.logger = logger or logging.getLogger("chatstream")
         self.name = name
         self.locale = resolve_locale(locale)
         self.client_roles = client_roles
-        self.num_gpus = _count_gpus(device, num_gpus, use_mock_response)
+        self.num_gpus = _count_gpus(self._models, self._devices, num_gpus, use_mock_response)
         self._torch_threads = torch_threads
-        self._model_thread: ModelThread[Backend] | None = None
+        self._pool: ModelPool | None = None
         self._driver: EngineDriver | None = None
         self._console = Conversation()
 
@@ -221,21 +233,32 @@ class ChatStream:
         if self._driver is not None:
             raise RuntimeError("this ChatStream is already running")
         self.logger.info(text(self.locale, "loading", name=self._model_name()))
-        model_thread: ModelThread[Backend] = ModelThread(self._make_backend)
-        await model_thread.__aenter__()
+        copies = len(self._models)
+        capacity = self.config.num_of_concurrent_executions
+        bounds = [capacity * g // copies for g in range(copies + 1)]
+        pool = ModelPool(
+            [
+                functools.partial(self._make_backend, index, bounds[index + 1] - bounds[index])
+                for index in range(copies)
+            ],
+            bounds,
+        )
+        await pool.__aenter__()
         try:
-            config = self._fit_context(model_thread.backend)
-            driver = EngineDriver(Engine(config, model_thread.backend), model_thread)
+            backend = pool.backends[0]
+            config = self._fit_context(pool.backends)
+            engine = Engine(config, backend, slot_groups=copies)
+            driver = EngineDriver(engine, pool)
             await driver.__aenter__()
         except BaseException:
-            await model_thread.__aexit__(None, None, None)
+            await pool.__aexit__(None, None, None)
             raise
-        self._model_thread, self._driver = model_thread, driver
+        self._pool, self._driver = pool, driver
         self.logger.info(
             text(
                 self.locale,
                 "ready",
-                name=model_thread.backend.name,
+                name=backend.name,
                 slots=config.num_of_concurrent_executions,
                 waiting=config.max_queue_size,
                 context=config.context_len,
@@ -249,15 +272,15 @@ class ChatStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        driver, model_thread = self._driver, self._model_thread
-        self._driver = self._model_thread = None
-        assert driver is not None and model_thread is not None
+        driver, pool = self._driver, self._pool
+        self._driver = self._pool = None
+        assert driver is not None and pool is not None
         stats = driver.statistics()
         # The block's own exception propagates by itself; the parts only clean up.
         try:
             await driver.__aexit__(None, None, None)
         finally:
-            await model_thread.__aexit__(None, None, None)
+            await pool.__aexit__(None, None, None)
         self.logger.info(
             text(
                 self.locale,
@@ -280,9 +303,10 @@ class ChatStream:
 
     @property
     def backend(self) -> Backend:
-        if self._model_thread is None:
+        """The (first) model's backend; its tokenizer side serves every copy."""
+        if self._pool is None:
             raise RuntimeError("start the ChatStream first: `async with chat_stream:`")
-        return self._model_thread.backend
+        return self._pool.backends[0]
 
     def statistics(self) -> EngineStatistics:
         return self.driver.statistics()
@@ -401,7 +425,7 @@ class ChatStream:
             budget=self.driver.engine.config.prompt_budget,
         )
 
-    def _make_backend(self) -> Backend:
+    def _make_backend(self, index: int, num_slots: int) -> Backend:
         # Runs in the model thread: imports and loading stay off the event loop.
         if self.config.use_mock_response:
             from .mock_backend import MockBackend
@@ -414,18 +438,25 @@ class ChatStream:
         if self._torch_threads is not None:
             torch.set_num_threads(self._torch_threads)
         return TransformersBackend(
-            self.model,
+            self._models[index],
             self.tokenizer,
-            num_slots=self.config.num_of_concurrent_executions,
+            num_slots=num_slots,
             max_positions=self.config.context_len,
-            device=self.device,
+            device=self._devices[index],
             name=self._model_name(),
         )
 
-    def _fit_context(self, backend: Backend) -> ChatStreamConfig:
-        limit = backend.max_context
-        if limit is None or limit >= self.config.context_len:
+    def _fit_context(self, backends: list[Backend]) -> ChatStreamConfig:
+        limits = [b.max_context for b in backends if b.max_context is not None]
+        if not limits or min(limits) >= self.config.context_len:
             return self.config
+        limit = min(limits)
+        if limit <= self.config.max_new_tokens:
+            raise ConfigError(
+                "context_len",
+                f"the model holds {limit} tokens, not enough for max_new_tokens "
+                f"({self.config.max_new_tokens}) and a prompt",
+            )
         self.logger.warning(
             text(self.locale, "context_clamped", asked=self.config.context_len, used=limit)
         )
@@ -434,8 +465,8 @@ class ChatStream:
     def _model_name(self) -> str:
         if self.config.use_mock_response:
             return "mock"
-        config = getattr(self.model, "config", None)
-        return str(getattr(config, "_name_or_path", "") or type(self.model).__name__)
+        config = getattr(self._models[0], "config", None)
+        return str(getattr(config, "_name_or_path", "") or type(self._models[0]).__name__)
 
     def _log_rejection(self, reason: RejectReason) -> None:
         stats = self.driver.statistics()
@@ -456,12 +487,21 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
-def _count_gpus(device: Any, num_gpus: int | None, mock: bool) -> int:
-    """GPUs to report in resource usage: 0 unless the device is CUDA."""
-    if mock or device is None or "cuda" not in str(device):
+def _count_gpus(models: list[Any], devices: list[Any], num_gpus: int | None, mock: bool) -> int:
+    """GPUs to report in resource usage: the CUDA devices the models live on."""
+    if mock:
         return 0
-    if num_gpus is not None:
-        return num_gpus
-    import torch
-
-    return int(torch.cuda.device_count())
+    gpus: set[str] = set()
+    for model, device in zip(models, devices, strict=True):
+        places = list(getattr(model, "hf_device_map", {}).values())  # device_map loading
+        if device is not None:
+            places.append(device)
+        elif not places and hasattr(model, "get_input_embeddings"):
+            places.append(model.get_input_embeddings().weight.device)
+        for place in places:
+            name = f"cuda:{place}" if isinstance(place, int) else str(place)
+            if name.startswith("cuda"):
+                gpus.add(name if ":" in name else "cuda:0")
+    if not gpus:
+        return 0
+    return num_gpus if num_gpus is not None else len(gpus)

@@ -74,18 +74,39 @@ class ModelThread(Generic[B]):
         return self._backend
 
     async def __aenter__(self) -> ModelThread[B]:
+        await self.start()
+        try:
+            await self.wait_loaded()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def start(self) -> None:
+        """Start the thread and the model load; :meth:`wait_loaded` waits for the load.
+
+        ``async with`` does both; a pool starts every copy first, so they load together.
+        """
         plans_send, plans_receive = anyio.create_memory_object_stream[StepPlan](1)
         results_send, results_receive = anyio.create_memory_object_stream[_Message[B]](1)
         self._plans, self._results = plans_send, results_receive
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._host, plans_receive, results_send)
-        first = await results_receive.receive()
+
+    async def wait_loaded(self) -> None:
+        """Wait until the backend is built.
+
+        Raises:
+            ModelThreadDied: the backend failed to load.
+        """
+        assert self._results is not None
+        first = await self._results.receive()
         if isinstance(first, _Loaded):
             self._backend = first.backend
-            return self
-        await self.__aexit__(None, None, None)
+            return
         assert isinstance(first, _Died)
+        self._dead = first.message
         raise ModelThreadDied(first.message)
 
     async def __aexit__(

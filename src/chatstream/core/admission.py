@@ -5,6 +5,9 @@ It decides only *who may run*. Each method returns the events its decision cause
 engine adds the terminal ones. Slots are numbered 0..N-1 and handed out lowest first, so
 a backend can keep per-slot state (a KV cache row) without reshuffling a batch.
 
+With several model copies (a pool: one per GPU), the slots are split into contiguous
+groups, one per copy, and a new request goes to the least-loaded group.
+
 The original's semantics are kept, minus its off-by-ones: N generating + ``max_queue_size``
 waiting are accepted and the next one is rejected; ``max_queue_size=0`` means no waiting
 room at all (the original turned 0 and 1 into an unbounded queue).
@@ -12,6 +15,7 @@ room at all (the original turned 0 and 1 into an unbounded queue).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from dataclasses import dataclass
 
@@ -53,14 +57,20 @@ class AdmissionStatistics:
 class Admission:
     """FIFO admission with a bounded number of slots and a bounded waiting room."""
 
-    def __init__(self, *, capacity: int, max_waiting: int) -> None:
-        if capacity < 1 or max_waiting < 0:
-            raise LocalProtocolError("capacity must be >= 1 and max_waiting >= 0")
+    def __init__(self, *, capacity: int, max_waiting: int, groups: int = 1) -> None:
+        if capacity < 1 or max_waiting < 0 or not 1 <= groups <= capacity:
+            raise LocalProtocolError(
+                "capacity must be >= 1, max_waiting >= 0, and groups between 1 and capacity"
+            )
         self.capacity = capacity
         self.max_waiting = max_waiting
         self._running: dict[RequestId, int] = {}
         self._waiting: list[RequestId] = []
-        self._free_slots = list(range(capacity))
+        # One heap of free slots per group; group g holds slots [bounds[g], bounds[g + 1]).
+        self.group_bounds = tuple(capacity * g // groups for g in range(groups + 1))
+        self._free_slots = [
+            list(range(self.group_bounds[g], self.group_bounds[g + 1])) for g in range(groups)
+        ]
         self._admitted_total = 0
         self._rejected_total = 0
         self._cancelled_total = 0
@@ -70,7 +80,7 @@ class Admission:
         """A new request: admitted, queued, or rejected because the queue is full."""
         if request_id in self._running or request_id in self._waiting:
             raise LocalProtocolError(f"request id {request_id!r} is already in use")
-        if self._free_slots:
+        if any(self._free_slots):
             return self._admit(request_id)
         if len(self._waiting) < self.max_waiting:
             self._waiting.append(request_id)
@@ -125,13 +135,17 @@ class Admission:
         )
 
     def _admit(self, request_id: RequestId) -> Admitted:
-        slot = heapq.heappop(self._free_slots)
+        # The least-loaded group (most free slots); the lowest slot in it.
+        group = max(self._free_slots, key=len)
+        slot = heapq.heappop(group)
         self._running[request_id] = slot
         self._admitted_total += 1
         return Admitted(request_id=request_id, slot=slot)
 
     def _release(self, request_id: RequestId) -> list[AdmissionEvent]:
-        heapq.heappush(self._free_slots, self._running.pop(request_id))
+        slot = self._running.pop(request_id)
+        group = bisect.bisect_right(self.group_bounds, slot) - 1
+        heapq.heappush(self._free_slots[group], slot)
         if not self._waiting:
             return []
         head = self._waiting.pop(0)

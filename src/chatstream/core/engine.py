@@ -90,13 +90,19 @@ class Engine:
     Args:
         config: capacity, queue size, context length and step budget.
         detokenizer: turns token ids into text (special tokens skipped).
+        slot_groups: model copies sharing the slots (a pool); each new request goes to the
+            least-loaded copy.
     """
 
-    def __init__(self, config: ChatStreamConfig, detokenizer: Detokenizer) -> None:
+    def __init__(
+        self, config: ChatStreamConfig, detokenizer: Detokenizer, *, slot_groups: int = 1
+    ) -> None:
         self.config = config
         self._detokenizer = detokenizer
         self._admission = Admission(
-            capacity=config.num_of_concurrent_executions, max_waiting=config.max_queue_size
+            capacity=config.num_of_concurrent_executions,
+            max_waiting=config.max_queue_size,
+            groups=slot_groups,
         )
         self._scheduler = Scheduler(max_tokens_per_step=config.max_tokens_per_step)
         self._requests: dict[RequestId, _Request] = {}
@@ -163,6 +169,11 @@ class Engine:
             draining=self._draining,
             lost=self._lost,
         )
+
+    @property
+    def slot_groups(self) -> tuple[int, ...]:
+        """Bounds of the slot groups: group g holds slots ``[b[g], b[g + 1])``."""
+        return self._admission.group_bounds
 
     @property
     def waiting(self) -> tuple[RequestId, ...]:
