@@ -18,6 +18,7 @@ CORE_MODULES = [
     "errors",
     "events",
     "prompts",
+    "roles",
     "scheduler",
 ]
 

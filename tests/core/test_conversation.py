@@ -940,3 +940,20 @@ def test_abort_turn_restores_the_history_before_the_turn() -> None:
 def test_abort_turn_needs_a_turn_in_flight() -> None:
     with pytest.raises(LocalProtocolError, match="no turn is in flight"):
         Conversation().abort_turn()
+
+
+def test_render_history_shows_every_turn_without_truncation() -> None:
+    conversation = Conversation()
+    assert conversation.render_history(ChatPromptTogetherRedPajamaINCITEChat) is None
+    conversation.start_turn("a", user_message_id="u1", reply_id="r1")
+    conversation.append_reply("b")
+    conversation.finish_reply("stop")
+    assert (
+        conversation.render_history(ChatPromptTogetherRedPajamaINCITEChat)
+        == "<human>: a\n<bot>: b\n"
+    )
+    conversation.start_turn("c", user_message_id="u2", reply_id="r2")
+    assert (
+        conversation.render_history(ChatPromptTogetherRedPajamaINCITEChat)
+        == "<human>: a\n<bot>: b\n<human>: c\n<bot>:"
+    )

@@ -16,9 +16,9 @@ import dataclasses
 import functools
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -37,17 +37,24 @@ from chatstream.core import (
     Message,
     MockParams,
     PenaltyMethod,
+    PromptTooLongError,
     Rejected,
     RejectReason,
     RenderedPrompt,
     TextDelta,
 )
+from chatstream.core.roles import ClientRoles
 
 from .backend import Backend
 from .chat_template import chat_template_prompt_class, has_chat_template
 from .driver import EngineDriver, RequestEvent, RequestHandle
+from .http_common import HttpOptions, RequestContext, forbidden
 from .messages import resolve_locale, text
 from .pool import ModelPool
+
+if TYPE_CHECKING:
+    from .http_api import HttpApi
+    from .openai_api import OpenAIApi
 
 __all__ = ["ChatStream", "RequestRejected", "Turn"]
 
@@ -103,13 +110,28 @@ class Turn:
         except BaseException:
             self.close()
             raise
+        self._apply(event)
+        return event
+
+    async def next_event(self, timeout: float | None = None) -> RequestEvent | None:
+        """The next event; None after ``timeout`` seconds with none (the turn goes on) or
+        after the last one. Unlike iteration, a timeout here does not cancel the turn."""
+        try:
+            event = await self._handle.receive(timeout)
+        except BaseException:
+            self.close()
+            raise
+        if event is not None:
+            self._apply(event)
+        return event
+
+    def _apply(self, event: RequestEvent) -> None:
         if isinstance(event, TextDelta):
             self.conversation.append_reply(event.text)
         elif isinstance(event, Finished):
             self.finished = event
             self.conversation.finish_reply(event.reason)
             self.close()
-        return event
 
     def close(self) -> None:
         """Stop the turn if it is still running (the partial reply stays, cancelled)."""
@@ -221,9 +243,16 @@ class ChatStream:
         self.name = name
         self.locale = resolve_locale(locale)
         self.client_roles = client_roles
+        # Validated now, so that a bad role definition fails at startup, not per request.
+        self.roles = (
+            ClientRoles(client_roles) if client_roles is not None else ClientRoles.default()
+        )
+        self._http: HttpApi | None = None
+        self._http_options: HttpOptions | None = None
         self.num_gpus = _count_gpus(self._models, self._devices, num_gpus, use_mock_response)
         self._torch_threads = torch_threads
         self._pool: ModelPool | None = None
+        self._drain_requested = False
         self._driver: EngineDriver | None = None
         self._console = Conversation()
 
@@ -254,6 +283,7 @@ class ChatStream:
             await pool.__aexit__(None, None, None)
             raise
         self._pool, self._driver = pool, driver
+        self._drain_requested = False
         self.logger.info(
             text(
                 self.locale,
@@ -333,7 +363,7 @@ class ChatStream:
             PromptTooLongError: the turn does not fit the context (400).
             RequestRejected: queue full (429), draining or model gone (503).
         """
-        driver = self.driver
+        driver = self._apply_drain()
         params = self.config.generation_params(generation_params)
         if regenerate:
             conversation.start_regenerate(reply_id=_new_id())
@@ -366,6 +396,85 @@ class ChatStream:
             self._log_rejection(handle.outcome.reason)
             raise RequestRejected(handle.outcome.reason)
         return Turn(conversation, handle, prompt)
+
+    async def submit_messages(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        generation_params: Mapping[str, object] | None = None,
+    ) -> RequestHandle:
+        """Stateless generation for a list of ``{"role", "content"}`` messages (the
+        OpenAI-compatible API): rendered with the tokenizer's chat template when it has
+        one, else with the prompt class. Returns the request's handle.
+
+        Raises:
+            ConfigError: malformed messages or generation parameters (400).
+            PromptTooLongError: the messages do not fit the context (400).
+            RequestRejected: queue full (429), draining or model gone (503).
+        """
+        self._apply_drain()
+        params = self.config.generation_params(generation_params)
+        users = [m["content"] for m in messages if m.get("role") == "user"]
+        if not messages or messages[-1].get("role") != "user":
+            raise ConfigError("messages", "must end with a user message")
+        rendered = await anyio.to_thread.run_sync(self._render_messages, list(messages))
+        token_ids, stop_strings, replacements, strip = rendered
+        limit = self.driver.engine.config.context_len
+        if len(token_ids) >= limit:
+            raise PromptTooLongError(
+                f"the messages need {len(token_ids)} tokens; the context holds {limit}"
+            )
+        handle = self.driver.submit(
+            token_ids,
+            params,
+            DecodingOptions(
+                stop_strings=stop_strings,
+                stop_token_ids=self.backend.stop_token_ids,
+                replacements=replacements,
+                strip_leading_whitespace=strip,
+            ),
+            metadata={"user_input": users[-1], "turn": len(users)},
+        )
+        if isinstance(handle.outcome, Rejected):
+            handle.close()
+            self._log_rejection(handle.outcome.reason)
+            raise RequestRejected(handle.outcome.reason)
+        return handle
+
+    def _render_messages(
+        self, messages: list[Mapping[str, str]]
+    ) -> tuple[tuple[int, ...], tuple[str, ...], tuple[tuple[str, str], ...], bool]:
+        # In a worker thread: templates and tokenizers are not for the event loop.
+        backend = self.backend
+        if not self.config.use_mock_response and has_chat_template(self.tokenizer):
+            text = self.tokenizer.apply_chat_template(
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+            )
+            ids = backend.encode(str(text), add_special_tokens=False)
+            return tuple(ids), (), (), True
+        prompt = self.chat_prompt_clazz()
+        prompt.build_initial_prompt(prompt)
+        for message in messages:
+            role, content = message.get("role"), message.get("content", "")
+            if role == "system":
+                prompt.set_system(content)
+            elif role == "user":
+                prompt.add_requester_msg(content)
+            elif role == "assistant":
+                prompt.add_responder_msg(content)
+            else:
+                raise ConfigError("messages", f"unknown role {role!r}")
+        prompt.add_responder_msg(None)
+        add_special = self.config.add_special_tokens
+        if add_special is None:
+            add_special = prompt.add_special_tokens
+        ids = backend.encode(prompt.create_prompt(), add_special_tokens=add_special)
+        return (
+            tuple(ids),
+            tuple(prompt.get_stop_strs()),
+            tuple(prompt.get_replacement_when_output() or ()),
+            prompt.strip_reply,
+        )
 
     async def chat(
         self,
@@ -404,6 +513,140 @@ class ChatStream:
             yield response, delta, position
             position = "mid"
         yield response, "", "end"
+
+    @property
+    def model_id(self) -> str:
+        """The model's name as the OpenAI-compatible API reports it."""
+        return self._model_name()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def configure_http(self, *, options: HttpOptions | None = None) -> None:
+        """Set the HTTP limits (body size, input length, keep-alive, drain timeout)."""
+        self._http_options = options
+        self._http = None
+
+    def http_api(self) -> HttpApi:
+        """The HTTP endpoints of this ChatStream (built on first use)."""
+        if self._http is None:
+            from .http_api import HttpApi
+
+            self._http = HttpApi(self, roles=self.roles, options=self._http_options)
+        return self._http
+
+    def openai_api(self) -> OpenAIApi:
+        from .openai_api import OpenAIApi
+
+        return OpenAIApi(self.http_api())
+
+    def routes(self, opts: Mapping[str, Any] | None = None) -> list[Any]:
+        """Routes for ``Starlette(routes=...)`` or ``Mount`` (all APIs by default)."""
+        from .starlette import routes
+
+        return routes(self, opts)
+
+    def append_apis(self, app: Any, opts: Mapping[str, Any] | None = None) -> None:
+        """Register the built-in routes on a Starlette/FastAPI app, as the original did:
+        ``{"all": True}``, ``{"include": [...]}`` or ``{"exclude": [...]}``."""
+        from .starlette import append_apis
+
+        append_apis(app, self, opts)
+
+    def append_middlewares(self, app: Any, opts: Mapping[str, Any] | None = None) -> None:
+        """Add the session middleware (and CORS with ``develop_mode``) to an app."""
+        from .starlette import append_middlewares
+
+        append_middlewares(app, opts)
+
+    async def handle_chat_stream_request(
+        self, request: Any, request_body: bytes | str | None = None, callback: Any = None
+    ) -> Any:
+        return await self.http_api().handle_chat_stream_request(request, request_body, callback)
+
+    async def handle_clear_context_request(self, request: Any) -> Any:
+        return await self.http_api().handle_clear_context_request(request)
+
+    async def handle_get_prompt_request(self, request: Any) -> Any:
+        return await self.http_api().handle_get_prompt_request(request)
+
+    async def handle_set_generation_params_request(self, request: Any) -> Any:
+        return await self.http_api().handle_set_generation_params_request(request)
+
+    async def handle_get_generation_params_request(self, request: Any) -> Any:
+        return await self.http_api().handle_get_generation_params_request(request)
+
+    async def handle_set_feedback_request(
+        self, request: Any, opts: Mapping[str, Any] | None = None
+    ) -> Any:
+        return await self.http_api().handle_set_feedback_request(request, opts)
+
+    async def handle_get_load_request(self, request: Any) -> Any:
+        return await self.http_api().handle_get_load_request(request)
+
+    async def handle_get_resource_usage_request(self, request: Any) -> Any:
+        return await self.http_api().handle_get_resource_usage_request(request)
+
+    async def index(
+        self, request: Any, response: Any = None, opts: Mapping[str, Any] | None = None
+    ) -> Any:
+        """The web UI page (``response`` is accepted for the original's signature)."""
+        from .starlette import index_response
+
+        context = await RequestContext.of(request, self.roles, create_session=False)
+        if not context.allows("webui_index"):
+            return forbidden()
+        return index_response((opts or {}).get("ui_init_params"))
+
+    async def js(self, request: Any, response: Any = None) -> Any:
+        """The web UI script."""
+        from .starlette import js_response
+
+        context = await RequestContext.of(request, self.roles, create_session=False)
+        if not context.allows("webui_js"):
+            return forbidden()
+        return js_response()
+
+    # ------------------------------------------------------------------ draining
+
+    def start_drain(self) -> None:
+        """Admit nothing new (503, and ``/health`` says draining); running and waiting
+        requests go on.
+
+        Safe to call from a signal handler: it only sets a flag, which the event loop
+        applies to the engine before the next admission.
+        """
+        self._drain_requested = True
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_requested
+
+    def _apply_drain(self) -> EngineDriver:
+        driver = self.driver
+        if self._drain_requested and not driver.statistics().draining:
+            driver.drain()
+        return driver
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing runs or waits, at most ``timeout`` seconds; True if idle."""
+        with anyio.move_on_after(timeout):
+            while self._driver is not None:
+                stats = self._driver.statistics()
+                if stats.running == 0 and stats.waiting == 0:
+                    return True
+                await anyio.sleep(0.05)
+            return True
+        return False
+
+    async def drain(self, timeout: float) -> bool:
+        """Graceful shutdown: :meth:`start_drain`, then let work finish for up to
+        ``timeout`` seconds. Whatever still runs is cancelled when the ChatStream stops."""
+        self.start_drain()
+        return await self.wait_idle(timeout)
+
+    def render_history(self, conversation: Conversation) -> str | None:
+        """The conversation as the prompt class renders it (for ``get_prompt``)."""
+        return conversation.render_history(self.chat_prompt_clazz)
 
     def clear_console(self) -> None:
         self._console.clear()

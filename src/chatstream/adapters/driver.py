@@ -103,6 +103,15 @@ class RequestHandle:
             self._events.close()  # nothing follows a terminal event
         return event
 
+    async def receive(self, timeout: float | None = None) -> RequestEvent | None:
+        """The next event, or None after ``timeout`` seconds without one (the request goes
+        on), or None at the end of the stream."""
+        if timeout is None:
+            return await anext(self, None)
+        with anyio.move_on_after(timeout):
+            return await anext(self, None)
+        return None
+
     def close(self) -> None:
         """Stop listening; cancels the request if it has not ended."""
         self._events.close()

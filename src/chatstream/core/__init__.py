@@ -71,9 +71,12 @@ from .prompts import (
     PromptOptions,
     Replacements,
 )
+from .roles import API_NAMES, AUTH_METHODS, AuthMethod, ClientRole, ClientRoles
 from .scheduler import Scheduler
 
 __all__ = [
+    "API_NAMES",
+    "AUTH_METHODS",
     "GREEDY_TEMPERATURE",
     "NEED_INPUT",
     "AbstractChatPrompt",
@@ -81,12 +84,15 @@ __all__ = [
     "AdmissionEvent",
     "AdmissionStatistics",
     "Admitted",
+    "AuthMethod",
     "Cancel",
     "ChatContent",
     "ChatPromptRinnaJapaneseGPTNeoxInst",
     "ChatPromptTogetherRedPajamaINCITEChat",
     "ChatStreamConfig",
     "ChatStreamError",
+    "ClientRole",
+    "ClientRoles",
     "ConfigError",
     "Conversation",
     "DecodeItem",

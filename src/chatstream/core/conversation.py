@@ -275,19 +275,12 @@ class Conversation:
             PromptTooLongError: the current turn alone does not fit.
         """
         reply = self.reply
-        turns = self._turns_for_model()
+        turns = self._turns_for_model(self.messages[:-2])
         for dropped in range(len(turns) + 1):
             prompt = prompt_factory()
             prompt.build_initial_prompt(prompt)
             if prompt.is_chat_mode_enabled():
-                for user, answer in turns[dropped:]:
-                    prompt.add_requester_msg(user.content, message_id=user.id)
-                    # Replies are stored as the user saw them; the model gets its own form
-                    # back (rinna: newline to <NL>), as input replacements define it.
-                    model_form = prompt.replace_string(
-                        answer.content, prompt.get_replacement_when_input()
-                    )
-                    prompt.add_responder_msg(model_form, message_id=answer.id)
+                _add_turns(prompt, turns[dropped:])
                 user = self.find(reply.in_reply_to or "")
                 prompt.add_requester_msg(user.content, message_id=user.id)
                 prompt.add_responder_msg(None, message_id=reply.id)
@@ -357,11 +350,28 @@ class Conversation:
         yield from self.messages
         yield from self.archived
 
-    def _turns_for_model(self) -> list[tuple[Message, Message]]:
-        # Finished exchanges before the turn in flight, oldest first.
+    def render_history(self, prompt_factory: Callable[[], AbstractChatPrompt]) -> str | None:
+        """The whole history as the prompt class renders it, without truncation (what
+        ``get_prompt`` shows); the turn in flight, if any, ends it with an open reply.
+        None for an empty conversation."""
+        if not self.messages:
+            return None
+        prompt = prompt_factory()
+        prompt.build_initial_prompt(prompt)
+        finished = self.messages[:-2] if self.in_flight else self.messages
+        _add_turns(prompt, self._turns_for_model(finished))
+        if self.in_flight:
+            user = self.find(self.reply.in_reply_to or "")
+            prompt.add_requester_msg(user.content, message_id=user.id)
+            prompt.add_responder_msg(None, message_id=self.reply.id)
+        return prompt.create_prompt()
+
+    @staticmethod
+    def _turns_for_model(messages: list[Message]) -> list[tuple[Message, Message]]:
+        # Finished exchanges, oldest first, that the model should see again.
         turns: list[tuple[Message, Message]] = []
         pending_user: Message | None = None
-        for message in self.messages[:-2]:
+        for message in messages:
             if message.role is Role.USER:
                 pending_user = message
             else:
@@ -369,6 +379,15 @@ class Conversation:
                     turns.append((pending_user, message))
                 pending_user = None
         return turns
+
+
+def _add_turns(prompt: AbstractChatPrompt, turns: list[tuple[Message, Message]]) -> None:
+    for user, answer in turns:
+        prompt.add_requester_msg(user.content, message_id=user.id)
+        # Replies are stored as the user saw them; the model gets its own form back
+        # (rinna: newline to <NL>), as the prompt's input replacements define it.
+        model_form = prompt.replace_string(answer.content, prompt.get_replacement_when_input())
+        prompt.add_responder_msg(model_form, message_id=answer.id)
 
 
 def _shown_to_model(reply: Message) -> bool:

@@ -1,0 +1,509 @@
+"""The original ChatStream HTTP API, done right.
+
+Same paths, methods and JSON shapes as the original (``chat_stream``, ``clear_context``,
+``get_prompt``, ``set_generation_params``, ``get_generation_params``, ``set_feedback``,
+``get_load``, ``get_resource_usage``), plus Server-Sent Events, ``/health`` and
+``/metrics``. Each ``handle_*`` coroutine takes a Starlette request and returns an ASGI
+response, so hand-written routes can call them as they called the original's.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from chatstream.core import (
+    Admitted,
+    ConfigError,
+    Conversation,
+    Finished,
+    FinishReason,
+    LocalProtocolError,
+    PromptTooLongError,
+    Queued,
+    QueuePositionChanged,
+    RejectReason,
+    TextDelta,
+    TurnInFlightError,
+    UnknownMessageError,
+)
+from chatstream.core.roles import ClientRoles
+
+from .chat_stream import RequestRejected
+from .http_common import (
+    BadRequest,
+    HttpOptions,
+    RequestContext,
+    error_response,
+    forbidden,
+    read_json_object,
+)
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import ChatMetrics, RequestTimer
+from .resources import resource_usage
+from .streaming import EOS, ERROR_MARK, TurnResponse, sse_comment, sse_event
+
+if TYPE_CHECKING:
+    from .chat_stream import ChatStream, Turn
+
+__all__ = ["FinishCallback", "HttpApi"]
+
+#: ``callback(request, message)``, sync or async, called once when a chat stream ends with
+#: "success", "client_disconnected_while_streaming", "client_disconnected_before_streaming"
+#: or "error".
+FinishCallback = Callable[[Request, str], Any]
+
+# The original's names in set/get_generation_params, and ours.
+_PARAM_ALIASES = {"top_k_value": "top_k", "top_p_value": "top_p"}
+
+
+class HttpApi:
+    """The HTTP endpoints of one :class:`~chatstream.ChatStream`."""
+
+    def __init__(
+        self,
+        chat_stream: ChatStream,
+        *,
+        roles: ClientRoles,
+        options: HttpOptions | None = None,
+        metrics: ChatMetrics | None = None,
+    ) -> None:
+        self.chat_stream = chat_stream
+        self.roles = roles
+        self.options = options or HttpOptions()
+        self.metrics = metrics or ChatMetrics()
+        self._durations = _RunningMean()
+
+    # ------------------------------------------------------------------ chat
+
+    async def handle_chat_stream_request(
+        self,
+        request: Request,
+        request_body: bytes | str | None = None,
+        callback: FinishCallback | None = None,
+    ) -> Response | TurnResponse:
+        """``POST /chat_stream``: one turn of the session's conversation, streamed."""
+        cs = self.chat_stream
+        try:
+            body = await read_json_object(request, request_body, self.options)
+            context = await RequestContext.of(request, self.roles, create_session=True)
+            if not context.allows("chat_stream"):
+                return forbidden(_session_hint(context))
+            regenerate = body.get("regenerate", False)
+            if not isinstance(regenerate, bool):
+                raise BadRequest(400, "invalid_field", "'regenerate' must be true or false")
+            user_input = self._user_input(body, regenerate)
+            overrides = body.get("generation_params") or {}
+            if not isinstance(overrides, dict):
+                raise BadRequest(400, "invalid_field", "'generation_params' must be an object")
+            promoted = None if regenerate else self.roles.promotion_for_input(user_input)
+            if promoted is not None and context.data is not None:
+                context.data.role = promoted.name
+                assert context.session is not None
+                await context.session.save()
+                return self._role_granted(promoted.name, promoted.enable_dev_tool, request)
+            data = context.data
+            conversation = data.conversation if data is not None else Conversation()
+            session_params = data.generation_params if data is not None else {}
+            params = {**session_params, **_canonical(overrides)}
+            timer = RequestTimer(self.metrics)
+            timer.submitted()
+            started = anyio.current_time()
+            turn = await cs.start_turn(
+                conversation, user_input, regenerate=regenerate, generation_params=params
+            )
+        except BadRequest as error:
+            return error.response()
+        except TurnInFlightError:
+            return error_response(
+                409, "conversation_busy", "a reply is already being generated in this session"
+            )
+        except (ConfigError, PromptTooLongError, LocalProtocolError) as error:
+            return error_response(error.status_hint, _error_code(error), str(error))
+        except RequestRejected as error:
+            return self._rejected(error.reason)
+        sse = _wants_sse(request, body)
+        outcome: dict[str, bool] = {"admitted": isinstance(turn.outcome, Admitted)}
+
+        async def on_end(how: str) -> None:
+            turn.close()
+            finished = turn.finished
+            if finished is not None and finished.reason is not FinishReason.CANCELLED:
+                message = "error" if finished.reason is FinishReason.ERROR else "success"
+            elif outcome["admitted"]:
+                message = "client_disconnected_while_streaming"
+            else:
+                message = "client_disconnected_before_streaming"
+            timer.finished(
+                _metrics_outcome(finished),
+                finished.usage if finished is not None else None,
+            )
+            if context.session is not None and context.data is not None:
+                await context.session.save()
+            self._durations.add(anyio.current_time() - started)
+            if callback is not None:
+                await _call(cs, callback, request, message)
+
+        chunks = (
+            self._sse_chunks(turn, timer, outcome)
+            if sse
+            else self._original_chunks(turn, timer, outcome)
+        )
+        return TurnResponse(
+            chunks,
+            media_type="text/event-stream; charset=utf-8" if sse else "text/plain; charset=utf-8",
+            headers={"X-ChatStream-Last-Generated-Message-Id": turn.reply.id},
+            on_end=on_end,
+        )
+
+    def _user_input(self, body: Mapping[str, Any], regenerate: bool) -> str | None:
+        user_input = body.get("user_input")
+        if regenerate:
+            return None
+        if not isinstance(user_input, str):
+            raise BadRequest(
+                400,
+                "missing_user_input",
+                "'user_input' is required and must be a string (unless regenerating)",
+            )
+        if not user_input.strip():
+            raise BadRequest(400, "empty_user_input", "'user_input' is empty")
+        if len(user_input) > self.options.max_input_chars:
+            raise BadRequest(
+                400,
+                "user_input_too_long",
+                f"'user_input' is longer than {self.options.max_input_chars} characters",
+            )
+        return user_input
+
+    async def _events(self, turn: Turn, timer: RequestTimer, outcome: dict[str, bool]) -> Any:
+        """Turn events, with None for each keep-alive interval without one."""
+        while turn.finished is None:
+            event = await turn.next_event(self.options.keepalive_sec)
+            if event is None and turn.finished is None:
+                yield None
+                continue
+            if isinstance(event, Admitted):
+                outcome["admitted"] = True
+                timer.admitted()
+            elif isinstance(event, TextDelta):
+                timer.delta()
+            yield event
+
+    async def _sse_chunks(self, turn: Turn, timer: RequestTimer, outcome: dict[str, bool]) -> Any:
+        message_id = turn.reply.id
+        async for event in self._events(turn, timer, outcome):
+            match event:
+                case None:
+                    yield sse_comment("keep-alive")
+                case Queued(position=position) | QueuePositionChanged(position=position):
+                    yield sse_event("queued", {"position": position})
+                case Admitted():
+                    yield sse_event("started", {"message_id": message_id})
+                case TextDelta(text=text):
+                    yield sse_event("delta", {"text": text})
+                case Finished(reason=FinishReason.ERROR, error=error):
+                    yield sse_event("error", {"message": error or "generation failed"})
+                case Finished(reason=reason, usage=usage):
+                    yield sse_event(
+                        "done",
+                        {
+                            "message_id": message_id,
+                            "finish_reason": str(reason),
+                            "usage": {
+                                "prompt_tokens": usage.prompt_tokens,
+                                "completion_tokens": usage.completion_tokens,
+                                "total_tokens": usage.total_tokens,
+                            },
+                        },
+                    )
+
+    async def _original_chunks(
+        self, turn: Turn, timer: RequestTimer, outcome: dict[str, bool]
+    ) -> Any:
+        # Every chunk is the whole reply so far followed by <::EOS::>, as the original sent.
+        text = ""
+        async for event in self._events(turn, timer, outcome):
+            if isinstance(event, TextDelta):
+                text += event.text
+                yield (text + EOS).encode()
+            elif isinstance(event, Finished) and event.reason is FinishReason.ERROR:
+                yield f"{ERROR_MARK}{event.error or 'generation failed'}{EOS}".encode()
+
+    def _role_granted(self, role: str, dev_tool: bool, request: Request) -> Response:
+        text = f"New role: '{role}' has been granted"
+        headers = {"X-ChatStream-API-DevTool-Enabled": "enabled"} if dev_tool else {}
+        if _wants_sse(request, {}):
+            body = sse_event("role", {"role": role, "dev_tool": dev_tool}) + sse_event(
+                "done", {"message_id": None, "finish_reason": "role_granted"}
+            )
+            return Response(body, media_type="text/event-stream", headers=headers)
+        return PlainTextResponse(text + EOS, headers=headers)
+
+    def _rejected(self, reason: RejectReason) -> Response:
+        self.metrics.observe_rejected(str(reason))
+        if reason is RejectReason.QUEUE_FULL:
+            headers = {"Retry-After": str(self._retry_after())}
+            status = 429 if self.chat_stream.config.too_many_request_as_http_error else 200
+            # The original's body: {"error": "too_many_requests"}.
+            return JSONResponse({"error": "too_many_requests"}, status_code=status, headers=headers)
+        if reason is RejectReason.PROMPT_TOO_LONG:
+            return error_response(400, "prompt_too_long", "the prompt does not fit the context")
+        return error_response(
+            503, str(reason), "the server is not taking new requests", {"Retry-After": "5"}
+        )
+
+    def _retry_after(self) -> int:
+        # Honest backpressure: roughly when a place should free, from recent durations.
+        stats = self.chat_stream.statistics()
+        mean = self._durations.mean
+        if mean is None:
+            return 1
+        return max(1, math.ceil(mean * (stats.waiting + 1) / max(stats.capacity, 1)))
+
+    # ------------------------------------------------------------------ the rest
+
+    async def handle_clear_context_request(self, request: Request) -> Response:
+        context = await RequestContext.of(request, self.roles, create_session=False)
+        if not context.allows("clear_context"):
+            return forbidden(_session_hint(context))
+        if context.data is None or context.session is None:
+            return JSONResponse({"success": False, "message": "no context."})
+        try:
+            context.data.conversation.clear()
+        except TurnInFlightError:
+            return error_response(
+                409, "conversation_busy", "a reply is being generated; stop it first"
+            )
+        await context.session.save()
+        return JSONResponse({"success": True, "message": "Context successfully cleared"})
+
+    async def handle_get_prompt_request(self, request: Request) -> Response:
+        context = await RequestContext.of(request, self.roles, create_session=False)
+        if not context.allows("get_prompt"):
+            return forbidden(_session_hint(context))
+        if context.data is None:
+            return JSONResponse({"success": False, "message": "no context."})
+        prompt = await anyio.to_thread.run_sync(
+            self.chat_stream.render_history, context.data.conversation
+        )
+        if prompt is None:
+            return JSONResponse(
+                {"success": True, "message": "no prompt", "prompt": None, "prompt_text": None}
+            )
+        return JSONResponse(
+            {
+                "success": True,
+                "message": "success",
+                # The original percent-encoded the prompt; prompt_text is the plain text.
+                "prompt": urllib.parse.quote(prompt),
+                "prompt_text": prompt,
+            }
+        )
+
+    async def handle_set_generation_params_request(self, request: Request) -> Response:
+        try:
+            body = await read_json_object(request, None, self.options)
+        except BadRequest as error:
+            return error.response()
+        context = await RequestContext.of(request, self.roles, create_session=True)
+        if not context.allows("set_generation_params"):
+            return forbidden(_session_hint(context))
+        if context.data is None or context.session is None:
+            return JSONResponse({"success": False, "message": "no session"})
+        merged = {**context.data.generation_params, **_canonical(body)}
+        try:
+            self.chat_stream.config.generation_params(merged)
+        except ConfigError as error:
+            return error_response(400, "invalid_generation_params", str(error))
+        # Incremental: what is not in this request keeps its earlier value.
+        context.data.generation_params = merged
+        await context.session.save()
+        return JSONResponse(
+            {
+                "success": True,
+                "message": "success",
+                "generation_params": self._params_view(merged),
+            }
+        )
+
+    async def handle_get_generation_params_request(self, request: Request) -> Response:
+        context = await RequestContext.of(request, self.roles, create_session=False)
+        if not context.allows("get_generation_params"):
+            return forbidden(_session_hint(context))
+        overrides = context.data.generation_params if context.data is not None else {}
+        return JSONResponse(
+            {
+                "success": True,
+                "message": "success",
+                "generation_params": self._params_view(overrides),
+            }
+        )
+
+    def _params_view(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        params = self.chat_stream.config.generation_params(overrides)
+        return {
+            "temperature": params.temperature,
+            "top_k_value": params.top_k,
+            "top_p_value": params.top_p,
+            "max_new_tokens": params.max_new_tokens,
+            "repetition_penalty": params.repetition_penalty,
+            "repetition_penalty_method": params.repetition_penalty_method,
+            "seed": params.seed,
+        }
+
+    async def handle_set_feedback_request(
+        self, request: Request, opts: Mapping[str, Any] | None = None
+    ) -> Response:
+        try:
+            body = await read_json_object(request, None, self.options)
+        except BadRequest as error:
+            return error.response()
+        context = await RequestContext.of(request, self.roles, create_session=False)
+        if not context.allows("set_feedback"):
+            return forbidden(_session_hint(context))
+        message_id = body.get("message_id")
+        is_like = body.get("is_like", False)
+        if not isinstance(message_id, str) or not message_id:
+            return error_response(400, "missing_message_id", "'message_id' must be a string")
+        if not isinstance(is_like, bool):
+            return error_response(400, "invalid_field", "'is_like' must be true or false")
+        if context.data is None or context.session is None:
+            return error_response(404, "unknown_message_id", "no conversation in this session")
+        conversation = context.data.conversation
+        try:
+            message = conversation.set_feedback(
+                message_id, is_like=is_like, data=body.get("form_data", "")
+            )
+        except UnknownMessageError:
+            return error_response(404, "unknown_message_id", f"no message {message_id!r}")
+        await context.session.save()
+        handler = (opts or {}).get("on_feedback_received")
+        if handler is not None:
+            history = conversation.history_until(message_id)
+            await _call(
+                self.chat_stream,
+                handler,
+                {
+                    "is_like": is_like,
+                    "form_data": body.get("form_data", ""),
+                    "prompt": [m.to_json() for m in history],
+                    "target_message_id": message_id,
+                    "target_message": message.content,
+                    "generation_params": self._params_view(context.data.generation_params),
+                },
+            )
+        return JSONResponse({"success": True, "message": "success"})
+
+    async def handle_get_load_request(self, request: Request) -> Response:
+        context = await RequestContext.of(request, self.roles, create_session=False)
+        if not context.allows("get_load"):
+            return forbidden(_session_hint(context))
+        stats = self.chat_stream.statistics()
+        worker = {
+            "name": self.chat_stream.name,
+            "processing": stats.running,
+            "waiting": stats.waiting,
+            # Kept for clients of the original; its two internal queues are one queue here.
+            "_num_of_next_queue": 0,
+            "_num_of_request_queue": stats.waiting,
+            "max_processing": stats.capacity,
+            # The real waiting room (the original reported capacity + queue size here).
+            "max_waiting": stats.max_waiting,
+        }
+        return JSONResponse({"success": True, "message": "success", "chatstream_workers": [worker]})
+
+    async def handle_get_resource_usage_request(self, request: Request) -> Response:
+        context = await RequestContext.of(request, self.roles, create_session=False)
+        if not context.allows("get_resource_usage"):
+            return forbidden(_session_hint(context))
+        usage = await anyio.to_thread.run_sync(
+            resource_usage, self.chat_stream.name, self.chat_stream.num_gpus
+        )
+        return JSONResponse({"success": True, "message": "success", "memory_usage": [usage]})
+
+    async def handle_health_request(self, request: Request) -> Response:
+        """``GET /health``: 200 when serving, 503 while loading, draining or broken."""
+        cs = self.chat_stream
+        if not cs.running:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        stats = cs.statistics()
+        if stats.lost is not None:
+            return JSONResponse({"status": "unavailable", "detail": stats.lost}, status_code=503)
+        if stats.draining or cs.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ok",
+                "running": stats.running,
+                "waiting": stats.waiting,
+                "capacity": stats.capacity,
+                "max_waiting": stats.max_waiting,
+            }
+        )
+
+    async def handle_metrics_request(self, request: Request) -> Response:
+        context = await RequestContext.of(request, self.roles, create_session=False)
+        if not context.allows("metrics"):
+            return forbidden(_session_hint(context))
+        text = self.metrics.render(self.chat_stream.statistics())
+        return PlainTextResponse(text, media_type=METRICS_CONTENT_TYPE)
+
+
+class _RunningMean:
+    """Mean of the last stretch of request durations (an exponential moving average)."""
+
+    def __init__(self, weight: float = 0.1) -> None:
+        self.mean: float | None = None
+        self._weight = weight
+
+    def add(self, value: float) -> None:
+        self.mean = value if self.mean is None else self.mean + self._weight * (value - self.mean)
+
+
+def _canonical(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {_PARAM_ALIASES.get(str(k), str(k)): v for k, v in params.items()}
+
+
+def _wants_sse(request: Request, body: Mapping[str, Any]) -> bool:
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return True
+    return request.query_params.get("stream") == "sse" or body.get("stream") == "sse"
+
+
+def _error_code(error: Exception) -> str:
+    if isinstance(error, PromptTooLongError):
+        return "prompt_too_long"
+    if isinstance(error, ConfigError):
+        return "invalid_generation_params"
+    return "bad_request"
+
+
+def _session_hint(context: RequestContext) -> str | None:
+    if context.session is None and context.role is None:
+        return "no session: add chat_stream.append_middlewares(app) or use create_app()"
+    return None
+
+
+def _metrics_outcome(finished: Finished | None) -> str:
+    if finished is None or finished.reason is FinishReason.CANCELLED:
+        return "cancelled"
+    return "error" if finished.reason is FinishReason.ERROR else "finished"
+
+
+async def _call(cs: ChatStream, function: Callable[..., Any], *args: Any) -> None:
+    """Run a user callback (sync or async) and log what it raises instead of breaking the
+    stream: a failing callback must never leave a slot held or a response hanging."""
+    try:
+        result = function(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        cs.logger.exception("a chatstream callback raised")

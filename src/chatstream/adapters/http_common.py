@@ -1,0 +1,160 @@
+"""What every chatstream HTTP endpoint shares: options, JSON errors, bodies, roles, sessions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from chatstream.core.roles import ClientRole, ClientRoles
+
+from .sessions import Session, SessionData, get_session
+
+__all__ = [
+    "AUTH_HEADER",
+    "BadRequest",
+    "HttpOptions",
+    "RequestContext",
+    "error_response",
+    "forbidden",
+    "read_json_object",
+]
+
+#: The header an agent (a program, not a browser) sends its credential in.
+AUTH_HEADER = "x-chatstream-auth-header"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpOptions:
+    """Limits and timings of the HTTP layer."""
+
+    #: Largest request body accepted (bytes); more is a 413.
+    max_body_bytes: int = 256 * 1024
+    #: Longest ``user_input`` accepted (characters); more is a 400.
+    max_input_chars: int = 16_000
+    #: Seconds between SSE keep-alive comments while a request waits or runs.
+    keepalive_sec: float = 15.0
+    #: Seconds that running streams get to finish when the server drains for shutdown.
+    drain_timeout_sec: float = 30.0
+
+
+class BadRequest(Exception):
+    """A request the client must fix; carries its status and JSON body."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.error, self.message)
+
+
+def error_response(
+    status: int, error: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The JSON body of every error: a code for programs and a sentence for people."""
+    return JSONResponse(
+        {"success": False, "error": error, "message": message},
+        status_code=status,
+        headers=dict(headers or {}),
+    )
+
+
+def forbidden(hint: str | None = None) -> JSONResponse:
+    # The original's body, so that clients written for it keep working.
+    body: dict[str, Any] = {
+        "success": False,
+        "error": "forbidden",
+        "message": "Forbidden",
+        "detail": "Denied on role layer.",
+    }
+    if hint:
+        body["hint"] = hint
+    return JSONResponse(body, status_code=403)
+
+
+async def read_json_object(
+    request: Request, body: bytes | str | None, options: HttpOptions
+) -> dict[str, Any]:
+    """The request's JSON object, within the size limit.
+
+    Args:
+        body: a body the caller already read (the original's "interception"), or None to
+            read it here.
+
+    Raises:
+        BadRequest: too large (413), not JSON or not an object (400).
+    """
+    if body is None:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > options.max_body_bytes:
+            raise _too_large(options)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > options.max_body_bytes:
+                raise _too_large(options)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    elif len(body) > options.max_body_bytes:
+        raise _too_large(options)
+    if isinstance(body, bytes) and not body.strip():
+        return {}
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise BadRequest(400, "invalid_json", "the body must be a JSON object")
+    return parsed
+
+
+def _too_large(options: HttpOptions) -> BadRequest:
+    return BadRequest(
+        413, "body_too_large", f"the body is larger than {options.max_body_bytes} bytes"
+    )
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Who is asking: the session (if any), its data, and the resolved role."""
+
+    session: Session | None
+    data: SessionData | None
+    role: ClientRole | None
+
+    @classmethod
+    async def of(
+        cls, request: Request, roles: ClientRoles, *, create_session: bool
+    ) -> RequestContext:
+        """Resolve the caller. A session is created only when ``create_session`` is set (a
+        cookie-less GET never creates one)."""
+        credential = request.headers.get(AUTH_HEADER)
+        try:
+            session: Session | None = get_session(request)
+        except RuntimeError:
+            session = None  # no session middleware: every caller is session-less
+        data = None
+        if session is not None and roles.agent_for_credential(credential) is None:
+            data = await (session.load_or_create() if create_session else session.load())
+        # With sessions in place, a caller without a credential is a browser, even before
+        # its first session exists (a cookie-less GET creates none); without the session
+        # middleware, such callers get the agent default role.
+        role = roles.resolve(
+            session_role=data.role if data is not None else None,
+            credential=credential,
+            has_session=session is not None,
+        )
+        if role is None:
+            role = roles.agent_default
+        return cls(session=session, data=data, role=role)
+
+    def allows(self, api_name: str) -> bool:
+        return self.role is not None and self.role.allows(api_name)

@@ -1,0 +1,103 @@
+"""Streaming HTTP responses for chat turns: the original's format and Server-Sent Events.
+
+:class:`TurnResponse` is a plain ASGI response that always listens for the client going away,
+whatever ASGI version the server speaks, so a client that leaves while its request waits in the
+queue (when nothing is being sent yet) is noticed at once and its place freed. Starlette's own
+``StreamingResponse`` only notices on the next write with ASGI 2.4 servers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["EOS", "ERROR_MARK", "TurnResponse", "sse_comment", "sse_event"]
+
+#: The original's end-of-chunk token: every chunk is the whole reply so far plus this.
+EOS = "<::EOS::>"
+#: In the original format, an error after streaming started is sent as a last chunk
+#: ``<::ERROR::>message<::EOS::>`` (the original ended the body silently).
+ERROR_MARK = "<::ERROR::>"
+
+
+def sse_event(event: str, data: Mapping[str, Any]) -> bytes:
+    """One Server-Sent Event with a JSON payload."""
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {event}\ndata: {payload}\n\n".encode()
+
+
+def sse_comment(text: str) -> bytes:
+    """A comment line: ignored by clients, keeps proxies and idle timeouts at bay."""
+    return f": {text}\n\n".encode()
+
+
+class TurnResponse:
+    """An ASGI response that streams ``chunks`` and reports how it ended.
+
+    Args:
+        chunks: the body, produced lazily.
+        on_end: awaited once, shielded, with "complete", "disconnected", "cancelled" (the
+            server stopped the response) or "error" when the stream ends.
+    """
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        media_type: str,
+        headers: Mapping[str, str] | None = None,
+        status_code: int = 200,
+        on_end: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.chunks = chunks
+        self.status_code = status_code
+        self.headers = {
+            "content-type": media_type,
+            "cache-control": "no-cache",
+            # Ask nginx and similar proxies not to buffer the stream.
+            "x-accel-buffering": "no",
+            **{k.lower(): v for k, v in (headers or {}).items()},
+        }
+        self._on_end = on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        outcome = "cancelled"
+        async with anyio.create_task_group() as tg:
+
+            async def watch_disconnect() -> None:
+                nonlocal outcome
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                outcome = "disconnected"
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch_disconnect)
+            try:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": self.status_code,
+                        "headers": [(k.encode(), v.encode()) for k, v in self.headers.items()],
+                    }
+                )
+                async for chunk in self.chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                outcome = "complete"
+            except OSError:
+                outcome = "disconnected"
+            except Exception:
+                outcome = "error"
+                raise
+            finally:
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    aclose = getattr(self.chunks, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                    if self._on_end is not None:
+                        await self._on_end(outcome)

@@ -1,0 +1,1 @@
+"""The bundled web UI (static files served by ``chatstream.adapters.starlette``)."""

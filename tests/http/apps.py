@@ -1,0 +1,73 @@
+"""Apps the HTTP tests serve in a real server process, configured by environment variables.
+
+``CHATSTREAM_TEST_OPTIONS`` holds JSON keyword arguments for ``ChatStream`` (mock mode);
+``CHATSTREAM_TEST_HTTP`` holds JSON keyword arguments for ``HttpOptions``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from chatstream import ChatStream
+from chatstream.adapters.http_common import HttpOptions
+from chatstream.adapters.starlette import create_app
+
+
+def _chat_stream() -> ChatStream:
+    options: dict[str, Any] = {
+        "use_mock_response": True,
+        "mock_params": {"type": "round", "time_per_token_sec": 0.0},
+        **json.loads(os.environ.get("CHATSTREAM_TEST_OPTIONS", "{}")),
+    }
+    return ChatStream(**options)
+
+
+def _http_options() -> HttpOptions:
+    return HttpOptions(**json.loads(os.environ.get("CHATSTREAM_TEST_HTTP", "{}")))
+
+
+def mock_app() -> Starlette:
+    """The app factory's app: every API, sessions, health, metrics."""
+    return create_app(_chat_stream(), secret_key="test secret", http_options=_http_options())
+
+
+def original_style_app() -> Starlette:
+    """An app written the way the original's docs wrote them: hand-made routes calling the
+    ``handle_*`` methods, request-body interception and a finish callback."""
+    import contextlib
+
+    chat_stream = _chat_stream()
+    finished: list[str] = []
+
+    async def stream_api(request: Request) -> Any:
+        body = await request.body()  # the original's "interception"
+        return await chat_stream.handle_chat_stream_request(
+            request, request_body=body, callback=lambda req, message: finished.append(message)
+        )
+
+    async def callbacks(request: Request) -> Response:
+        return JSONResponse(finished)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        async with chat_stream:
+            yield
+
+    app = Starlette(
+        routes=[
+            Route("/chat_stream", stream_api, methods=["POST"]),
+            Route("/callbacks", callbacks, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    chat_stream.append_middlewares(app, {"fast_session": {"secret_key": "test secret"}})
+    chat_stream.append_apis(app, {"exclude": ["chat_stream"]})
+    app.state.chat_stream = chat_stream
+    return app

@@ -1,0 +1,107 @@
+"""A real server process per test, under uvicorn (asyncio) or hypercorn (trio)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = pathlib.Path(__file__).parent.parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str, loop: str) -> None:
+        self.process = process
+        self.base_url = base_url
+        self.loop = loop
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30, **kwargs)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=30, **kwargs)
+
+
+ServerFactory = Callable[..., Server]
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def loop(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def start_server(loop: str) -> Iterator[ServerFactory]:
+    servers: list[Server] = []
+
+    def start(
+        factory: str = "tests.http.apps:mock_app",
+        options: dict[str, Any] | None = None,
+        http: dict[str, Any] | None = None,
+        drain_timeout: float = 10.0,
+    ) -> Server:
+        port = free_port()
+        env = {
+            **os.environ,
+            "CHATSTREAM_TEST_OPTIONS": json.dumps(options or {}),
+            "CHATSTREAM_TEST_HTTP": json.dumps(http or {}),
+            "PYTHONPATH": str(ROOT),
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "chatstream.server",
+            "--factory",
+            factory,
+            "--loop",
+            loop,
+            "--port",
+            str(port),
+            "--drain-timeout",
+            str(drain_timeout),
+        ]
+        process = subprocess.Popen(command, env=env, cwd=ROOT)
+        server = Server(process, f"http://127.0.0.1:{port}", loop)
+        servers.append(server)
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}")
+            try:
+                if httpx.get(f"{server.base_url}/health", timeout=1).status_code in (200, 403):
+                    return server
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+
+    yield start
+    for server in servers:
+        server.stop()
