@@ -142,3 +142,43 @@ def test_one_device_per_model_is_checked() -> None:
             num_of_concurrent_executions=2,
             chat_prompt_clazz=Prompt,
         )
+
+
+async def test_a_custom_backend_plugs_into_chat_stream() -> None:
+    built: list[int] = []
+
+    def factory(num_slots: int) -> ScriptedBackend:
+        built.append(num_slots)
+        return ScriptedBackend()
+
+    chat_stream = ChatStream(
+        backend=[factory, factory], num_of_concurrent_executions=3, max_new_tokens=4
+    )
+    async with chat_stream:
+        assert chat_stream.model_id == "scripted"
+        conversation = chat_stream.new_conversation()
+        reply = "".join([d async for d in chat_stream.chat(conversation, "hi")])
+    assert reply == "xxxx"  # the scripted model always says "x"
+    assert sorted(built) == [1, 2]  # three slots split over two copies
+
+
+async def test_a_copy_whose_thread_dies_takes_the_pool_down_cleanly() -> None:
+    def dying(num_slots: int) -> ScriptedBackend:
+        return ScriptedBackend(die_at=1)
+
+    chat_stream = ChatStream(backend=[dying, dying], num_of_concurrent_executions=2)
+    async with chat_stream:
+        conversation = chat_stream.new_conversation()
+        from chatstream.core import ChatStreamError
+
+        with pytest.raises(ChatStreamError, match="the model thread died"):
+            async for _ in chat_stream.chat(conversation, "hi"):
+                pass
+        stats = chat_stream.statistics()
+        assert stats.lost is not None
+        assert (stats.running, stats.waiting) == (0, 0)
+        from chatstream import RequestRejected
+
+        with pytest.raises(RequestRejected) as caught:
+            await chat_stream.start_turn(chat_stream.new_conversation(), "later")
+        assert caught.value.status_hint == 503

@@ -20,7 +20,7 @@ class Backend(Protocol):
 
     #: A short name for logs and ``/v1/models``.
     name: str
-    #: Token ids that end a reply (EOS and the chat template's end-of-turn tokens).
+    #: Token ids that end a reply (the model's and the tokenizer's EOS ids).
     stop_token_ids: frozenset[int]
     #: The longest sequence the model can attend to, or None if unbounded.
     max_context: int | None

@@ -16,7 +16,8 @@ import dataclasses
 import functools
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +57,10 @@ if TYPE_CHECKING:
     from .http_api import HttpApi
     from .openai_api import OpenAIApi
 
-__all__ = ["ChatStream", "RequestRejected", "Turn"]
+__all__ = ["BackendFactory", "ChatStream", "RequestRejected", "Turn"]
+
+#: Builds a backend for a number of slots; called in the model thread.
+BackendFactory = Callable[[int], Backend]
 
 _REJECT_STATUS = {
     RejectReason.QUEUE_FULL: 429,
@@ -155,7 +159,7 @@ class ChatStream:
     """Streaming chat over a causal LM, under load control.
 
     Every option of the original constructor is here, with its documented default; see
-    ``docs/options.md``. Invalid options raise :class:`~chatstream.core.ConfigError` at
+    ``docs/chatstream.md``. Invalid options raise :class:`~chatstream.core.ConfigError` at
     construction, not at the first request.
     """
 
@@ -187,6 +191,7 @@ class ChatStream:
         client_roles: Mapping[str, Any] | None = None,
         max_tokens_per_step: int = 512,
         torch_threads: int | None = None,
+        backend: BackendFactory | Sequence[BackendFactory] | None = None,
     ) -> None:
         if isinstance(mock_params, Mapping):
             mock_params = MockParams.from_mapping(mock_params)
@@ -206,18 +211,22 @@ class ChatStream:
             add_special_tokens=add_special_tokens,
             max_tokens_per_step=max_tokens_per_step,
         )
-        if not use_mock_response and (model is None or tokenizer is None):
+        # A custom backend (one factory per model copy) replaces the mock and transformers.
+        self._backend_factories: list[BackendFactory] = (
+            [] if backend is None else list(backend) if isinstance(backend, Sequence) else [backend]
+        )
+        no_model_needed = use_mock_response or bool(self._backend_factories)
+        if not no_model_needed and (model is None or tokenizer is None):
             raise ConfigError("model", "a model and a tokenizer are needed (or use_mock_response)")
         if chat_prompt_clazz is None:
-            if use_mock_response or not has_chat_template(tokenizer):
-                if not use_mock_response:
-                    raise ConfigError(
-                        "chat_prompt_clazz",
-                        "the tokenizer has no chat template; give a prompt class",
-                    )
+            if has_chat_template(tokenizer) and not use_mock_response:
+                chat_prompt_clazz = chat_template_prompt_class(tokenizer)
+            elif no_model_needed:
                 chat_prompt_clazz = ChatPromptTogetherRedPajamaINCITEChat
             else:
-                chat_prompt_clazz = chat_template_prompt_class(tokenizer)
+                raise ConfigError(
+                    "chat_prompt_clazz", "the tokenizer has no chat template; give a prompt class"
+                )
         elif not (
             isinstance(chat_prompt_clazz, type)
             and issubclass(chat_prompt_clazz, AbstractChatPrompt)
@@ -228,6 +237,8 @@ class ChatStream:
         self.device = device
         # A list of models (one per GPU, or copies) makes a pool behind one queue.
         self._models: list[Any] = list(model) if isinstance(model, list | tuple) else [model]
+        if self._backend_factories:
+            self._models = [model] * len(self._backend_factories)
         devices = device if isinstance(device, list | tuple) else [device] * len(self._models)
         if len(devices) != len(self._models):
             raise ConfigError("device", "give one device per model, or a single device")
@@ -339,7 +350,10 @@ class ChatStream:
         return self._pool.backends[0]
 
     def statistics(self) -> EngineStatistics:
-        return self.driver.statistics()
+        stats = self.driver.statistics()
+        if self._drain_requested and not stats.draining:
+            stats = dataclasses.replace(stats, draining=True)
+        return stats
 
     # ------------------------------------------------------------------ chatting
 
@@ -508,10 +522,11 @@ class ChatStream:
         """
         response = ""
         position = "begin"
-        async for delta in self.chat(self._console, user_input):
-            response += delta
-            yield response, delta, position
-            position = "mid"
+        async with aclosing(self.chat(self._console, user_input)) as deltas:
+            async for delta in deltas:
+                response += delta
+                yield response, delta, position
+                position = "mid"
         yield response, "", "end"
 
     @property
@@ -670,6 +685,8 @@ class ChatStream:
 
     def _make_backend(self, index: int, num_slots: int) -> Backend:
         # Runs in the model thread: imports and loading stay off the event loop.
+        if self._backend_factories:
+            return self._backend_factories[index](num_slots)
         if self.config.use_mock_response:
             from .mock_backend import MockBackend
 
@@ -706,6 +723,10 @@ class ChatStream:
         return dataclasses.replace(self.config, context_len=limit)
 
     def _model_name(self) -> str:
+        if self._pool is not None:
+            return self._pool.backends[0].name
+        if self._backend_factories:
+            return "custom backend"
         if self.config.use_mock_response:
             return "mock"
         config = getattr(self._models[0], "config", None)

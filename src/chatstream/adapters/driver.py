@@ -76,15 +76,16 @@ class RequestHandle:
         self._driver = driver
         self._events = events
         self._peeked: RequestEvent | None = None
+        self._outcome: RequestEvent | None = None
         self.finished: Finished | Rejected | None = None
 
     @property
     def outcome(self) -> RequestEvent:
         """The admission outcome, known as soon as submit returns: Admitted, Queued or
-        Rejected (or Finished, for a request that ended at once)."""
-        if self._peeked is None:
-            self._peeked = self._events.receive_nowait()
-        return self._peeked
+        Rejected. It stays the first event, however far the request has gone since."""
+        if self._outcome is None:
+            self._peeked = self._outcome = self._events.receive_nowait()
+        return self._outcome
 
     def __aiter__(self) -> RequestHandle:
         return self
@@ -98,6 +99,8 @@ class RequestHandle:
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 self._events.close()
                 raise StopAsyncIteration from None
+            if self._outcome is None:
+                self._outcome = event
         if isinstance(event, Finished | Rejected):
             self.finished = event
             self._events.close()  # nothing follows a terminal event

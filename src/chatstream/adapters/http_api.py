@@ -100,7 +100,9 @@ class HttpApi:
             if not isinstance(regenerate, bool):
                 raise BadRequest(400, "invalid_field", "'regenerate' must be true or false")
             user_input = self._user_input(body, regenerate)
-            overrides = body.get("generation_params") or {}
+            overrides = body.get("generation_params", {})
+            if overrides is None:
+                overrides = {}
             if not isinstance(overrides, dict):
                 raise BadRequest(400, "invalid_field", "'generation_params' must be an object")
             promoted = None if regenerate else self.roles.promotion_for_input(user_input)

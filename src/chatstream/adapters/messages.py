@@ -11,8 +11,8 @@ Locale = Literal["en", "ja"]
 
 _MESSAGES: Final[dict[str, dict[Locale, str]]] = {
     "loading": {
-        "en": "loading the model {name} in the model thread",
-        "ja": "モデルスレッドでモデル {name} を読み込んでいます",
+        "en": "starting the model thread for {name}",
+        "ja": "{name} のモデルスレッドを起動しています",
     },
     "ready": {
         "en": "ready: {name}, {slots} concurrent generations, {waiting} waiting places, "
@@ -29,10 +29,6 @@ _MESSAGES: Final[dict[str, dict[Locale, str]]] = {
         "{waiting}/{max_waiting} waiting",
         "ja": "リクエストを拒否しました ({reason}): 生成中 {running}/{capacity}、"
         "待機中 {waiting}/{max_waiting}",
-    },
-    "model_lost": {
-        "en": "the model thread stopped: {message}",
-        "ja": "モデルスレッドが停止しました: {message}",
     },
     "stopped": {
         "en": "stopped: {finished} replies finished, {cancelled} cancelled, {rejected} rejected",

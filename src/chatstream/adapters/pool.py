@@ -31,7 +31,7 @@ from chatstream.core import (
 )
 
 from .backend import Backend
-from .model_thread import ModelThread
+from .model_thread import ModelThread, ModelThreadDied
 
 __all__ = ["ModelPool", "split_plan"]
 
@@ -104,14 +104,20 @@ class ModelPool:
         if len(parts) == 1:
             return await self._threads[0].run(plan)
         results: list[StepCompleted | StepFailed | None] = [None] * len(parts)
+        died: list[ModelThreadDied] = []
 
         async def run_part(index: int, part: StepPlan) -> None:
-            results[index] = await self._threads[index].run(part)
+            try:
+                results[index] = await self._threads[index].run(part)
+            except ModelThreadDied as error:  # raised below, not as an exception group
+                died.append(error)
 
         async with anyio.create_task_group() as tg:
             for index, part in enumerate(parts):
                 if part is not None:
                     tg.start_soon(run_part, index, part)
+        if died:
+            raise died[0]
         tokens: dict[RequestId, tuple[int, ...]] = {}
         errors: dict[RequestId, str] = {}
         for part, result in zip(parts, results, strict=True):

@@ -94,7 +94,8 @@ class TransformersBackend:
         self._slots: dict[int, _Slot] = {}
         self._sampler = BatchSampler()
         vocab = int(model.config.vocab_size)
-        # Tokens each slot has seen, for the repetition penalty (kept only if one is used).
+        # Tokens each slot has seen, for the repetition penalty: kept up to date at every
+        # step (a scatter of a few ids), read only by rows that use a penalty.
         self._seen = torch.zeros((num_slots, vocab), dtype=torch.bool, device=self.device)
         self._dtype = next(model.parameters()).dtype
         model.eval()

@@ -1,0 +1,189 @@
+"""Every malformed request gets a 4xx with a JSON body that says what was wrong, and changes
+nothing: no leaked slot, no corrupted history, no dead worker, never a 500."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chatstream.adapters import mock_texts
+
+from .conftest import ServerFactory
+
+ALL_ROLES = {"user": {"apis": {"allow": "all", "auth_method": "nothing", "use_session": True}}}
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    body = response.json()
+    assert body["success"] is False
+    assert isinstance(body["message"], str) and body["message"]
+    return dict(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"not json", 400, "invalid_json"),
+        (b"[1, 2]", 400, "invalid_json"),
+        (b"{}", 400, "missing_user_input"),
+        (b'{"user_input": 5}', 400, "missing_user_input"),
+        (b'{"user_input": "   "}', 400, "empty_user_input"),
+        (b'{"user_input": "x", "regenerate": "True"}', 400, "invalid_field"),
+        (b'{"user_input": "x", "generation_params": []}', 400, "invalid_field"),
+        (
+            b'{"user_input": "x", "generation_params": {"warmth": 2}}',
+            400,
+            "invalid_generation_params",
+        ),
+        (
+            b'{"user_input": "x", "generation_params": {"top_p": 0}}',
+            400,
+            "invalid_generation_params",
+        ),
+        (
+            b'{"user_input": "x", "generation_params": {"max_new_tokens": 100000}}',
+            400,
+            "invalid_generation_params",
+        ),
+        (b'{"regenerate": true}', 400, "bad_request"),
+        (json.dumps({"user_input": "y" * 101}).encode(), 400, "user_input_too_long"),
+        (json.dumps({"user_input": "z" * 3000}).encode(), 413, "body_too_large"),
+    ],
+)
+def test_malformed_chat_requests(
+    start_server: ServerFactory, body: bytes, status: int, code: str
+) -> None:
+    server = start_server(
+        options={"client_roles": ALL_ROLES},
+        http={"max_input_chars": 100, "max_body_bytes": 2048},
+    )
+    with server.client() as client:
+        response = client.post(
+            "/chat_stream", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == status
+        assert error_of(response)["error"] == code
+        # Nothing changed: no slot held, no history, the worker still answers.
+        assert client.get("/get_load").json()["chatstream_workers"][0]["processing"] == 0
+        prompt = client.get("/get_prompt").json()
+        assert prompt.get("prompt_text") is None
+        with client.stream("POST", "/chat_stream", json={"user_input": "fine"}) as ok:
+            assert mock_texts.ROUND_EN[0] in ok.read().decode()
+
+
+def test_bad_feedback_and_params_change_nothing(start_server: ServerFactory) -> None:
+    server = start_server(options={"client_roles": ALL_ROLES})
+    with server.client() as client:
+        with client.stream("POST", "/chat_stream", json={"user_input": "hi"}) as response:
+            response.read()
+        before = client.get("/get_prompt").json()["prompt_text"]
+        assert error_of(client.post("/set_feedback", json={"message_id": "nope"}))["error"] == (
+            "unknown_message_id"
+        )
+        assert client.post("/set_feedback", json={"message_id": 3}).status_code == 400
+        assert client.post("/set_feedback", content=b"{").status_code == 400
+        assert client.post("/set_generation_params", json={"temperature": "hot"}).status_code == 400
+        assert client.post("/set_generation_params", json={"top_k_value": True}).status_code == 400
+        assert client.get("/get_prompt").json()["prompt_text"] == before
+        params = client.get("/get_generation_params").json()["generation_params"]
+        assert (params["temperature"], params["top_k_value"]) == (1.0, 50)
+
+
+def test_regenerate_with_no_history_is_400(start_server: ServerFactory) -> None:
+    server = start_server()
+    with server.client() as client:
+        response = client.post("/chat_stream", json={"regenerate": True})
+        assert response.status_code == 400
+        assert "no user message" in error_of(response)["message"]
+
+
+def test_prompt_longer_than_the_context(start_server: ServerFactory) -> None:
+    server = start_server(options={"context_len": 64, "max_new_tokens": 16})
+    with server.client() as client:
+        response = client.post("/chat_stream", json={"user_input": "long " * 40})
+        assert error_of(response)["error"] == "prompt_too_long"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+FIELDS = st.sampled_from(
+    [
+        "user_input",
+        "regenerate",
+        "generation_params",
+        "message_id",
+        "is_like",
+        "form_data",
+        "temperature",
+        "top_k_value",
+        "top_p_value",
+        "messages",
+        "max_tokens",
+        "stream",
+        "n",
+        "stop",
+        "seed",
+    ]
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    path=st.sampled_from(
+        [
+            "/chat_stream",
+            "/set_generation_params",
+            "/set_feedback",
+            "/v1/chat/completions",
+            "/clear_context",
+        ]
+    ),
+    body=st.dictionaries(FIELDS, JSON_VALUES, max_size=5) | JSON_VALUES,
+)
+def test_no_request_body_produces_a_500(
+    start_server: ServerFactory, path: str, body: object
+) -> None:
+    server = shared_server(start_server)
+    with server.client() as client:
+        try:
+            content = json.dumps(body).encode()
+        except ValueError:
+            content = b"{"
+        response = client.post(path, content=content, headers={"content-type": "application/json"})
+        assert response.status_code < 500, (path, body, response.text)
+        if response.status_code >= 400:
+            response.json()
+        load = client.get("/get_load").json()["chatstream_workers"][0]
+        assert load["processing"] == 0 and load["waiting"] == 0
+
+
+_servers: dict[int, Any] = {}
+
+
+def shared_server(start_server: ServerFactory) -> Any:
+    # One server for all the examples of one test run (per event loop).
+    key = id(start_server)
+    if key not in _servers:
+        _servers.clear()
+        _servers[key] = start_server(
+            options={
+                "client_roles": ALL_ROLES,
+                "mock_params": {"type": "echo", "time_per_token_sec": 0},
+            }
+        )
+    return _servers[key]
