@@ -226,3 +226,20 @@ def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
         if kind is not None and data is not None:
             events.append((kind, json.loads(data)))
     return events
+
+
+def test_history_for_a_reloaded_page(start_server: ServerFactory) -> None:
+    server = start_server()
+    with server.client() as client:
+        assert client.get("/get_history").json()["messages"] == []  # no session yet
+        response, _ = chat(client, {"user_input": "hello"})
+        reply_id = response.headers["x-chatstream-last-generated-message-id"]
+        client.post("/set_feedback", json={"message_id": reply_id, "is_like": False})
+        messages = client.get("/get_history").json()["messages"]
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", "hello"),
+        ("assistant", mock_texts.ROUND_EN[0]),
+    ]
+    assert messages[1]["id"] == reply_id
+    assert messages[1]["status"] == "complete"
+    assert messages[1]["feedback"] == {"is_like": False, "data": ""}

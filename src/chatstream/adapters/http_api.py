@@ -310,6 +310,14 @@ class HttpApi:
             }
         )
 
+    async def handle_get_history_request(self, request: Request) -> Response:
+        """``GET /get_history``: the session's messages, for a page that reloads."""
+        context = await RequestContext.of(request, self.roles, create_session=False)
+        if not context.allows("get_history"):
+            return forbidden(_session_hint(context))
+        messages = context.data.conversation.to_json()["messages"] if context.data else []
+        return JSONResponse({"success": True, "message": "success", "messages": messages})
+
     async def handle_set_generation_params_request(self, request: Request) -> Response:
         try:
             body = await read_json_object(request, None, self.options)

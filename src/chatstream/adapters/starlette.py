@@ -49,6 +49,7 @@ API_PATHS: dict[str, tuple[str, tuple[str, ...]]] = {
     "webui_js": ("/chatstream.js", ("GET",)),
     "openai": ("/v1/chat/completions", ("POST",)),
     "metrics": ("/metrics", ("GET",)),
+    "get_history": ("/get_history", ("GET",)),
 }
 
 
@@ -104,6 +105,7 @@ def routes(
         "webui_js": chat_stream.js,
         "openai": openai.chat_completions,
         "metrics": http.handle_metrics_request,
+        "get_history": http.handle_get_history_request,
     }
     selected = select_apis(opts)
     out: list[BaseRoute] = [

@@ -44,7 +44,8 @@ __all__ = [
 ]
 
 #: Every API a role can allow: the original's ten, then the OpenAI-compatible API, the
-#: Prometheus metrics and the developer tool. Health checks are never role-gated.
+#: Prometheus metrics, the developer tool and the session's history (for the web UI).
+#: Health checks are never role-gated.
 API_NAMES: Final[tuple[str, ...]] = (
     "chat_stream",
     "clear_context",
@@ -59,6 +60,7 @@ API_NAMES: Final[tuple[str, ...]] = (
     "openai",
     "metrics",
     "dev_tool",
+    "get_history",
 )
 
 AuthMethod = Literal[
@@ -96,6 +98,7 @@ _DEFAULT_USER_APIS: Final = (
     "webui_index",
     "webui_js",
     "openai",
+    "get_history",
 )
 _DEFAULT_AGENT_APIS: Final = ("get_load",)
 
