@@ -730,7 +730,9 @@ class ChatStream:
         if self.config.use_mock_response:
             return "mock"
         config = getattr(self._models[0], "config", None)
-        return str(getattr(config, "_name_or_path", "") or type(self._models[0]).__name__)
+        name = str(getattr(config, "_name_or_path", "") or type(self._models[0]).__name__)
+        # A local folder's name, not its whole path (which says more than a client needs).
+        return name.rstrip("/").rsplit("/", 1)[-1]
 
     def _log_rejection(self, reason: RejectReason) -> None:
         stats = self.driver.statistics()

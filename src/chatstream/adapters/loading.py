@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
+
+from chatstream.progress import LoadProgress
 
 __all__ = ["load_model", "placement"]
 
@@ -65,13 +68,44 @@ def load_model(
     gguf_file: str | None = None,
     model_options: Mapping[str, Any] | None = None,
     tokenizer_options: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    stream: IO[str] | None = None,
 ) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` from a local folder (or a GGUF file in it), in eval mode.
+    """Load ``(model, tokenizer)`` from a local folder (or a GGUF file in it), in eval mode,
+    with a progress bar (estimated from the previous load of the same model).
 
     Nothing is downloaded: set ``HF_HUB_OFFLINE=1`` or give a local path.
     """
+    label = name or Path(path).name
+    with LoadProgress(f"Loading {label}", key=f"load:{Path(path).resolve()}", stream=stream):
+        return _load(
+            path,
+            device=device,
+            num_gpus=num_gpus,
+            max_gpu_memory=max_gpu_memory,
+            dtype=dtype,
+            gguf_file=gguf_file,
+            model_options=model_options,
+            tokenizer_options=tokenizer_options,
+        )
+
+
+def _load(
+    path: str | os.PathLike[str],
+    *,
+    device: str,
+    num_gpus: int | None,
+    max_gpu_memory: str | None,
+    dtype: Any,
+    gguf_file: str | None,
+    model_options: Mapping[str, Any] | None,
+    tokenizer_options: Mapping[str, Any] | None,
+) -> tuple[Any, Any]:
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     free: list[int] = []
     if device.startswith("cuda") and num_gpus is not None and num_gpus > 1:

@@ -176,6 +176,8 @@ def create_app(
     store: SessionStore | None = None,
     secure_cookies: bool = False,
     http_options: HttpOptions | None = None,
+    web_ui_params: Mapping[str, Any] | None = None,
+    on_ready: Callable[[], None] | None = None,
     debug: bool = False,
 ) -> Starlette:
     """A Starlette app serving ``chat_stream``: every API (or the chosen ones), the web UI,
@@ -187,6 +189,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with chat_stream:
+            if on_ready is not None:
+                on_ready()
             try:
                 yield
             finally:
@@ -196,8 +200,11 @@ def create_app(
     middleware = session_middleware(
         {"secret_key": secret_key, "store": store, "secure": secure_cookies}
     )
+    selection: dict[str, Any] = dict(apis) if apis is not None else {"all": True}
+    if web_ui_params:
+        selection["web_ui_params"] = dict(web_ui_params)
     app = Starlette(
-        debug=debug, routes=routes(chat_stream, apis), middleware=middleware, lifespan=lifespan
+        debug=debug, routes=routes(chat_stream, selection), middleware=middleware, lifespan=lifespan
     )
     # The server runner finds it here to start draining on SIGTERM.
     app.state.chat_stream = chat_stream

@@ -1,0 +1,259 @@
+"""The command line: ``chatstream serve`` (HTTP server + web UI) and ``chatstream chat``
+(console chat). Also ``python -m chatstream``.
+
+With no ``--model``, both use the embedded SmolLM2-135M-Instruct (see ``chatstream.embedded``).
+Every option can also come from a config file (``--config file.toml`` or ``.json``), whose
+keys are the long option names with underscores; options on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+_DEFAULTS: dict[str, Any] = {
+    "model": None,
+    "mock": False,
+    "mock_type": "round",
+    "mock_time_per_token": 0.05,
+    "device": "cpu",
+    "concurrency": 2,
+    "queue_size": 5,
+    "host": "127.0.0.1",
+    "port": 8000,
+    "loop": "asyncio",
+    "max_new_tokens": 256,
+    "context_len": 1024,
+    "temperature": 0.7,
+    "top_k": 50,
+    "top_p": 0.9,
+    "repetition_penalty": None,
+    "secret_key": None,
+    "too_many_requests_as_429": True,
+    "drain_timeout": 30.0,
+    "torch_threads": None,
+    "system": None,
+    "lang": None,
+}
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        metavar="PATH",
+        help="a local HuggingFace model folder, or a .gguf file; default: the embedded "
+        "SmolLM2-135M-Instruct (converted once into the cache on first use)",
+    )
+    group.add_argument(
+        "--mock", action="store_true", help="no model: canned replies (for UI work and tests)"
+    )
+    group.add_argument(
+        "--mock-type", choices=["round", "long", "echo"], help="the mock's replies (round)"
+    )
+    group.add_argument(
+        "--mock-time-per-token", type=float, metavar="SEC", help="the mock's pace (0.05)"
+    )
+    group.add_argument("--device", help="cpu, cuda, cuda:N or mps (cpu)")
+    group.add_argument(
+        "--torch-threads", type=int, metavar="N", help="torch threads in the model thread"
+    )
+    gen = parser.add_argument_group("generation defaults")
+    gen.add_argument("--max-new-tokens", type=int, metavar="N", help="tokens per reply (256)")
+    gen.add_argument("--context-len", type=int, metavar="N", help="prompt + reply tokens (1024)")
+    gen.add_argument("--temperature", type=float, help="0 is greedy (0.7)")
+    gen.add_argument("--top-k", type=int, help="keep the k likeliest tokens (50)")
+    gen.add_argument("--top-p", type=float, help="nucleus sampling (0.9)")
+    gen.add_argument("--repetition-penalty", type=float, help="off by default")
+    gen.add_argument("--system", metavar="TEXT", help="a system prompt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatstream",
+        description="Streaming chat for HuggingFace causal LMs, under load control.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the web UI and the HTTP APIs")
+    serve.add_argument("--config", metavar="FILE", help="TOML or JSON file of options")
+    _model_options(serve)
+    load = serve.add_argument_group("load control")
+    load.add_argument(
+        "--concurrency", type=int, metavar="N", help="replies generated at once, batched (2)"
+    )
+    load.add_argument(
+        "--queue-size", type=int, metavar="M", help="requests that may wait; more get 429 (5)"
+    )
+    load.add_argument(
+        "--original-too-many-requests",
+        dest="too_many_requests_as_429",
+        action="store_false",
+        default=None,
+        help="answer a full queue with HTTP 200 and a JSON error, as the original did",
+    )
+    server = serve.add_argument_group("server")
+    server.add_argument("--host", help="interface to listen on (127.0.0.1)")
+    server.add_argument("--port", type=int, help="port (8000)")
+    server.add_argument("--loop", choices=["asyncio", "trio"], help="event loop (asyncio)")
+    server.add_argument(
+        "--secret-key",
+        help="signs session cookies; needed to share sessions across processes or restarts "
+        "(default: a random key per start)",
+    )
+    server.add_argument(
+        "--drain-timeout", type=float, metavar="SEC", help="seconds streams get at shutdown (30)"
+    )
+    server.add_argument("--lang", choices=["en", "ja"], help="web UI language (the browser's)")
+
+    chat = commands.add_parser("chat", help="chat in the terminal")
+    chat.add_argument("--config", metavar="FILE", help="TOML or JSON file of options")
+    _model_options(chat)
+    return parser
+
+
+def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, then the config file, then the command line."""
+    options = dict(_DEFAULTS)
+    if args.config:
+        options.update(_read_config(Path(args.config)))
+    for name, value in vars(args).items():
+        if name not in ("command", "config") and value not in (None, False):
+            options[name] = value
+        elif name == "too_many_requests_as_429" and value is False:
+            options[name] = False
+    return options
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: the config must be a table/object of options")
+    config = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(config) - set(_DEFAULTS))
+    if unknown:
+        raise SystemExit(f"{path}: unknown options {unknown}; known: {sorted(_DEFAULTS)}")
+    return config
+
+
+def build_chat_stream(options: dict[str, Any]) -> Any:
+    """A ChatStream as the options ask for, with the model loaded (progress shown)."""
+    from chatstream import ChatStream
+
+    prompt_class = None
+    common: dict[str, Any] = {
+        "num_of_concurrent_executions": options["concurrency"],
+        "max_queue_size": options["queue_size"],
+        "too_many_request_as_http_error": options["too_many_requests_as_429"],
+        "max_new_tokens": options["max_new_tokens"],
+        "context_len": options["context_len"],
+        "temperature": options["temperature"],
+        "top_k": options["top_k"],
+        "top_p": options["top_p"],
+        "repetition_penalty": options["repetition_penalty"],
+        "torch_threads": options["torch_threads"],
+    }
+    if options["mock"]:
+        mock_params = {
+            "type": options["mock_type"],
+            "time_per_token_sec": options["mock_time_per_token"],
+        }
+        return ChatStream(use_mock_response=True, mock_params=mock_params, **common)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model, tokenizer = _load(options)
+    if options["system"]:
+        prompt_class = _with_system(tokenizer, options["system"])
+    return ChatStream(
+        model=model,
+        tokenizer=tokenizer,
+        device=options["device"],
+        chat_prompt_clazz=prompt_class,
+        **common,
+    )
+
+
+def _load(options: dict[str, Any]) -> tuple[Any, Any]:
+    if options["torch_threads"]:
+        import torch
+
+        torch.set_num_threads(options["torch_threads"])
+    model_path = options["model"]
+    if model_path is None:
+        from chatstream.embedded import load_embedded_model
+
+        return load_embedded_model(device=options["device"])
+    from chatstream.adapters.loading import load_model
+
+    path = Path(model_path)
+    if path.suffix == ".gguf":
+        return load_model(path.parent, device=options["device"], gguf_file=path.name)
+    return load_model(path, device=options["device"])
+
+
+def _with_system(tokenizer: Any, system: str) -> Any:
+    from chatstream.adapters.chat_template import chat_template_prompt_class
+
+    base = chat_template_prompt_class(tokenizer)
+
+    class WithSystem(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.set_system(system)
+
+    return WithSystem
+
+
+def serve(options: dict[str, Any]) -> None:
+    from chatstream.adapters.http_common import HttpOptions
+    from chatstream.adapters.starlette import create_app
+    from chatstream.server import serve as run_server
+
+    chat_stream = build_chat_stream(options)
+    url = f"http://{options['host']}:{options['port']}/"
+    ui = {"lang": options["lang"]} if options["lang"] else None
+    app = create_app(
+        chat_stream,
+        secret_key=options["secret_key"],
+        http_options=HttpOptions(drain_timeout_sec=options["drain_timeout"]),
+        web_ui_params=ui,
+        on_ready=lambda: print(
+            f"chatstream: serving {chat_stream.model_id} ({options['loop']}); "
+            f"open {url} in a browser. Ctrl+C stops.",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
+    run_server(
+        app,
+        host=options["host"],
+        port=options["port"],
+        loop=options["loop"],
+        drain_timeout=options["drain_timeout"],
+    )
+
+
+def chat(options: dict[str, Any]) -> None:
+    from chatstream.console import run_console
+
+    run_console(build_chat_stream(options))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    options = resolve_options(args)
+    if args.command == "serve":
+        serve(options)
+    else:
+        chat(options)
+
+
+if __name__ == "__main__":
+    main()

