@@ -33,7 +33,14 @@ from .sessions import SessionMiddleware, SessionStore
 if TYPE_CHECKING:
     from .chat_stream import ChatStream
 
-__all__ = ["API_PATHS", "append_apis", "append_middlewares", "create_app", "routes"]
+__all__ = [
+    "API_PATHS",
+    "append_apis",
+    "append_middlewares",
+    "create_app",
+    "mountable_app",
+    "routes",
+]
 
 #: The original's API names, with their paths and methods, plus ours.
 API_PATHS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -209,6 +216,23 @@ def create_app(
     # The server runner finds it here to start draining on SIGTERM.
     app.state.chat_stream = chat_stream
     return app
+
+
+def mountable_app(
+    chat_stream: ChatStream,
+    *,
+    apis: Mapping[str, Any] | None = None,
+    secret_key: str | bytes | None = None,
+    store: SessionStore | None = None,
+    secure_cookies: bool = False,
+) -> Starlette:
+    """The routes and sessions of ``create_app`` without a lifespan, for ``Mount`` or
+    FastAPI's ``app.mount(...)``: the host app runs ``async with chat_stream:`` in its own
+    lifespan."""
+    middleware = session_middleware(
+        {"secret_key": secret_key, "store": store, "secure": secure_cookies}
+    )
+    return Starlette(routes=routes(chat_stream, apis), middleware=middleware)
 
 
 def web_file(name: str) -> bytes:

@@ -1,43 +1,804 @@
-// Minimal chat client over the SSE protocol of /chat_stream (the full UI comes later).
+// The chatstream web UI: a chat page over the HTTP API of chatstream.
+//
+// Plain browser JavaScript, no dependencies and no build step. Every endpoint is fetched with
+// a RELATIVE url, so the app works when mounted under a prefix. Text from users and from the
+// model is only ever inserted with textContent / text nodes, never parsed as HTML.
+//
+// Init params (the server writes them in place of `const opts = {}` in index.html):
+//   lang:  "en" or "ja" (default: the browser's language)
+//   title: the page title
 (function () {
   "use strict";
-  const chat = document.getElementById("chat");
-  const form = document.getElementById("composer");
-  const input = document.getElementById("input");
-  function bubble(role, text) {
-    const div = document.createElement("div");
-    div.className = "message " + role;
-    div.textContent = text;
-    chat.appendChild(div);
-    return div;
+
+  const options = typeof opts === "object" && opts !== null ? opts : {};
+
+  // ------------------------------------------------------------------ text
+
+  function ordinal(n) {
+    const tens = n % 100;
+    if (tens >= 11 && tens <= 13) return n + "th";
+    return n + ({ 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th");
   }
-  form.addEventListener("submit", async function (event) {
-    event.preventDefault();
-    const text = input.value;
-    if (!text.trim()) return;
-    input.value = "";
-    bubble("user", text);
-    const reply = bubble("assistant", "");
-    const response = await fetch("chat_stream", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", "Accept": "text/event-stream" },
-      body: JSON.stringify({ user_input: text }),
-    });
+
+  const TEXTS = {
+    en: {
+      conversation: "Conversation",
+      clear: "Clear chat",
+      clearShort: "Clear",
+      emptyTitle: "How can I help?",
+      emptyText: "Send a message to start the conversation.",
+      inputLabel: "Message",
+      placeholder: "Message…",
+      send: "Send",
+      stop: "Stop",
+      hint: "Enter to send, Shift+Enter for a new line",
+      you: "You",
+      assistant: "Assistant",
+      like: "Good reply",
+      dislike: "Bad reply",
+      copy: "Copy",
+      copied: "Copied",
+      regenerate: "Regenerate",
+      dismiss: "Dismiss",
+      retry: "Try again",
+      queued: (n) => "You are " + ordinal(n) + " in line",
+      waiting: "Waiting for a reply…",
+      stopped: "Stopped",
+      inProgress: "A reply is being generated…",
+      truncated: "The reply reached its length limit.",
+      replyFailed: "The reply failed.",
+      busy: "The server is busy right now. Please try again in a moment.",
+      busyRetry: (s) =>
+        "The server is busy right now. Please try again in " + s + (s === 1 ? " second." : " seconds."),
+      conversationBusy:
+        "A reply is already being generated for this chat (in another tab?). Wait for it, or stop it there.",
+      unavailable: "The server is not taking new messages right now. Please try again later.",
+      forbidden: "You are not allowed to do this.",
+      error: (m) => "Something went wrong: " + m,
+      network: "Could not reach the server. Check your connection and try again.",
+      connectionLost: "The connection was lost before the reply finished.",
+      feedbackFailed: "Your feedback could not be sent.",
+      clearFailed: "The chat could not be cleared.",
+      roleGranted: (r) => "Role granted: " + r,
+    },
+    ja: {
+      conversation: "会話",
+      clear: "会話をクリア",
+      clearShort: "クリア",
+      emptyTitle: "何をお手伝いしましょうか?",
+      emptyText: "メッセージを送信して会話を始めましょう。",
+      inputLabel: "メッセージ",
+      placeholder: "メッセージを入力…",
+      send: "送信",
+      stop: "停止",
+      hint: "Enterで送信、Shift+Enterで改行",
+      you: "あなた",
+      assistant: "アシスタント",
+      like: "良い回答",
+      dislike: "良くない回答",
+      copy: "コピー",
+      copied: "コピーしました",
+      regenerate: "再生成",
+      dismiss: "閉じる",
+      retry: "再試行",
+      queued: (n) => "待ち順: " + n + "番目",
+      waiting: "応答を待っています…",
+      stopped: "停止しました",
+      inProgress: "応答を生成中です…",
+      truncated: "応答が長さの上限に達しました。",
+      replyFailed: "応答の生成に失敗しました。",
+      busy: "サーバーが混み合っています。しばらくしてからもう一度お試しください。",
+      busyRetry: (s) => "サーバーが混み合っています。" + s + "秒ほどしてからもう一度お試しください。",
+      conversationBusy:
+        "この会話では別の応答を生成中です(別のタブ?)。終わるまで待つか、そちらで停止してください。",
+      unavailable: "サーバーは現在新しいメッセージを受け付けていません。後でもう一度お試しください。",
+      forbidden: "この操作は許可されていません。",
+      error: (m) => "エラーが発生しました: " + m,
+      network: "サーバーに接続できませんでした。接続を確認してもう一度お試しください。",
+      connectionLost: "応答の途中で接続が切れました。",
+      feedbackFailed: "フィードバックを送信できませんでした。",
+      clearFailed: "会話をクリアできませんでした。",
+      roleGranted: (r) => "ロールが付与されました: " + r,
+    },
+  };
+
+  function pickLanguage() {
+    const wanted = [options.lang].concat(navigator.languages || [], [navigator.language]);
+    for (const tag of wanted) {
+      if (typeof tag !== "string") continue;
+      const base = tag.toLowerCase().split(/[-_]/)[0];
+      if (base === "ja" || base === "en") return base;
+      if (tag === options.lang) continue; // an unknown forced language: fall back to the browser
+      return "en";
+    }
+    return "en";
+  }
+
+  const lang = pickLanguage();
+  const T = TEXTS[lang];
+  document.documentElement.lang = lang;
+
+  // ------------------------------------------------------------------ icons (static, trusted)
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const ICONS = {
+    logo: ["M4 5.5A2.5 2.5 0 0 1 6.5 3h11A2.5 2.5 0 0 1 20 5.5v8a2.5 2.5 0 0 1-2.5 2.5H10l-4.2 3.6c-.5.4-1.3.1-1.3-.6V16A2.5 2.5 0 0 1 4 13.5z", "M8.5 8.5h7M8.5 11.5h4.5"],
+    send: ["M12 19V5", "M6 11l6-6 6 6"],
+    stop: [{ rect: [7, 7, 10, 10, 1.5] }],
+    clear: ["M4 7h16", "M10 11v6M14 11v6", "M6 7l1 12a2 2 0 0 0 2 2h6a2 2 0 0 0 2-2l1-12", "M9 7V4.5A1.5 1.5 0 0 1 10.5 3h3A1.5 1.5 0 0 1 15 4.5V7"],
+    like: ["M7 10v10H4.5A1.5 1.5 0 0 1 3 18.5v-7A1.5 1.5 0 0 1 4.5 10z", "M7 10l4-7a2.5 2.5 0 0 1 2.5 2.8L13 9h5.4a2 2 0 0 1 2 2.3l-1.2 7A2 2 0 0 1 17.2 20H7"],
+    dislike: ["M17 14V4h2.5A1.5 1.5 0 0 1 21 5.5v7a1.5 1.5 0 0 1-1.5 1.5z", "M17 14l-4 7a2.5 2.5 0 0 1-2.5-2.8L11 15H5.6a2 2 0 0 1-2-2.3l1.2-7A2 2 0 0 1 6.8 4H17"],
+    regenerate: ["M20 11a8 8 0 0 0-14.6-4.5L4 8", "M4 3.5V8h4.5", "M4 13a8 8 0 0 0 14.6 4.5L20 16", "M20 20.5V16h-4.5"],
+    copy: [{ rect: [8, 8, 12, 12, 2] }, "M16 8V6a2 2 0 0 0-2-2H6a2 2 0 0 0-2 2v8a2 2 0 0 0 2 2h2"],
+    check: ["M5 12.5l4.5 4.5L19 7.5"],
+    alert: [{ circle: [12, 12, 9] }, "M12 7.5v5.5", "M12 16.5v.01"],
+    close: ["M6 6l12 12M18 6L6 18"],
+  };
+
+  function icon(name) {
+    const svg = document.createElementNS(SVG_NS, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("fill", "none");
+    svg.setAttribute("stroke", "currentColor");
+    svg.setAttribute("stroke-width", name === "stop" ? "0" : "1.8");
+    svg.setAttribute("stroke-linecap", "round");
+    svg.setAttribute("stroke-linejoin", "round");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("focusable", "false");
+    for (const part of ICONS[name]) {
+      let node;
+      if (typeof part === "string") {
+        node = document.createElementNS(SVG_NS, "path");
+        node.setAttribute("d", part);
+      } else if (part.rect) {
+        const [x, y, w, h, r] = part.rect;
+        node = document.createElementNS(SVG_NS, "rect");
+        for (const [k, v] of [["x", x], ["y", y], ["width", w], ["height", h], ["rx", r]]) {
+          node.setAttribute(k, String(v));
+        }
+        if (name === "stop") node.setAttribute("fill", "currentColor");
+      } else {
+        const [cx, cy, r] = part.circle;
+        node = document.createElementNS(SVG_NS, "circle");
+        node.setAttribute("cx", String(cx));
+        node.setAttribute("cy", String(cy));
+        node.setAttribute("r", String(r));
+      }
+      svg.appendChild(node);
+    }
+    return svg;
+  }
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function iconButton(name, label, onClick) {
+    const button = el("button", "icon-button");
+    button.type = "button";
+    button.setAttribute("aria-label", label);
+    button.title = label;
+    button.dataset.action = name;
+    button.appendChild(icon(name));
+    button.addEventListener("click", onClick);
+    return button;
+  }
+
+  // ------------------------------------------------------------------ page
+
+  const $ = (id) => document.getElementById(id);
+  const scroller = $("scroller");
+  const list = $("messages");
+  const empty = $("empty");
+  const form = $("composer");
+  const input = $("input");
+  const sendButton = $("send");
+  const stopButton = $("stop");
+  const clearButton = $("clear");
+  const notice = $("notice");
+
+  for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = T[node.dataset.i18n];
+  for (const node of document.querySelectorAll("[data-i18n-label]")) {
+    node.setAttribute("aria-label", T[node.dataset.i18nLabel]);
+    if (node.tagName === "BUTTON") node.title = T[node.dataset.i18nLabel];
+  }
+  for (const node of document.querySelectorAll("[data-i18n-placeholder]")) {
+    node.placeholder = T[node.dataset.i18nPlaceholder];
+  }
+  for (const node of document.querySelectorAll("[data-icon]")) node.appendChild(icon(node.dataset.icon));
+  if (typeof options.title === "string" && options.title) {
+    $("title").textContent = options.title;
+    document.title = options.title;
+  }
+
+  // ------------------------------------------------------------------ messages
+
+  // Each message: {id, role, content, status, finishReason, feedback, node, parts}.
+  // status: "pending" (sent, nothing back yet), "streaming", "complete", "cancelled", "error".
+  const messages = [];
+  let busy = false; // a turn is in flight (or being cleared)
+  let controller = null;
+
+  function nearBottom() {
+    return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
+  }
+
+  function scrollToBottom() {
+    scroller.scrollTop = scroller.scrollHeight;
+  }
+
+  function createMessage(data) {
+    const message = {
+      id: data.id || null,
+      role: data.role === "user" ? "user" : "assistant",
+      content: data.content || "",
+      status: data.status || "complete",
+      finishReason: data.finish_reason || null,
+      feedback: data.feedback || null,
+      pendingLabel: "",
+      note: null,
+      node: null,
+      parts: null,
+    };
+    const node = el("div", "msg " + message.role);
+    node.dataset.role = message.role;
+    const body = el("div", "body");
+    const bubble = el("div", "bubble");
+    const text = el("div", "text");
+    const label = el("span", "sr-only", message.role === "user" ? T.you : T.assistant);
+    label.textContent += ": ";
+    bubble.appendChild(label);
+    bubble.appendChild(text);
+    const pending = el("div", "pending");
+    pending.setAttribute("role", "status");
+    const dots = el("span", "dots");
+    dots.setAttribute("aria-hidden", "true");
+    dots.append(el("i"), el("i"), el("i"));
+    const pendingLabel = el("span", "pending-label");
+    pending.append(dots, pendingLabel);
+    bubble.appendChild(pending);
+    body.appendChild(bubble);
+    const note = el("div", "note");
+    const actions = el("div", "actions");
+    body.append(note, actions);
+    if (message.role === "assistant") {
+      const avatar = el("div", "avatar");
+      avatar.setAttribute("aria-hidden", "true");
+      avatar.appendChild(icon("logo"));
+      node.appendChild(avatar);
+    }
+    node.appendChild(body);
+    message.node = node;
+    message.parts = { text, textNode: document.createTextNode(message.content), pending, pendingLabel, note, actions };
+    text.appendChild(message.parts.textNode);
+    update(message);
+    return message;
+  }
+
+  function addMessage(data) {
+    const message = createMessage(data);
+    messages.push(message);
+    list.appendChild(message.node);
+    empty.hidden = true;
+    return message;
+  }
+
+  function removeMessage(message) {
+    const index = messages.indexOf(message);
+    if (index >= 0) messages.splice(index, 1);
+    message.node.remove();
+    if (!messages.length) empty.hidden = false;
+  }
+
+  function setText(message, content) {
+    message.content = content;
+    message.parts.textNode.data = content;
+  }
+
+  function appendText(message, text) {
+    message.content += text;
+    message.parts.textNode.appendData(text);
+  }
+
+  // Refresh the status, notes and actions of one message from its fields.
+  function update(message) {
+    const { node, parts } = message;
+    node.dataset.status = message.status;
+    if (message.id) node.dataset.messageId = message.id;
+    else delete node.dataset.messageId;
+    const waiting = message.status === "pending" || (message.status === "streaming" && !message.content);
+    parts.pending.hidden = !waiting;
+    parts.pendingLabel.textContent = waiting ? message.pendingLabel : "";
+    let note = message.note;
+    if (!note && message.status === "cancelled") note = T.stopped;
+    if (!note && message.status === "error") note = T.replyFailed;
+    if (!note && message.status === "streaming" && !busy) note = T.inProgress;
+    if (!note && message.finishReason === "length") note = T.truncated;
+    parts.note.textContent = note || "";
+    parts.note.classList.toggle("error", message.status === "error");
+    // The bubble of a reply stopped before any text would be an empty box: hide it.
+    parts.text.parentNode.hidden =
+      message.role === "assistant" && !message.content && !waiting;
+    renderActions(message);
+  }
+
+  function lastAssistant() {
+    const last = messages[messages.length - 1];
+    return last && last.role === "assistant" ? last : null;
+  }
+
+  function renderActions(message) {
+    const { actions } = message.parts;
+    actions.replaceChildren();
+    if (message.role !== "assistant" || !message.id) return;
+    if (message.status === "pending" || message.status === "streaming") return;
+    if (message.content) {
+      actions.appendChild(iconButton("copy", T.copy, () => copy(message, actions)));
+    }
+    const like = iconButton("like", T.like, () => sendFeedback(message, true));
+    const dislike = iconButton("dislike", T.dislike, () => sendFeedback(message, false));
+    like.setAttribute("aria-pressed", String(!!message.feedback && message.feedback.is_like === true));
+    dislike.setAttribute("aria-pressed", String(!!message.feedback && message.feedback.is_like === false));
+    actions.append(like, dislike);
+    if (message === lastAssistant()) {
+      const regen = iconButton("regenerate", T.regenerate, () => regenerate());
+      regen.disabled = busy;
+      actions.appendChild(regen);
+    }
+  }
+
+  function refreshAll() {
+    for (const message of messages) update(message);
+  }
+
+  // ------------------------------------------------------------------ notices
+
+  function showNotice(kind, text, action) {
+    notice.replaceChildren();
+    notice.className = "notice " + kind;
+    notice.dataset.kind = kind;
+    notice.appendChild(icon("alert"));
+    notice.appendChild(el("div", "notice-text", text));
+    if (action) {
+      const button = el("button", "notice-action", action.label);
+      button.type = "button";
+      button.addEventListener("click", () => {
+        hideNotice();
+        action.run();
+      });
+      notice.appendChild(button);
+    }
+    notice.appendChild(iconButton("close", T.dismiss, hideNotice));
+    notice.hidden = false;
+  }
+
+  function hideNotice() {
+    notice.hidden = true;
+    notice.replaceChildren();
+    delete notice.dataset.kind;
+  }
+
+  // ------------------------------------------------------------------ state
+
+  function setBusy(value) {
+    busy = value;
+    document.body.dataset.state = value ? "busy" : "idle";
+    list.setAttribute("aria-busy", String(value));
+    stopButton.hidden = !value;
+    sendButton.hidden = value;
+    clearButton.disabled = value;
+    updateSendButton();
+    refreshAll();
+  }
+
+  function updateSendButton() {
+    sendButton.disabled = busy || !input.value.trim();
+  }
+
+  function autoGrow() {
+    input.style.height = "auto";
+    input.style.height = Math.min(input.scrollHeight, 200) + "px";
+  }
+
+  // ------------------------------------------------------------------ HTTP
+
+  async function readJson(response) {
+    try {
+      return await response.json();
+    } catch (_) {
+      return null;
+    }
+  }
+
+  // Server-Sent Events from a fetch body: calls onEvent(type, data) per event.
+  async function readEvents(response, onEvent) {
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
+    const flush = (block) => {
+      let type = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (!line || line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? "" : line.slice(colon + 1);
+        if (value.startsWith(" ")) value = value.slice(1);
+        if (field === "event") type = value;
+        else if (field === "data") data.push(value);
+      }
+      if (!data.length) return;
+      let payload;
+      try {
+        payload = JSON.parse(data.join("\n"));
+      } catch (_) {
+        payload = { text: data.join("\n") };
+      }
+      onEvent(type, payload || {});
+    };
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
-      buffer += decoder.decode(value, { stream: true });
+      buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
       let end;
       while ((end = buffer.indexOf("\n\n")) >= 0) {
         const block = buffer.slice(0, end);
         buffer = buffer.slice(end + 2);
-        const type = (block.match(/^event: (.*)$/m) || [])[1];
-        const data = (block.match(/^data: (.*)$/m) || [])[1];
-        if (type === "delta") reply.textContent += JSON.parse(data).text;
+        flush(block);
       }
     }
+    buffer += decoder.decode();
+    if (buffer.trim()) flush(buffer);
+  }
+
+  // What a refused request means for the person, from its status and JSON body.
+  function refusal(response, body) {
+    const code = body && typeof body.error === "string" ? body.error : "";
+    if (response.status === 429 || code === "too_many_requests") {
+      const after = parseInt(response.headers.get("Retry-After") || "", 10);
+      return { kind: "busy", text: after > 1 ? T.busyRetry(after) : T.busy };
+    }
+    if (response.status === 409 || code === "conversation_busy") {
+      return { kind: "busy", text: T.conversationBusy, conflict: true };
+    }
+    if (response.status === 503) return { kind: "busy", text: T.unavailable };
+    if (response.status === 403) return { kind: "error", text: T.forbidden };
+    const detail = (body && (body.message || body.error)) || response.status + " " + response.statusText;
+    return { kind: "error", text: T.error(String(detail)) };
+  }
+
+  function sleep(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+  }
+
+  // ------------------------------------------------------------------ a turn
+
+  let historyLoaded = Promise.resolve();
+
+  async function sendMessage(text) {
+    if (busy || !text.trim()) return;
+    await historyLoaded;
+    if (busy) return;
+    hideNotice();
+    input.value = "";
+    autoGrow();
+    const user = addMessage({ role: "user", content: text, status: "complete" });
+    const reply = addMessage({ role: "assistant", content: "", status: "pending" });
+    reply.pendingLabel = T.waiting;
+    update(reply);
+    scrollToBottom();
+    await runTurn({ user_input: text }, reply, {
+      undo() {
+        removeMessage(reply);
+        removeMessage(user);
+        if (!input.value) {
+          input.value = text;
+          autoGrow();
+          updateSendButton();
+        }
+      },
+      retry: () => sendMessage(text),
+      roleGranted() {
+        // A pass phrase is not part of the conversation (and should not stay on screen).
+        removeMessage(reply);
+        removeMessage(user);
+      },
+    });
+  }
+
+  async function regenerate() {
+    if (busy) return;
+    await historyLoaded;
+    const reply = lastAssistant();
+    if (busy || !reply) return;
+    hideNotice();
+    const before = {
+      id: reply.id,
+      content: reply.content,
+      status: reply.status,
+      finishReason: reply.finishReason,
+      feedback: reply.feedback,
+    };
+    reply.id = null;
+    reply.finishReason = null;
+    reply.feedback = null;
+    reply.note = null;
+    reply.status = "pending";
+    reply.pendingLabel = T.waiting;
+    setText(reply, "");
+    update(reply);
+    await runTurn({ regenerate: true }, reply, {
+      undo() {
+        Object.assign(reply, before);
+        setText(reply, before.content);
+        update(reply);
+      },
+      retry: () => regenerate(),
+      roleGranted() {},
+    });
+  }
+
+  async function runTurn(payload, reply, hooks) {
+    controller = new AbortController();
+    const signal = controller.signal;
+    setBusy(true);
+    let ended = false;
+    let answered = false;
+    try {
+      let response;
+      // Right after a Stop the server may still be closing the stopped turn for a moment.
+      for (let attempt = 0; ; attempt++) {
+        response = await fetch("chat_stream", {
+          method: "POST",
+          headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+          body: JSON.stringify(payload),
+          credentials: "same-origin",
+          signal,
+        });
+        if (response.status !== 409 || attempt >= 3) break;
+        await readJson(response);
+        await sleep(300);
+      }
+      const type = response.headers.get("Content-Type") || "";
+      if (!response.ok || !type.includes("text/event-stream")) {
+        const body = await readJson(response);
+        const why = refusal(response, body);
+        hooks.undo();
+        showNotice(why.kind, why.text, why.kind === "busy" && !why.conflict ? { label: T.retry, run: hooks.retry } : null);
+        if (why.conflict) loadHistory();
+        return;
+      }
+      answered = true;
+      const headerId = response.headers.get("X-ChatStream-Last-Generated-Message-Id");
+      if (headerId) reply.id = headerId;
+      await readEvents(response, (event, data) => {
+        const stick = nearBottom();
+        switch (event) {
+          case "queued":
+            reply.status = "pending";
+            reply.pendingLabel = T.queued(Number(data.position) || 1);
+            break;
+          case "started":
+            if (data.message_id) reply.id = String(data.message_id);
+            reply.status = "streaming";
+            reply.pendingLabel = "";
+            break;
+          case "delta":
+            if (reply.status !== "streaming") {
+              reply.status = "streaming";
+              reply.pendingLabel = "";
+            }
+            appendText(reply, String(data.text || ""));
+            if (stick) scrollToBottom();
+            // Text changes need no re-render of the rest of the message.
+            if (reply.node.dataset.status === "streaming" && reply.parts.pending.hidden) return;
+            break;
+          case "done":
+            ended = true;
+            if (data.finish_reason === "role_granted") return;
+            if (data.message_id) reply.id = String(data.message_id);
+            reply.finishReason = data.finish_reason || null;
+            reply.status = data.finish_reason === "cancelled" ? "cancelled" : "complete";
+            break;
+          case "error":
+            ended = true;
+            reply.status = "error";
+            showNotice("error", T.error(String(data.message || "")));
+            break;
+          case "role":
+            ended = true;
+            hooks.roleGranted();
+            showNotice("info", T.roleGranted(String(data.role || "")));
+            return;
+          default:
+            return;
+        }
+        update(reply);
+        if (stick) scrollToBottom();
+      });
+      if (!ended && messages.includes(reply)) {
+        reply.status = "error";
+        reply.note = T.connectionLost;
+        update(reply);
+        showNotice("error", T.connectionLost);
+      }
+    } catch (error) {
+      if (signal.aborted) {
+        // Stopped: the server cancels the turn and keeps the partial reply, as shown.
+        if (!answered) {
+          hooks.undo();
+        } else if (!ended && messages.includes(reply)) {
+          reply.status = "cancelled";
+          reply.pendingLabel = "";
+          update(reply);
+        }
+      } else if (!ended) {
+        if (reply.status === "pending" && !reply.id) {
+          hooks.undo();
+        } else if (messages.includes(reply)) {
+          reply.status = "error";
+          reply.note = T.connectionLost;
+          update(reply);
+        }
+        showNotice("error", T.network);
+      }
+    } finally {
+      controller = null;
+      setBusy(false);
+      if (!matchMedia("(pointer: coarse)").matches) input.focus();
+    }
+  }
+
+  function stop() {
+    if (controller) controller.abort();
+  }
+
+  // ------------------------------------------------------------------ feedback, copy, clear
+
+  async function sendFeedback(message, isLike) {
+    if (!message.id) return;
+    if (message.feedback && message.feedback.is_like === isLike) return;
+    const before = message.feedback;
+    message.feedback = { is_like: isLike, data: "" };
+    renderActions(message);
+    try {
+      const response = await fetch("set_feedback", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ message_id: message.id, is_like: isLike, form_data: "" }),
+        credentials: "same-origin",
+      });
+      const body = await readJson(response);
+      if (!response.ok || !body || body.success === false) throw new Error("refused");
+    } catch (_) {
+      message.feedback = before;
+      renderActions(message);
+      showNotice("error", T.feedbackFailed);
+    }
+  }
+
+  async function copy(message, actions) {
+    try {
+      await navigator.clipboard.writeText(message.content);
+    } catch (_) {
+      const area = el("textarea");
+      area.value = message.content;
+      area.setAttribute("readonly", "");
+      area.style.position = "fixed";
+      area.style.opacity = "0";
+      document.body.appendChild(area);
+      area.select();
+      try {
+        document.execCommand("copy");
+      } catch (_) {
+        /* nothing more to try */
+      }
+      area.remove();
+    }
+    const button = actions.querySelector('[data-action="copy"]');
+    if (!button) return;
+    button.replaceChildren(icon("check"));
+    button.classList.add("done");
+    button.setAttribute("aria-label", T.copied);
+    button.title = T.copied;
+    setTimeout(() => renderActions(message), 1500);
+  }
+
+  async function clearChat() {
+    if (busy) return;
+    hideNotice();
+    clearButton.disabled = true;
+    try {
+      const response = await fetch("clear_context", { method: "POST", credentials: "same-origin" });
+      const body = await readJson(response);
+      // {"success": false, "message": "no context."} means there was nothing to clear.
+      if (!response.ok) {
+        const why = refusal(response, body);
+        showNotice(why.kind, why.conflict ? T.conversationBusy : T.clearFailed);
+        return;
+      }
+      for (const message of messages.slice()) removeMessage(message);
+      input.focus();
+    } catch (_) {
+      showNotice("error", T.network);
+    } finally {
+      clearButton.disabled = busy;
+    }
+  }
+
+  // ------------------------------------------------------------------ history
+
+  // The server keeps the conversation in the session; show it again after a reload.
+  async function loadHistory() {
+    let state = "unavailable";
+    try {
+      const response = await fetch("get_history", {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+      });
+      // Not ok: an older server, or an API selection without it; the page starts empty.
+      const body = response.ok ? await readJson(response) : null;
+      if (body && Array.isArray(body.messages) && !busy) {
+        showHistory(body.messages);
+        state = "loaded";
+      }
+    } catch (_) {
+      /* offline: start empty */
+    } finally {
+      document.body.dataset.history = state;
+    }
+  }
+
+  function showHistory(history) {
+    for (const message of messages.slice()) removeMessage(message);
+    for (const data of history) {
+      if (!data || (data.role !== "user" && data.role !== "assistant")) continue;
+      addMessage({
+        id: data.id,
+        role: data.role,
+        content: typeof data.content === "string" ? data.content : "",
+        status: data.status,
+        finish_reason: data.finish_reason,
+        feedback: data.feedback,
+      });
+    }
+    refreshAll();
+    scrollToBottom();
+  }
+
+  // ------------------------------------------------------------------ events
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendMessage(input.value);
   });
+
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && busy) {
+      event.preventDefault();
+      stop();
+      return;
+    }
+    if (event.key !== "Enter") return;
+    // Enter that confirms an IME conversion (Japanese input) must not send.
+    if (event.isComposing || event.keyCode === 229) return;
+    if (event.shiftKey || event.altKey) return; // a newline
+    event.preventDefault();
+    sendMessage(input.value);
+  });
+
+  input.addEventListener("input", () => {
+    autoGrow();
+    updateSendButton();
+  });
+
+  stopButton.addEventListener("click", stop);
+  clearButton.addEventListener("click", clearChat);
+
+  setBusy(false);
+  historyLoaded = loadHistory();
+  input.focus();
 })();
