@@ -35,7 +35,6 @@ from chatstream.core import (
     EngineStatistics,
     Finished,
     FinishReason,
-    Message,
     MockParams,
     PenaltyMethod,
     PromptTooLongError,
@@ -47,115 +46,24 @@ from chatstream.core import (
 from chatstream.core.roles import ClientRoles
 
 from .backend import Backend
+from .chat_stream_http import HttpMethods
 from .chat_template import chat_template_prompt_class, has_chat_template
-from .driver import EngineDriver, RequestEvent, RequestHandle
-from .http_common import HttpOptions, RequestContext, forbidden
+from .driver import EngineDriver, RequestHandle
 from .messages import resolve_locale, text
 from .pool import ModelPool
+from .turn import RequestRejected, Turn
 
 if TYPE_CHECKING:
     from .http_api import HttpApi
-    from .openai_api import OpenAIApi
+    from .http_common import HttpOptions
 
 __all__ = ["BackendFactory", "ChatStream", "RequestRejected", "Turn"]
 
 #: Builds a backend for a number of slots; called in the model thread.
 BackendFactory = Callable[[int], Backend]
 
-_REJECT_STATUS = {
-    RejectReason.QUEUE_FULL: 429,
-    RejectReason.DRAINING: 503,
-    RejectReason.UNAVAILABLE: 503,
-    RejectReason.PROMPT_TOO_LONG: 400,
-}
 
-
-class RequestRejected(ChatStreamError):
-    """The engine refused the request before it ran (queue full, draining, ...)."""
-
-    def __init__(self, reason: RejectReason) -> None:
-        super().__init__(f"request rejected: {reason}", status_hint=_REJECT_STATUS[reason])
-        self.reason = reason
-
-
-class Turn:
-    """One turn in flight: its events, and the conversation kept up to date with them.
-
-    Iterate it (``async for event in turn``) for the request's events; leaving early (or
-    :meth:`close`) cancels the generation and keeps the partial reply, marked cancelled.
-    """
-
-    def __init__(
-        self, conversation: Conversation, handle: RequestHandle, prompt: RenderedPrompt
-    ) -> None:
-        self.conversation = conversation
-        self.reply: Message = conversation.reply
-        self.prompt = prompt
-        self._handle = handle
-        self.finished: Finished | None = None
-
-    @property
-    def outcome(self) -> RequestEvent:
-        """Admitted or Queued (a rejected turn never gets this far)."""
-        return self._handle.outcome
-
-    def events(self) -> Turn:
-        """Every event of the turn; the last one is ``Finished``. (The turn itself.)"""
-        return self
-
-    def __aiter__(self) -> Turn:
-        return self
-
-    async def __anext__(self) -> RequestEvent:
-        # A plain iterator, not an async generator: nothing is left for the garbage
-        # collector to finalize when a consumer stops early.
-        try:
-            event = await self._handle.__anext__()
-        except BaseException:
-            self.close()
-            raise
-        self._apply(event)
-        return event
-
-    async def next_event(self, timeout: float | None = None) -> RequestEvent | None:
-        """The next event; None after ``timeout`` seconds with none (the turn goes on) or
-        after the last one. Unlike iteration, a timeout here does not cancel the turn."""
-        try:
-            event = await self._handle.receive(timeout)
-        except BaseException:
-            self.close()
-            raise
-        if event is not None:
-            self._apply(event)
-        return event
-
-    def _apply(self, event: RequestEvent) -> None:
-        if isinstance(event, TextDelta):
-            self.conversation.append_reply(event.text)
-        elif isinstance(event, Finished):
-            self.finished = event
-            self.conversation.finish_reply(event.reason)
-            self.close()
-
-    def close(self) -> None:
-        """Stop the turn if it is still running (the partial reply stays, cancelled)."""
-        self._handle.close()
-        conversation = self.conversation
-        if self.finished is None and conversation.in_flight and conversation.reply is self.reply:
-            conversation.finish_reply(FinishReason.CANCELLED)
-
-    async def aclose(self) -> None:
-        """:meth:`close`, for ``contextlib.aclosing``."""
-        self.close()
-
-    async def __aenter__(self) -> Turn:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class ChatStream:
+class ChatStream(HttpMethods):
     """Streaming chat over a causal LM, under load control.
 
     Every option of the original constructor is here, with its documented default; see
@@ -533,93 +441,6 @@ class ChatStream:
     def model_id(self) -> str:
         """The model's name as the OpenAI-compatible API reports it."""
         return self._model_name()
-
-    # ------------------------------------------------------------------ HTTP
-
-    def configure_http(self, *, options: HttpOptions | None = None) -> None:
-        """Set the HTTP limits (body size, input length, keep-alive, drain timeout)."""
-        self._http_options = options
-        self._http = None
-
-    def http_api(self) -> HttpApi:
-        """The HTTP endpoints of this ChatStream (built on first use)."""
-        if self._http is None:
-            from .http_api import HttpApi
-
-            self._http = HttpApi(self, roles=self.roles, options=self._http_options)
-        return self._http
-
-    def openai_api(self) -> OpenAIApi:
-        from .openai_api import OpenAIApi
-
-        return OpenAIApi(self.http_api())
-
-    def routes(self, opts: Mapping[str, Any] | None = None) -> list[Any]:
-        """Routes for ``Starlette(routes=...)`` or ``Mount`` (all APIs by default)."""
-        from .starlette import routes
-
-        return routes(self, opts)
-
-    def append_apis(self, app: Any, opts: Mapping[str, Any] | None = None) -> None:
-        """Register the built-in routes on a Starlette/FastAPI app, as the original did:
-        ``{"all": True}``, ``{"include": [...]}`` or ``{"exclude": [...]}``."""
-        from .starlette import append_apis
-
-        append_apis(app, self, opts)
-
-    def append_middlewares(self, app: Any, opts: Mapping[str, Any] | None = None) -> None:
-        """Add the session middleware (and CORS with ``develop_mode``) to an app."""
-        from .starlette import append_middlewares
-
-        append_middlewares(app, opts)
-
-    async def handle_chat_stream_request(
-        self, request: Any, request_body: bytes | str | None = None, callback: Any = None
-    ) -> Any:
-        return await self.http_api().handle_chat_stream_request(request, request_body, callback)
-
-    async def handle_clear_context_request(self, request: Any) -> Any:
-        return await self.http_api().handle_clear_context_request(request)
-
-    async def handle_get_prompt_request(self, request: Any) -> Any:
-        return await self.http_api().handle_get_prompt_request(request)
-
-    async def handle_set_generation_params_request(self, request: Any) -> Any:
-        return await self.http_api().handle_set_generation_params_request(request)
-
-    async def handle_get_generation_params_request(self, request: Any) -> Any:
-        return await self.http_api().handle_get_generation_params_request(request)
-
-    async def handle_set_feedback_request(
-        self, request: Any, opts: Mapping[str, Any] | None = None
-    ) -> Any:
-        return await self.http_api().handle_set_feedback_request(request, opts)
-
-    async def handle_get_load_request(self, request: Any) -> Any:
-        return await self.http_api().handle_get_load_request(request)
-
-    async def handle_get_resource_usage_request(self, request: Any) -> Any:
-        return await self.http_api().handle_get_resource_usage_request(request)
-
-    async def index(
-        self, request: Any, response: Any = None, opts: Mapping[str, Any] | None = None
-    ) -> Any:
-        """The web UI page (``response`` is accepted for the original's signature)."""
-        from .starlette import index_response
-
-        context = await RequestContext.of(request, self.roles, create_session=False)
-        if not context.allows("webui_index"):
-            return forbidden()
-        return index_response((opts or {}).get("ui_init_params"))
-
-    async def js(self, request: Any, response: Any = None) -> Any:
-        """The web UI script."""
-        from .starlette import js_response
-
-        context = await RequestContext.of(request, self.roles, create_session=False)
-        if not context.allows("webui_js"):
-            return forbidden()
-        return js_response()
 
     # ------------------------------------------------------------------ draining
 
