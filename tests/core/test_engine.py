@@ -328,3 +328,17 @@ def test_admission_refuses_misuse() -> None:
         admission.finish(2)
     assert admission.cancel(99) == []
     assert admission.finish(1) == []
+
+
+def test_ignore_eos_generates_up_to_max_new_tokens() -> None:
+    engine = make_engine()
+    submit(engine, 0, ignore_eos=True)
+    plan = only_plan(engine)
+    for _ in range(4):
+        engine.send(answer(plan, token=LetterTokenizer.STOP))
+        events = drain(engine)
+        next_plans = plans(events)
+        plan = next_plans[0] if next_plans else plan
+    finished = next(e for e in events if isinstance(e, Finished))
+    assert finished.reason is FinishReason.LENGTH
+    assert finished.usage.completion_tokens == 4

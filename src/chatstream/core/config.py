@@ -101,6 +101,9 @@ class GenerationParams:
     seed: int | None = None
     #: Extra stop strings for this request, on top of the prompt class's.
     stop: tuple[str, ...] = ()
+    #: Keep generating past the end-of-sequence tokens, up to ``max_new_tokens`` (for
+    #: benchmarks that need replies of a fixed length).
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         _int("max_new_tokens", self.max_new_tokens, minimum=1)
@@ -129,6 +132,7 @@ class GenerationParams:
             _set(self, "repetition_penalty", penalty)
         if self.seed is not None:
             _int("seed", self.seed, minimum=0)
+        _bool("ignore_eos", self.ignore_eos)
         stop: object = self.stop
         if isinstance(stop, str):
             stop = (stop,)

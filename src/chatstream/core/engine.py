@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,13 +204,11 @@ class Engine:
             self._outbox.append(self._admission.reject(request_id, reason))
             return
         options = event.decoding
-        if event.params.stop:
-            stops = options.stop_strings + event.params.stop
-            options = type(options)(
-                stop_strings=stops,
-                stop_token_ids=options.stop_token_ids,
-                replacements=options.replacements,
-                strip_leading_whitespace=options.strip_leading_whitespace,
+        if event.params.stop or event.params.ignore_eos:
+            options = dataclasses.replace(
+                options,
+                stop_strings=options.stop_strings + event.params.stop,
+                stop_token_ids=frozenset() if event.params.ignore_eos else options.stop_token_ids,
             )
         self._requests[request_id] = _Request(
             request_id=request_id,
