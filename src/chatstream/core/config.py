@@ -257,14 +257,7 @@ class ChatStreamConfig:
             self.max_tokens_per_step,
             minimum=self.num_of_concurrent_executions + 1,
         )
-        defaults = GenerationParams(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            repetition_penalty=self.repetition_penalty,
-            repetition_penalty_method=self.repetition_penalty_method,
-        )
+        defaults = self.generation_defaults  # validates the sampling options
         self._check_fits_context(defaults)
         for name in ("temperature", "top_p", "repetition_penalty"):
             _set(self, name, getattr(defaults, name))
