@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import re
 import subprocess
 import sys
 
@@ -42,18 +41,3 @@ def test_sync_engine_example_runs() -> None:
     assert "request 2: 'Alan Turing was a mathematician.'" in lines
     assert "request 3: '<rejected: queue_full>'" in lines
     assert "Queued(request_id=2, position=1)" in lines
-
-
-def test_custom_prompt_class_in_core_docs_works() -> None:
-    text = (ROOT / "docs" / "core.md").read_text(encoding="utf-8")
-    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "Alpaca" in b]
-    namespace: dict[str, object] = {}
-    exec(snippet, namespace)
-    prompt_class = namespace["ChatPromptAlpaca"]
-    prompt = prompt_class()  # type: ignore[operator]
-    prompt.add_requester_msg("Hi")
-    prompt.add_responder_msg(None)
-    assert (
-        prompt.create_prompt() == "Below is a conversation.\n### Instruction:\nHi\n### Response:\n"
-    )
-    assert prompt.get_stop_strs() == ["###"]

@@ -27,7 +27,7 @@ import pytest
 from chatstream import ChatStream
 
 DOCS = pathlib.Path(__file__).parent.parent / "docs"
-PAGES = ("chatstream.md", "engine.md", "trio.md")
+PAGES = ("chatstream.md", "engine.md", "trio.md", "prompts.md", "getting-started.md")
 
 _BLOCK = re.compile(r"```python\n(?P<code>.*?)```(?:\n\s*```text\n(?P<output>.*?)```)?", re.S)
 _DEFAULT_BACKEND = re.compile(r"\banyio\.run\(main\)")
