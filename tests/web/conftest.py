@@ -41,7 +41,7 @@ SCREENSHOTS = pathlib.Path(__file__).parent / "screenshots"
 
 # Mock replies: "round" answers one short line per turn; "long" streams a long story, so that
 # there is time to stop it, or to wait behind it.
-FAST = {"mock_params": {"type": "round", "time_per_token_sec": 0.08}}
+FAST = {"mock_params": {"type": "round", "time_per_token_sec": 0.06}}
 SLOW = {"mock_params": {"type": "long", "time_per_token_sec": 0.05}}
 
 
@@ -49,9 +49,11 @@ def start_web_server(
     loop: str,
     options: dict[str, Any],
     web_ui: dict[str, Any] | None = None,
+    factory: str = "tests.web.apps:web_app",
+    prefix: str = "",
 ) -> Server:
-    """``python -m chatstream.server`` serving ``tests.web.apps:web_app``, as the HTTP tests
-    start theirs; returns once ``/health`` answers."""
+    """``python -m chatstream.server`` serving an app of ``tests.web.apps``, as the HTTP tests
+    start theirs; returns once ``{prefix}/health`` answers."""
     port = free_port()
     env = {
         **os.environ,
@@ -64,7 +66,7 @@ def start_web_server(
         "-m",
         "chatstream.server",
         "--factory",
-        "tests.web.apps:web_app",
+        factory,
         "--loop",
         loop,
         "--port",
@@ -79,7 +81,7 @@ def start_web_server(
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}")
         try:
-            if httpx.get(f"{server.base_url}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{server.base_url}{prefix}/health", timeout=1).status_code == 200:
                 return server
         except httpx.TransportError:
             pass
@@ -131,6 +133,14 @@ def busy_server() -> Iterator[Server]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def mounted_server() -> Iterator[Server]:
+    """The app mounted under ``/chat`` of another app (the page at ``/chat/``)."""
+    server = start_web_server("asyncio", FAST, factory="tests.web.apps:mounted_app", prefix="/chat")
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
@@ -151,13 +161,13 @@ PageFactory = Callable[..., "Page"]
 
 @pytest.fixture
 def open_page(browser: Browser) -> Iterator[PageFactory]:
-    """``open_page(server, **context_options)``: a page of the UI in a fresh browser context
-    (so a fresh session cookie), loaded and with its history shown. Uncaught script errors
-    fail the test."""
+    """``open_page(server, path="/", **context_options)``: a page of the UI in a fresh browser
+    context (so a fresh session cookie), loaded and with its history shown. Uncaught script
+    errors fail the test."""
     contexts: list[BrowserContext] = []
     errors: list[str] = []
 
-    def open_(server: Server, **context_options: Any) -> Page:
+    def open_(server: Server, path: str = "/", **context_options: Any) -> Page:
         context_options.setdefault("viewport", {"width": 1280, "height": 800})
         context_options.setdefault("locale", "en-US")
         context = browser.new_context(base_url=server.base_url, **context_options)
@@ -165,7 +175,7 @@ def open_page(browser: Browser) -> Iterator[PageFactory]:
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto("/")
+        page.goto(path)
         page.wait_for_selector("body[data-history]", state="attached")
         return page
 

@@ -252,14 +252,17 @@
     label.textContent += ": ";
     bubble.appendChild(label);
     bubble.appendChild(text);
+    // While a reply waits: three dots and the place in the queue.
     const pending = el("div", "pending");
-    pending.setAttribute("role", "status");
-    const dots = el("span", "dots");
-    dots.setAttribute("aria-hidden", "true");
-    dots.append(el("i"), el("i"), el("i"));
     const pendingLabel = el("span", "pending-label");
-    pending.append(dots, pendingLabel);
-    bubble.appendChild(pending);
+    if (message.role === "assistant") {
+      pending.setAttribute("role", "status");
+      const dots = el("span", "dots");
+      dots.setAttribute("aria-hidden", "true");
+      dots.append(el("i"), el("i"), el("i"));
+      pending.append(dots, pendingLabel);
+      bubble.appendChild(pending);
+    }
     body.appendChild(bubble);
     const note = el("div", "note");
     const actions = el("div", "actions");
@@ -332,7 +335,15 @@
 
   function renderActions(message) {
     const { actions } = message.parts;
+    // Keep the keyboard focus on the same action across the re-render.
+    const focused = actions.contains(document.activeElement) ? document.activeElement.dataset.action : null;
     actions.replaceChildren();
+    fillActions(message, actions);
+    const again = focused && actions.querySelector('[data-action="' + focused + '"]');
+    if (again) again.focus();
+  }
+
+  function fillActions(message, actions) {
     if (message.role !== "assistant" || !message.id) return;
     if (message.status === "pending" || message.status === "streaming") return;
     if (message.content) {
@@ -521,6 +532,7 @@
       status: reply.status,
       finishReason: reply.finishReason,
       feedback: reply.feedback,
+      note: reply.note,
     };
     reply.id = null;
     reply.finishReason = null;
@@ -648,8 +660,13 @@
     } finally {
       controller = null;
       setBusy(false);
-      if (!matchMedia("(pointer: coarse)").matches) input.focus();
+      focusInput();
     }
+  }
+
+  // Not on touch screens, where focusing opens the on-screen keyboard over the reply.
+  function focusInput() {
+    if (!matchMedia("(pointer: coarse)").matches) input.focus();
   }
 
   function stop() {
@@ -721,7 +738,7 @@
         return;
       }
       for (const message of messages.slice()) removeMessage(message);
-      input.focus();
+      focusInput();
     } catch (_) {
       showNotice("error", T.network);
     } finally {
@@ -800,5 +817,5 @@
 
   setBusy(false);
   historyLoaded = loadHistory();
-  input.focus();
+  focusInput();
 })();
