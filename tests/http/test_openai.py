@@ -98,3 +98,34 @@ def test_a_full_queue_is_a_429(start_server: ServerFactory) -> None:
         client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 429
     stream.close()
+
+
+def test_a_client_leaving_a_non_streamed_completion_frees_its_slot(
+    start_server: ServerFactory,
+) -> None:
+    import httpx
+
+    from tests.http.test_load_control import load, wait_for
+
+    server = start_server(
+        options={
+            "num_of_concurrent_executions": 1,
+            "mock_params": {"type": "long", "time_per_token_sec": 0.02},
+            "client_roles": {
+                "user": {"apis": {"allow": "all", "auth_method": "nothing", "use_session": True}}
+            },
+        }
+    )
+    body = {"model": "mock", "messages": [{"role": "user", "content": "long"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=0.5)
+    wait_for(lambda: load(server) == (0, 0))
+    client = client_for(server.base_url)
+    quick = client.chat.completions.create(
+        model="mock", messages=[{"role": "user", "content": "x"}], max_tokens=2
+    )
+    assert quick.choices[0].finish_reason == "length"
+    with server.client() as http:
+        metrics = http.get("/metrics").text
+    assert 'chatstream_requests_total{outcome="finished"} 1' in metrics
+    assert 'chatstream_requests_total{outcome="cancelled"} 1' in metrics

@@ -444,6 +444,16 @@ class ChatStream(HttpMethods):
 
     # ------------------------------------------------------------------ draining
 
+    async def start_queue_worker(self) -> None:
+        """The original's startup call: starts this ChatStream (``await stop_queue_worker()``
+        at shutdown, in the same lifespan). Prefer ``async with chat_stream:`` in a lifespan.
+        Unlike the original, it installs no SIGINT handler."""
+        await self.__aenter__()
+
+    async def stop_queue_worker(self) -> None:
+        """Stop what :meth:`start_queue_worker` started."""
+        await self.__aexit__(None, None, None)
+
     def start_drain(self) -> None:
         """Admit nothing new (503, and ``/health`` says draining); running and waiting
         requests go on.

@@ -80,6 +80,7 @@ class HttpApi:
         self.options = options or HttpOptions()
         self.metrics = metrics or ChatMetrics()
         self._durations = _RunningMean()
+        self._busy_sessions: set[str] = set()
 
     # ------------------------------------------------------------------ chat
 
@@ -91,9 +92,12 @@ class HttpApi:
     ) -> Response | TurnResponse:
         """``POST /chat_stream``: one turn of the session's conversation, streamed."""
         cs = self.chat_stream
+        if not cs.running:
+            return _not_running()
+        busy: str | None = None
         try:
             body = await read_json_object(request, request_body, self.options)
-            context = await RequestContext.of(request, self.roles, create_session=True)
+            context = await RequestContext.of(request, self.roles, create_session=False)
             if not context.allows("chat_stream"):
                 return forbidden(_session_hint(context))
             regenerate = body.get("regenerate", False)
@@ -105,36 +109,54 @@ class HttpApi:
                 overrides = {}
             if not isinstance(overrides, dict):
                 raise BadRequest(400, "invalid_field", "'generation_params' must be an object")
-            promoted = None if regenerate else self.roles.promotion_for_input(user_input)
-            if promoted is not None and context.data is not None:
-                context.data.role = promoted.name
-                assert context.session is not None
-                await context.session.save()
-                return self._role_granted(promoted.name, promoted.enable_dev_tool, request)
-            data = context.data
-            conversation = data.conversation if data is not None else Conversation()
-            session_params = data.generation_params if data is not None else {}
+            session_params = context.data.generation_params if context.data is not None else {}
             params = {**session_params, **_canonical(overrides)}
+            cs.config.generation_params(params)  # refuse bad input before touching the session
+            promoted = None if regenerate else self.roles.promotion_for_input(user_input)
+            if promoted is not None:
+                granted = await context.data_for_writing()
+                if granted is None or context.session is None:
+                    raise BadRequest(
+                        400, "no_session", "a pass phrase works only in a browser session"
+                    )
+                granted.role = promoted.name
+                await context.session.save()
+                return self._role_granted(promoted.name, promoted.enable_dev_tool, request, body)
+            data = await context.data_for_writing()
+            conversation = data.conversation if data is not None else Conversation()
+            # One turn per session at a time, also with stores that serialize sessions (whose
+            # copies would not see each other's turn in flight).
+            if context.session is not None and context.session.id is not None:
+                if context.session.id in self._busy_sessions:
+                    raise TurnInFlightError("a turn is running in this session")
+                busy = context.session.id
+                self._busy_sessions.add(busy)
             timer = RequestTimer(self.metrics)
             timer.submitted()
             started = anyio.current_time()
             turn = await cs.start_turn(
                 conversation, user_input, regenerate=regenerate, generation_params=params
             )
-        except BadRequest as error:
-            return error.response()
-        except TurnInFlightError:
-            return error_response(
-                409, "conversation_busy", "a reply is already being generated in this session"
-            )
-        except (ConfigError, PromptTooLongError, LocalProtocolError) as error:
-            return error_response(error.status_hint, _error_code(error), str(error))
-        except RequestRejected as error:
-            return self._rejected(error.reason)
+        except BaseException as error:
+            if busy is not None:
+                self._busy_sessions.discard(busy)
+            if isinstance(error, BadRequest):
+                return error.response()
+            if isinstance(error, TurnInFlightError):
+                return error_response(
+                    409, "conversation_busy", "a reply is already being generated in this session"
+                )
+            if isinstance(error, ConfigError | PromptTooLongError | LocalProtocolError):
+                return error_response(error.status_hint, _error_code(error), str(error))
+            if isinstance(error, RequestRejected):
+                return self._rejected(error.reason)
+            raise
         sse = _wants_sse(request, body)
         outcome: dict[str, bool] = {"admitted": isinstance(turn.outcome, Admitted)}
 
         async def on_end(how: str) -> None:
+            if busy is not None:
+                self._busy_sessions.discard(busy)
             turn.close()
             finished = turn.finished
             if finished is not None and finished.reason is not FinishReason.CANCELLED:
@@ -239,14 +261,16 @@ class HttpApi:
             elif isinstance(event, Finished) and event.reason is FinishReason.ERROR:
                 yield f"{ERROR_MARK}{event.error or 'generation failed'}{EOS}".encode()
 
-    def _role_granted(self, role: str, dev_tool: bool, request: Request) -> Response:
+    def _role_granted(
+        self, role: str, dev_tool: bool, request: Request, body: Mapping[str, Any]
+    ) -> Response:
         text = f"New role: '{role}' has been granted"
         headers = {"X-ChatStream-API-DevTool-Enabled": "enabled"} if dev_tool else {}
-        if _wants_sse(request, {}):
-            body = sse_event("role", {"role": role, "dev_tool": dev_tool}) + sse_event(
+        if _wants_sse(request, body):
+            events = sse_event("role", {"role": role, "dev_tool": dev_tool}) + sse_event(
                 "done", {"message_id": None, "finish_reason": "role_granted"}
             )
-            return Response(body, media_type="text/event-stream", headers=headers)
+            return Response(events, media_type="text/event-stream", headers=headers)
         return PlainTextResponse(text + EOS, headers=headers)
 
     def _rejected(self, reason: RejectReason) -> Response:
@@ -476,6 +500,12 @@ class _RunningMean:
 
     def add(self, value: float) -> None:
         self.mean = value if self.mean is None else self.mean + self._weight * (value - self.mean)
+
+
+def _not_running() -> Response:
+    return error_response(
+        503, "unavailable", "the model is not loaded (yet, or any more)", {"Retry-After": "5"}
+    )
 
 
 def _canonical(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -105,7 +105,7 @@ async def read_json_object(
         body = b"".join(chunks)
     elif len(body) > options.max_body_bytes:
         raise _too_large(options)
-    if isinstance(body, bytes) and not body.strip():
+    if not body.strip():
         return {}
     try:
         parsed = json.loads(body)
@@ -129,6 +129,8 @@ class RequestContext:
     session: Session | None
     data: SessionData | None
     role: ClientRole | None
+    #: The caller proved an agent credential: it has no session and gets none.
+    is_agent: bool = False
 
     @classmethod
     async def of(
@@ -137,12 +139,13 @@ class RequestContext:
         """Resolve the caller. A session is created only when ``create_session`` is set (a
         cookie-less GET never creates one)."""
         credential = request.headers.get(AUTH_HEADER)
+        is_agent = roles.agent_for_credential(credential) is not None
         try:
             session: Session | None = get_session(request)
         except RuntimeError:
             session = None  # no session middleware: every caller is session-less
         data = None
-        if session is not None and roles.agent_for_credential(credential) is None:
+        if session is not None and not is_agent:
             data = await (session.load_or_create() if create_session else session.load())
         # With sessions in place, a caller without a credential is a browser, even before
         # its first session exists (a cookie-less GET creates none); without the session
@@ -154,7 +157,17 @@ class RequestContext:
         )
         if role is None:
             role = roles.agent_default
-        return cls(session=session, data=data, role=role)
+        return cls(
+            session=session if not is_agent else None, data=data, role=role, is_agent=is_agent
+        )
+
+    async def data_for_writing(self) -> SessionData | None:
+        """The session's data, creating the session now if there is none yet (browsers
+        only; called once a request is known to be valid, so refused requests create no
+        session)."""
+        if self.data is None and self.session is not None:
+            self.data = await self.session.load_or_create()
+        return self.data
 
     def allows(self, api_name: str) -> bool:
         return self.role is not None and self.role.allows(api_name)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from chatstream.core import (
+    Admitted,
     ConfigError,
     Finished,
     FinishReason,
@@ -27,8 +30,9 @@ from chatstream.core import (
 )
 
 from .chat_stream import RequestRejected
-from .driver import RequestHandle
+from .driver import RequestEvent, RequestHandle
 from .http_common import BadRequest, RequestContext, read_json_object
+from .metrics import RequestTimer
 from .streaming import TurnResponse
 
 if TYPE_CHECKING:
@@ -65,6 +69,8 @@ class OpenAIApi:
 
     async def chat_completions(self, request: Request) -> Response | TurnResponse:
         cs = self.http.chat_stream
+        if not cs.running:
+            return _error(503, "the model is not loaded (yet, or any more)", "server_error")
         try:
             body = await read_json_object(request, None, self.http.options)
         except BadRequest as error:
@@ -78,6 +84,8 @@ class OpenAIApi:
             stream = body.get("stream", False)
             if not isinstance(stream, bool):
                 raise ConfigError("stream", "must be true or false")
+            timer = RequestTimer(self.http.metrics)
+            timer.submitted()
             handle = await cs.submit_messages(messages, generation_params=params)
         except (ConfigError, PromptTooLongError) as error:
             return _error(400, str(error), "invalid_request_error", _code(error))
@@ -94,21 +102,22 @@ class OpenAIApi:
             options = body.get("stream_options")
             usage = isinstance(options, dict) and options.get("include_usage") is True
             return TurnResponse(
-                self._chunks(handle, completion_id, created, usage),
+                self._chunks(_Timed(handle, timer), completion_id, created, usage),
                 media_type="text/event-stream; charset=utf-8",
-                on_end=_closer(handle),
+                on_end=_closer(handle, timer),
             )
-        return await self._whole(handle, completion_id, created)
+        return _WholeResponse(
+            self._whole(_Timed(handle, timer), completion_id, created), handle, timer
+        )
 
-    async def _whole(self, handle: RequestHandle, completion_id: str, created: int) -> Response:
+    async def _whole(self, handle: _Timed, completion_id: str, created: int) -> Response:
         text: list[str] = []
         finished: Finished | None = None
-        with handle:
-            async for event in handle:
-                if isinstance(event, TextDelta):
-                    text.append(event.text)
-                elif isinstance(event, Finished):
-                    finished = event
+        async for event in handle:
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+            elif isinstance(event, Finished):
+                finished = event
         if finished is None or finished.reason is FinishReason.ERROR:
             detail = finished.error if finished is not None else "the request was cancelled"
             return _error(500, f"generation failed: {detail}", "server_error")
@@ -130,7 +139,7 @@ class OpenAIApi:
         )
 
     async def _chunks(
-        self, handle: RequestHandle, completion_id: str, created: int, include_usage: bool
+        self, handle: _Timed, completion_id: str, created: int, include_usage: bool
     ) -> AsyncIterator[bytes]:
         model = self.http.chat_stream.model_id
 
@@ -168,9 +177,64 @@ class OpenAIApi:
         yield b"data: [DONE]\n\n"
 
 
-def _closer(handle: RequestHandle) -> Any:
+class _Timed:
+    """A request's events, feeding the metrics on the way."""
+
+    def __init__(self, handle: RequestHandle, timer: RequestTimer) -> None:
+        self.handle = handle
+        self.timer = timer
+
+    def __aiter__(self) -> _Timed:
+        return self
+
+    async def __anext__(self) -> RequestEvent:
+        event = await self.handle.__anext__()
+        if isinstance(event, Admitted):
+            self.timer.admitted()
+        elif isinstance(event, TextDelta):
+            self.timer.delta()
+        elif isinstance(event, Finished):
+            outcome = {FinishReason.ERROR: "error", FinishReason.CANCELLED: "cancelled"}
+            self.timer.finished(outcome.get(event.reason, "finished"), event.usage)
+        return event
+
+
+class _WholeResponse(Response):
+    """A non-streamed completion that still notices the client leaving: the generation is
+    cancelled and its slot freed, rather than finished for nobody."""
+
+    def __init__(
+        self, answer: Awaitable[Response], handle: RequestHandle, timer: RequestTimer
+    ) -> None:
+        self.answer = answer
+        self.handle = handle
+        self.timer = timer
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response: Response | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch_disconnect() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch_disconnect)
+                response = await self.answer
+                tg.cancel_scope.cancel()
+        finally:
+            self.handle.close()
+            self.timer.finished("cancelled")  # ignored when the request already finished
+        if response is not None:
+            await response(scope, receive, send)
+
+
+def _closer(handle: RequestHandle, timer: RequestTimer) -> Any:
     async def close(how: str) -> None:
         handle.close()
+        timer.finished("cancelled")  # ignored when the request already finished
 
     return close
 

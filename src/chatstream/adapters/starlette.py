@@ -145,13 +145,15 @@ def session_middleware(opts: Mapping[str, Any] | None) -> list[Middleware]:
     # The original nested the session options under "fast_session"; accept both.
     session_opts = {**dict(opts.pop("fast_session", None) or {}), **opts}
     develop = bool(session_opts.pop("develop_mode", False))
+    origins = session_opts.pop("cors_origins", ["http://localhost:3000", "http://127.0.0.1:3000"])
+    if session_opts.get("max_age") == 0:
+        session_opts["max_age"] = None  # fastsession's "until the browser closes"
     allowed = {"secret_key", "store", "secure", "same_site", "cookie_name", "max_age", "path"}
     unknown = sorted(set(session_opts) - allowed)
     if unknown:
         raise ValueError(f"unknown middleware options {unknown}; known: {sorted(allowed)}")
     middleware = [Middleware(SessionMiddleware, **session_opts)]
     if develop:
-        origins = opts.get("cors_origins", ["http://localhost:3000", "http://127.0.0.1:3000"])
         middleware.insert(
             0,
             Middleware(

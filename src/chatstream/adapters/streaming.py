@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 __all__ = ["EOS", "ERROR_MARK", "TurnResponse", "sse_comment", "sse_event"]
@@ -35,8 +36,11 @@ def sse_comment(text: str) -> bytes:
     return f": {text}\n\n".encode()
 
 
-class TurnResponse:
+class TurnResponse(Response):
     """An ASGI response that streams ``chunks`` and reports how it ended.
+
+    A Starlette ``Response``, so that frameworks built on it (FastAPI) pass it through as it
+    is when an endpoint returns it.
 
     Args:
         chunks: the body, produced lazily.
@@ -55,13 +59,16 @@ class TurnResponse:
     ) -> None:
         self.chunks = chunks
         self.status_code = status_code
-        self.headers = {
-            "content-type": media_type,
-            "cache-control": "no-cache",
-            # Ask nginx and similar proxies not to buffer the stream.
-            "x-accel-buffering": "no",
-            **{k.lower(): v for k, v in (headers or {}).items()},
-        }
+        self.background = None
+        self.init_headers(
+            {
+                "content-type": media_type,
+                "cache-control": "no-cache",
+                # Ask nginx and similar proxies not to buffer the stream.
+                "x-accel-buffering": "no",
+                **{k.lower(): v for k, v in (headers or {}).items()},
+            }
+        )
         self._on_end = on_end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,7 +88,7 @@ class TurnResponse:
                     {
                         "type": "http.response.start",
                         "status": self.status_code,
-                        "headers": [(k.encode(), v.encode()) for k, v in self.headers.items()],
+                        "headers": self.raw_headers,
                     }
                 )
                 async for chunk in self.chunks:
