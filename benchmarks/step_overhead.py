@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from chatstream.adapters.transformers_backend import TransformersBackend  # noqa: E402
-from chatstream.core import DecodeItem, GenerationParams, PrefillChunk, StepPlan  # noqa: E402
+from chatstream.adapters.transformers_backend import TransformersBackend
+from chatstream.core import DecodeItem, GenerationParams, PrefillChunk, StepPlan
 
 
 def load(name: str) -> tuple[Any, Any]:
@@ -45,7 +45,9 @@ def bare(model: Any, batch: int, prompt_len: int, steps: int) -> list[float]:
 
     ids = torch.randint(10, 300, (batch, prompt_len))
     cache = DynamicCache(config=model.config)
-    keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    keyword = (
+        "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    )
     out = model(input_ids=ids, use_cache=True, **{keyword: cache})
     times = []
     for _ in range(steps):
@@ -108,15 +110,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load(args.model)
-    print(f"model {args.model}, {args.threads} thread(s), prompt {args.prompt_len}, "
-          f"{args.steps} decode steps (median ms/step)")
+    print(
+        f"model {args.model}, {args.threads} thread(s), prompt {args.prompt_len}, "
+        f"{args.steps} decode steps (median ms/step)"
+    )
     for batch in args.batch:
         b = statistics.median(bare(model, batch, args.prompt_len, args.steps)[5:])
         c = statistics.median(
             chatstream_steps(model, tokenizer, batch, args.prompt_len, args.steps)[5:]
         )
-        print(f"batch {batch:3d}: bare {b * 1e3:7.2f} ms  chatstream {c * 1e3:7.2f} ms  "
-              f"ratio {c / b:4.2f}  ({batch / c:7.1f} tok/s)")
+        print(
+            f"batch {batch:3d}: bare {b * 1e3:7.2f} ms  chatstream {c * 1e3:7.2f} ms  "
+            f"ratio {c / b:4.2f}  ({batch / c:7.1f} tok/s)"
+        )
 
 
 if __name__ == "__main__":
