@@ -1,0 +1,94 @@
+"""The chatstream app the benchmark serves: ``create_app`` plus an event-loop lag probe.
+
+    BENCH_MODEL=smollm2 BENCH_CONCURRENCY=8 \
+        python -m chatstream.server --factory benchmarks.chatstream_app:app_factory --port 8000
+
+Environment (all optional):
+
+=========================  ==============================================================
+``BENCH_MODEL``            ``smollm2`` (default: the embedded SmolLM2-135M-Instruct) or a
+                           model folder (the tiny test model, a random-init folder)
+``BENCH_DEVICE``           ``cpu`` (default), ``cuda``
+``BENCH_DTYPE``            ``auto`` (float32 on cpu, bfloat16 on cuda), ``float32``, ...
+``BENCH_CONCURRENCY``      ``num_of_concurrent_executions`` (default 8)
+``BENCH_QUEUE_SIZE``       ``max_queue_size`` (default 4096: the closed loop never fills it)
+``BENCH_MAX_NEW_TOKENS``   default ``max_new_tokens`` (64; requests may send their own)
+``BENCH_CONTEXT_LEN``      ``context_len`` (default: ChatStream's, 1024)
+``BENCH_TORCH_THREADS``    torch threads of the model thread (default 1)
+``BENCH_LAG_INTERVAL_MS``  the probe's sleep (default 5)
+=========================  ==============================================================
+
+Sampling is greedy (``temperature=0``). Besides every chatstream route the app answers
+``POST /bench/lag/reset`` and ``GET /bench/lag`` (see :mod:`benchmarks.lagprobe`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+
+from benchmarks.lagprobe import LagProbe
+from chatstream import ChatStream
+from chatstream.adapters.starlette import create_app
+
+__all__ = ["app_factory", "settings"]
+
+
+def settings() -> dict[str, Any]:
+    env = os.environ.get
+    return {
+        "model": env("BENCH_MODEL", "smollm2"),
+        "device": env("BENCH_DEVICE", "cpu"),
+        "dtype": env("BENCH_DTYPE", "auto"),
+        "concurrency": int(env("BENCH_CONCURRENCY", "8")),
+        "queue_size": int(env("BENCH_QUEUE_SIZE", "4096")),
+        "max_new_tokens": int(env("BENCH_MAX_NEW_TOKENS", "64")),
+        "context_len": int(env("BENCH_CONTEXT_LEN", "0")) or None,
+        "torch_threads": int(env("BENCH_TORCH_THREADS", "1")),
+        "lag_interval": float(env("BENCH_LAG_INTERVAL_MS", "5")) / 1000.0,
+    }
+
+
+def app_factory() -> Starlette:
+    import torch
+
+    from benchmarks.models import load_bench_model
+
+    s = settings()
+    torch.set_num_threads(s["torch_threads"])
+    model, tokenizer = load_bench_model(s["model"], device=s["device"], dtype=s["dtype"])
+    extra: dict[str, Any] = {}
+    if s["context_len"]:
+        extra["context_len"] = s["context_len"]
+    chat_stream = ChatStream(
+        model=model,
+        tokenizer=tokenizer,
+        device=s["device"],
+        num_of_concurrent_executions=s["concurrency"],
+        max_queue_size=s["queue_size"],
+        max_new_tokens=s["max_new_tokens"],
+        temperature=0.0,
+        torch_threads=s["torch_threads"],
+        **extra,
+    )
+    app = create_app(chat_stream, secret_key="benchmark secret")
+    probe = LagProbe(s["lag_interval"])
+    app.router.routes.extend(probe.routes())
+    serve_chat_stream = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The probe runs beside the ChatStream for the whole life of the server.
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(probe.run)
+            async with serve_chat_stream(app):
+                yield
+            tasks.cancel_scope.cancel()
+
+    app.router.lifespan_context = lifespan
+    return app

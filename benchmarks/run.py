@@ -1,0 +1,780 @@
+"""The benchmark orchestrator: every scenario in one invocation, side by side.
+
+CPU (default): for each model (SmolLM2-135M-Instruct; ``--tiny`` adds the tiny test model)
+and each C (default 1, 2, 8; ``--with-32`` adds 32):
+
+1. chatstream through HTTP: a server process (``chatstream.server``, uvicorn/asyncio or
+   ``--loop trio`` for hypercorn/trio) serving ``benchmarks.chatstream_app`` with
+   ``num_of_concurrent_executions = C``; the load generator runs C closed-loop SSE clients;
+2. the original ChatStream (chatstream==0.2.0, its own venv, ``benchmarks.original_app``),
+   the same model, prompts, max_new_tokens and C;
+3. bare loops on the same model (``benchmarks.bare``): batch-1 per request, and batched.
+
+Each server is started, warmed up, its lag probe reset, loaded, read and stopped (SIGTERM).
+
+GPU (``--gpu``, see ``benchmarks/gpu.sh``): a random-weight model of TinyLlama-1.1B's shape
+in bf16, chatstream through HTTP at C = 1, 8, 32, 128, the original-style interleaved loop,
+batched generate and the lean batched step at the same C, and the physical limit.
+``--cpu-dry-run`` runs that same path at toy size on the CPU.
+
+Writes ``results.jsonl``, ``table.md`` and ``plot.png`` (and ``servers.log``) into
+``benchmarks/results/<timestamp>/`` or ``--out``.
+
+    python -m benchmarks.run                      # SmolLM2, C = 1, 2, 8, with the original
+    python -m benchmarks.run --tiny --with-32     # also the tiny model, also C = 32
+    python -m benchmarks.run --replot benchmarks/results/<timestamp>   # table and plot again
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from benchmarks import loadgen
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "benchmarks"
+TINY = "tiny test model"
+ORIGINAL_VENV = Path(os.environ.get("ORIGINAL_VENV", HERE / ".venv-original"))
+
+# --------------------------------------------------------------------------- helpers
+
+
+def log(message: str) -> None:
+    stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+class Deadline:
+    """The whole run's time budget (the GPU script must end in time)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def left(self) -> float:
+        return float("inf") if self.end is None else self.end - time.monotonic()
+
+    def expired(self, margin: float = 0.0) -> bool:
+        return self.left() < margin
+
+
+@contextlib.contextmanager
+def server(
+    name: str, command: Sequence[str], env: dict[str, str], port: int, logfile: TextIO
+) -> Iterator[str]:
+    """Start a server process, wait until ``/bench/lag`` answers, stop it with SIGTERM."""
+    logfile.write(f"\n===== {name}: {' '.join(command)}\n")
+    logfile.flush()
+    process = subprocess.Popen(
+        list(command), cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode} (see servers.log)")
+            try:
+                if httpx.get(url + "/bench/lag", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - started > 600:
+                raise RuntimeError(f"{name} did not start in 600 s")
+            time.sleep(0.5)
+        log(f"{name} is up after {time.monotonic() - started:.1f} s")
+        yield url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        logfile.flush()
+
+
+def run_http_scenario(
+    *,
+    system: str,
+    url: str,
+    fmt: loadgen.Format,
+    concurrency: int,
+    requests: int,
+    max_new_tokens: int,
+) -> dict[str, Any]:
+    """Warm up, measure idle lag, reset the probe, run the load, read the probe."""
+    params = None
+    if fmt == "sse":
+        params = {"max_new_tokens": max_new_tokens, "ignore_eos": True}
+        warm_params = {"max_new_tokens": 8, "ignore_eos": True}
+
+    async def go() -> dict[str, Any]:
+        # Warm-up: the first forward passes allocate and choose kernels.
+        if fmt == "sse":
+            await loadgen.run_load(
+                url, concurrency=1, requests=1, fmt=fmt, generation_params=warm_params
+            )
+            await loadgen.run_load(
+                url, concurrency=concurrency, requests=concurrency, fmt=fmt,
+                generation_params=warm_params,
+            )  # fmt: skip
+        else:  # the original's reply length is the server's max_new_tokens
+            await loadgen.run_load(url, concurrency=1, requests=1, fmt=fmt)
+        await loadgen.reset_lag(url)
+        await asyncio.sleep(1.0)
+        idle = await loadgen.read_lag(url)
+        await loadgen.reset_lag(url)
+        load_before = load_average()
+        report, _ = await loadgen.run_load(
+            url,
+            concurrency=concurrency,
+            requests=requests,
+            fmt=fmt,
+            generation_params=params,
+        )
+        lag = await loadgen.read_lag(url)
+        record = report.as_dict()
+        record.pop("url", None)
+        record.update(
+            system=system,
+            scenario="http",
+            lag_p50_ms=lag["p50_ms"],
+            lag_p99_ms=lag["p99_ms"],
+            lag_max_ms=lag["max_ms"],
+            lag_samples=lag["samples"],
+            idle_lag_p99_ms=idle["p99_ms"],
+            load_avg_before=load_before,
+            load_avg_after=load_average(),
+        )
+        return record
+
+    return asyncio.run(go())
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+        self.args = args
+        self.out = out
+        self.results = out / "results.jsonl"
+        self.logfile = (out / "servers.log").open("a", encoding="utf-8")
+        self.deadline = Deadline(args.budget_s)
+        self.records: list[dict[str, Any]] = []
+
+    def emit(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        with self.results.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if record.get("kind") == "result":
+            log(
+                f"{record.get('model')} C={record.get('concurrency')} {record.get('system')} "
+                f"{record.get('scenario')}: {record.get('tokens_per_s')} tok/s"
+                + (f", lag p99 {record['lag_p99_ms']} ms" if "lag_p99_ms" in record else "")
+                + (f" ERROR {record['error']}" if record.get("error") else "")
+            )
+
+    def base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT), str(ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])]
+        )
+        return env
+
+    def chatstream(self, model: str, model_dir: str, c: int) -> None:
+        a = self.args
+        port = free_port()
+        env = self.base_env()
+        env.update(
+            BENCH_MODEL=model_dir,
+            BENCH_DEVICE=a.device,
+            BENCH_DTYPE=a.dtype,
+            BENCH_CONCURRENCY=str(c),
+            BENCH_MAX_NEW_TOKENS=str(a.max_new_tokens),
+            BENCH_TORCH_THREADS=str(a.torch_threads),
+        )
+        command = [
+            sys.executable, "-m", "chatstream.server",
+            "--factory", "benchmarks.chatstream_app:app_factory",
+            "--port", str(port), "--loop", a.loop, "--drain-timeout", "5",
+        ]  # fmt: skip
+        self._http("chatstream", model, c, command, env, port, "sse")
+
+    def original(self, model: str, model_dir: str, c: int) -> None:
+        a = self.args
+        port = free_port()
+        env = self.base_env()
+        env["PYTHONPATH"] = str(ROOT)  # never our src/: there `chatstream` is the original
+        env.update(
+            BENCH_MODEL_DIR=model_dir,
+            BENCH_DEVICE=a.device,
+            BENCH_CONCURRENCY=str(c),
+            BENCH_MAX_NEW_TOKENS=str(a.max_new_tokens),
+            BENCH_TORCH_THREADS=str(a.torch_threads),
+        )
+        python = str(ORIGINAL_VENV / "bin" / "python")
+        command = [python, "-m", "benchmarks.original_app", "--port", str(port)]
+        self._http("original", model, c, command, env, port, "original")
+
+    def _http(
+        self,
+        system: str,
+        model: str,
+        c: int,
+        command: list[str],
+        env: dict[str, str],
+        port: int,
+        fmt: loadgen.Format,
+    ) -> None:
+        a = self.args
+        base = {
+            "kind": "result",
+            "system": system,
+            "scenario": "http",
+            "model": model,
+            "concurrency": c,
+            "max_new_tokens": a.max_new_tokens,
+            "loop": a.loop if system == "chatstream" else "asyncio",
+            "device": a.device,
+            "torch_threads": a.torch_threads,
+        }
+        if self.deadline.expired(margin=30):
+            self.emit({**base, "error": "skipped: time budget spent"})
+            return
+        per_worker = a.tiny_requests_per_worker if model == TINY else a.requests_per_worker
+        requests = max(per_worker * c, a.min_requests)
+        try:
+            with server(f"{system} {model} C={c}", command, env, port, self.logfile) as url:
+                record = run_http_scenario(
+                    system=system,
+                    url=url,
+                    fmt=fmt,
+                    concurrency=c,
+                    requests=requests,
+                    max_new_tokens=a.max_new_tokens,
+                )
+            self.emit({**base, **record})
+        except Exception as error:  # one failure must not lose the rest
+            self.emit({**base, "error": f"{type(error).__name__}: {error}"[:500]})
+
+    def bare(self, model: str, model_dir: str, concurrencies: Sequence[int]) -> None:
+        a = self.args
+        if self.deadline.expired(margin=20):
+            self.emit({"kind": "result", "system": "bare", "model": model, "error": "skipped"})
+            return
+        command = [
+            sys.executable, "-m", "benchmarks.bare",
+            "--model", model_dir, "--device", a.device, "--dtype", a.dtype,
+            "--threads", str(a.torch_threads),
+            "--concurrency", ",".join(str(c) for c in concurrencies),
+            "--max-new-tokens", str(a.max_new_tokens),
+            "--scenarios", a.bare_scenarios,
+            "--copy-bytes", str(a.copy_bytes),
+        ]  # fmt: skip
+        if a.bare_deadline:
+            command += ["--deadline", str(a.bare_deadline)]
+        self.logfile.write(f"\n===== bare {model}: {' '.join(command)}\n")
+        self.logfile.flush()
+        timeout = max(30.0, min(self.deadline.left() - 10, 3600.0))
+        try:
+            result = subprocess.run(
+                command,
+                cwd=ROOT,
+                env=self.base_env(),
+                stdout=subprocess.PIPE,
+                stderr=self.logfile,
+                text=True,
+                timeout=timeout,
+            )
+            output: str | None = result.stdout
+            if result.returncode:
+                self.emit(
+                    {"kind": "result", "system": "bare", "model": model,
+                     "error": f"exit {result.returncode} (see servers.log)"}
+                )  # fmt: skip
+        except subprocess.TimeoutExpired as error:
+            output = error.stdout.decode() if isinstance(error.stdout, bytes) else error.stdout
+            self.emit({"kind": "result", "system": "bare", "model": model, "error": "timeout"})
+        for line in (output or "").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                record.update(kind="result", system="bare", model=model)
+                self.emit(record)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+SYSTEM_ORDER = {
+    ("chatstream", "http"): 0,
+    ("original", "http"): 1,
+    ("bare", "bare_batch1_sequential"): 2,
+    ("bare", "bare_interleaved_batch1"): 3,
+    ("bare", "bare_generate_batched"): 4,
+    ("bare", "bare_step_batched"): 5,
+    ("bare", "physical_limit"): 6,
+}
+
+LABELS = {
+    ("chatstream", "http"): "chatstream (HTTP)",
+    ("original", "http"): "original 0.2.0 (HTTP)",
+    ("bare", "bare_batch1_sequential"): "bare: batch-1, one request after another",
+    ("bare", "bare_interleaved_batch1"): "bare: batch-1 loops interleaved (original-style)",
+    ("bare", "bare_generate_batched"): "bare: model.generate, whole batch known",
+    ("bare", "bare_step_batched"): "bare: lean batched greedy step",
+    ("bare", "physical_limit"): "physical limit: weights / bandwidth",
+}
+
+
+def _label(r: dict[str, Any]) -> str:
+    key = (r.get("system"), r.get("scenario"))
+    label = LABELS.get(key, f"{r.get('system')} {r.get('scenario')}")  # type: ignore[arg-type]
+    if r.get("scenario") == "physical_limit":
+        label += (
+            " (assumed 3.35 TB/s)"
+            if r.get("bandwidth") == "assumed_h100_sxm"
+            else (f" (measured copy {r.get('bandwidth_bytes_per_s', 0) / 1e9:.0f} GB/s)")
+        )
+    if r.get("truncated"):
+        label += " (cut at deadline)"
+    return label
+
+
+def _loads(values: Sequence[float] | None) -> str:
+    return "–" if not values else " / ".join(f"{v:.2f}" for v in values)
+
+
+def write_table(records: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> str:
+    results = [r for r in records if r.get("kind") == "result"]
+    lines = [
+        f"# Benchmark results ({meta['started']})",
+        "",
+        f"- machine: {meta['machine']}",
+        f"- versions: {meta['versions']}",
+        f"- command: `{meta['command']}`",
+        f"- settings: max_new_tokens={meta['max_new_tokens']}, greedy, fixed-length replies, "
+        f"torch threads={meta['torch_threads']}, device={meta['device']}, "
+        f"requests per C = max({meta['requests_per_worker']}·C, {meta['min_requests']}) "
+        f"(tiny model: {meta.get('tiny_requests_per_worker', meta['requests_per_worker'])}·C), "
+        f"chatstream loop={meta['loop']}",
+        f"- load average (1/5/15 min) at start {_loads(meta['load_avg_start'])}, "
+        f"at end {_loads(meta.get('load_avg_end'))}",
+        "",
+        "Times in ms. ×orig: tokens/s over the original's at the same model and C (where the "
+        "original is not run, as on GPU: over the original-style interleaved batch-1 loop). "
+        "Loop lag: how late a 5 ms sleep wakes inside the server while it serves the load.",
+        "",
+    ]
+    models = list(dict.fromkeys(r["model"] for r in results if r.get("model")))
+    header = (
+        "| C | system | tok/s | ×orig | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | "
+        "queue p50 | queue p99 | loop lag p50 | loop lag p99 | loop lag max | rej | err |"
+    )
+    for model in models:
+        rows = [r for r in results if r.get("model") == model]
+        lines += [f"## {model}", "", header, "|" + "---|" * 15]
+        cs = sorted({r["concurrency"] for r in rows if isinstance(r.get("concurrency"), int)})
+        for c in cs:
+            at_c = [r for r in rows if r.get("concurrency") == c]
+            # The original over HTTP; on GPU, where it is not run, its schedule run bare.
+            original = next(
+                (r for r in at_c if r.get("system") == "original" and not r.get("error")), None
+            ) or next(
+                (
+                    r
+                    for r in at_c
+                    if r.get("scenario") == "bare_interleaved_batch1" and not r.get("error")
+                ),
+                None,
+            )
+            at_c.sort(
+                key=lambda r: (SYSTEM_ORDER.get((str(r.get("system")), str(r.get("scenario"))), 9),
+                               r.get("bandwidth", ""))
+            )  # fmt: skip
+            for r in at_c:
+                if r.get("error"):
+                    lines.append(f"| {c} | {_label(r)} | error: {r['error'][:80]} |" + " |" * 12)
+                    continue
+                ratio = None
+                if original and original.get("tokens_per_s") and r.get("tokens_per_s"):
+                    ratio = r["tokens_per_s"] / original["tokens_per_s"]
+                lines.append(
+                    "| "
+                    + " | ".join(
+                        [
+                            str(c),
+                            _label(r),
+                            _fmt(r.get("tokens_per_s")),
+                            "–" if ratio is None else f"{ratio:.2f}×",
+                            _fmt(r.get("ttft_p50_ms"), 0),
+                            _fmt(r.get("ttft_p99_ms"), 0),
+                            _fmt(r.get("itl_p50_ms")),
+                            _fmt(r.get("itl_p99_ms")),
+                            _fmt(r.get("queue_wait_p50_ms")),
+                            _fmt(r.get("queue_wait_p99_ms")),
+                            _fmt(r.get("lag_p50_ms"), 2),
+                            _fmt(r.get("lag_p99_ms"), 2),
+                            _fmt(r.get("lag_max_ms"), 2),
+                            _fmt(r.get("rejected")),
+                            _fmt(r.get("errors")),
+                        ]
+                    )
+                    + " |"
+                )
+        lines.append("")
+    errors = [r for r in results if r.get("error") and not r.get("concurrency")]
+    for r in errors:
+        where = " ".join(str(r[k]) for k in ("model", "system") if r.get(k)) or "run"
+        lines.append(f"- {where}: {r['error']}")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
+def write_plot(records: list[dict[str, Any]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib import ticker
+    except ImportError:
+        log("matplotlib is missing: no plot (pip install matplotlib)")
+        return False
+    results = [
+        r
+        for r in records
+        if r.get("kind") == "result" and not r.get("error") and r.get("tokens_per_s")
+    ]
+    models = list(dict.fromkeys(r["model"] for r in results))
+    if not models:
+        return False
+    series = [k for k in SYSTEM_ORDER if k != ("bare", "physical_limit")]
+    fig, axes = plt.subplots(len(models), 2, figsize=(10, 3.6 * len(models)), squeeze=False)
+    for row, model in enumerate(models):
+        ax_tps, ax_ttft = axes[row]
+        for key in series:
+            points = sorted(
+                (r["concurrency"], r["tokens_per_s"], r.get("ttft_p50_ms"))
+                for r in results
+                if r["model"] == model and (r.get("system"), r.get("scenario")) == key
+            )
+            if not points:
+                continue
+            xs = [p[0] for p in points]
+            label = LABELS[key]
+            style = "-o" if key[0] != "bare" else "--."
+            color = f"C{series.index(key)}"  # the same colour in both panels
+            ax_tps.plot(xs, [p[1] for p in points], style, label=label, color=color)
+            ttft = [(p[0], p[2]) for p in points if p[2] is not None]
+            if ttft and key != ("bare", "bare_generate_batched"):  # its TTFT is the whole run
+                ax_ttft.plot(
+                    [t[0] for t in ttft], [t[1] for t in ttft], style, label=label, color=color
+                )
+        cs = sorted({r["concurrency"] for r in results if r["model"] == model})
+        for ax, title in ((ax_tps, "aggregate tokens/s"), (ax_ttft, "TTFT p50 (ms)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(cs, [str(c) for c in cs])
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.set_xlabel("concurrent streams C")
+            ax.set_title(f"{model}: {title}", fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+        ax_tps.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+def _original_versions() -> str:
+    marker = ORIGINAL_VENV / ".chatstream-original-ok"
+    if not marker.exists():
+        return "not installed"
+    wanted = ("chatstream", "torch", "transformers", "fastapi", "fastsession", "uvicorn")
+    pins = [line for line in marker.read_text().splitlines() if line.split("==")[0] in wanted]
+    return ", ".join(pins)
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
+    gpu = None
+    if args.device.startswith("cuda"):
+        with contextlib.suppress(Exception):
+            gpu = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                 "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=20,
+            ).stdout.strip()  # fmt: skip
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    versions = (
+        f"python {platform.python_version()}, torch {_version('torch')}, "
+        f"transformers {_version('transformers')}, chatstream-anyio {_version('chatstream-anyio')}"
+        f" (commit {commit or '?'}{', with local changes' if dirty else ''}), "
+        f"starlette {_version('starlette')}, uvicorn {_version('uvicorn')}, "
+        f"hypercorn {_version('hypercorn')}, httpx {_version('httpx')}; "
+        f"original venv: {_original_versions()}"
+    )
+    machine = f"{os.cpu_count()} CPUs ({_cpu_name()}), {platform.system()} {platform.release()}"
+    if gpu:
+        machine += f", GPU: {gpu}"
+    return {"machine": machine, "versions": versions}
+
+
+def prepare_models(args: argparse.Namespace, env: dict[str, str]) -> list[tuple[str, str]]:
+    """(name, folder) of every model to run; converts SmolLM2 / builds folders first."""
+
+    def in_subprocess(code: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode:
+            raise RuntimeError(result.stderr[-2000:])
+        return result.stdout.strip().splitlines()[-1]
+
+    models: list[tuple[str, str]] = []
+    if args.gpu:
+        shape = "toy" if args.cpu_dry_run else "tinyllama-1.1b"
+        folder = args.model_dir or str(Path(args.scratch) / f"random-{shape}")
+        path = in_subprocess(
+            "from pathlib import Path; from benchmarks.models import build_random_model_dir; "
+            f"print(build_random_model_dir(Path({folder!r}), {shape!r}))"
+        )
+        models.append(
+            (
+                f"random {shape} ({args.dtype if args.dtype != 'auto' else 'bf16'})"
+                if not args.cpu_dry_run
+                else f"random {shape} (cpu dry run)",
+                path,
+            )
+        )
+        return models
+    if not args.no_smollm2:
+        log("preparing SmolLM2-135M-Instruct (converted once into the cache) ...")
+        path = in_subprocess(
+            "from benchmarks.models import ensure_smollm2; print(ensure_smollm2())"
+        )
+        models.append(("SmolLM2-135M-Instruct", path))
+    if args.tiny:
+        path = in_subprocess(
+            "from pathlib import Path; from benchmarks.models import build_tiny_test_model; "
+            f"print(build_tiny_test_model(Path({str(Path(args.scratch) / 'tiny')!r})))"
+        )
+        models.append((TINY, path))
+    return models
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="output folder (default benchmarks/results/<timestamp>)")
+    parser.add_argument("--concurrency", help="comma list (default 1,2,8; GPU 1,8,32,128)")
+    parser.add_argument("--with-32", action="store_true", help="add C=32 on the CPU")
+    parser.add_argument("--tiny", action="store_true", help="add the tiny test model")
+    parser.add_argument("--no-smollm2", action="store_true", help="skip SmolLM2")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64 (GPU 128)")
+    parser.add_argument("--requests-per-worker", type=int, default=2)
+    parser.add_argument(
+        "--tiny-requests-per-worker",
+        type=int,
+        default=8,
+        help="the tiny model's replies take milliseconds: more of them per worker",
+    )
+    parser.add_argument("--min-requests", type=int, default=4)
+    parser.add_argument("--loop", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--torch-threads", type=int, default=1)
+    original = parser.add_mutually_exclusive_group()
+    original.add_argument(
+        "--with-original", action="store_true", help="install the original's venv if missing"
+    )
+    original.add_argument("--no-original", action="store_true")
+    parser.add_argument("--no-bare", action="store_true")
+    parser.add_argument("--no-chatstream", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="the GPU scenarios (see gpu.sh)")
+    parser.add_argument(
+        "--cpu-dry-run", action="store_true", help="the GPU path at toy size on the CPU"
+    )
+    parser.add_argument("--model-dir", help="GPU: a prepared random-init model folder")
+    parser.add_argument("--budget-s", type=float, default=None, help="stop starting scenarios")
+    parser.add_argument("--scratch", default=None, help="where model folders are built")
+    args = parser.parse_args(argv)
+    if args.cpu_dry_run:
+        args.gpu = True
+    args.device = "cpu" if (not args.gpu or args.cpu_dry_run) else "cuda"
+    args.dtype = "bfloat16" if args.device == "cuda" else "float32"
+    if args.gpu:
+        default_c = "1,2" if args.cpu_dry_run else "1,8,32,128"
+        args.max_new_tokens = args.max_new_tokens or (8 if args.cpu_dry_run else 128)
+        args.bare_scenarios = "batch1,interleaved,generate,step,limit"
+        args.bare_deadline = 3.0 if args.cpu_dry_run else 10.0
+        args.copy_bytes = (64 if args.cpu_dry_run else 2048) * 2**20
+        args.no_original = True  # on GPU the original-style loop is bare "interleaved"
+        if args.budget_s is None:
+            args.budget_s = 420.0
+    else:
+        default_c = "1,2,8,32" if args.with_32 else "1,2,8"
+        args.max_new_tokens = args.max_new_tokens or 64
+        args.bare_scenarios = "batch1,generate,step"
+        args.bare_deadline = None
+        args.copy_bytes = 256 * 2**20
+    args.concurrencies = [int(c) for c in (args.concurrency or default_c).split(",")]
+    args.scratch = args.scratch or os.environ.get("BENCH_SCRATCH") or "/tmp/chatstream-bench"
+    return args
+
+
+def replot(folder: Path) -> None:
+    """Rewrite table.md and plot.png of a finished run from its results.jsonl."""
+    records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    meta = next(r for r in records if r.get("kind") == "meta")
+    end: dict[str, Any] = next((r for r in records if r.get("kind") == "meta_end"), {})
+    meta["load_avg_end"] = end.get("load_avg_end")
+    write_table(records, meta, folder / "table.md")
+    write_plot(records, folder / "plot.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--replot"]:
+        replot(Path(argv[1]))
+        return 0
+    args = parse_args(argv)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or HERE / "results" / stamp)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.jsonl").unlink(missing_ok=True)
+    os.environ.setdefault("CHATSTREAM_CACHE", str(Path(args.scratch) / "cache"))
+    runner = Runner(args, out)
+    env = runner.base_env()
+
+    with_original = not args.no_original and not args.gpu
+    if with_original and not (ORIGINAL_VENV / "bin" / "python").exists():
+        if args.with_original:
+            log("installing the original ChatStream (benchmarks/setup_original.sh) ...")
+            subprocess.run([str(HERE / "setup_original.sh")], check=True)
+        else:
+            log("no original venv: run benchmarks/setup_original.sh or pass --with-original")
+            with_original = False
+
+    meta = {
+        "kind": "meta",
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks.run", *argv]),
+        "device": args.device,
+        "max_new_tokens": args.max_new_tokens,
+        "torch_threads": args.torch_threads,
+        "loop": args.loop,
+        "requests_per_worker": args.requests_per_worker,
+        "min_requests": args.min_requests,
+        "tiny_requests_per_worker": args.tiny_requests_per_worker,
+        "concurrencies": args.concurrencies,
+        "load_avg_start": list(os.getloadavg()),
+        "with_original": with_original,
+        **machine_meta(args),
+    }
+    runner.emit(meta)
+    log(f"results go to {out}")
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    # A time limit (gpu.sh) sends SIGTERM: still write the table of what was measured.
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for model, folder in prepare_models(args, env):
+            for c in args.concurrencies:
+                if not args.no_chatstream:
+                    runner.chatstream(model, folder, c)
+                if with_original:
+                    runner.original(model, folder, c)
+            if not args.no_bare:
+                runner.bare(model, folder, args.concurrencies)
+    except SystemExit as stopped:
+        log(str(stopped))
+        runner.emit({"kind": "result", "error": str(stopped)})
+
+    meta["load_avg_end"] = list(os.getloadavg())
+    meta["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+    runner.emit({"kind": "meta_end", "load_avg_end": meta["load_avg_end"],
+                 "finished": meta["finished"]})  # fmt: skip
+    table = write_table(runner.records, meta, out / "table.md")
+    write_plot(runner.records, out / "plot.png")
+    runner.logfile.close()
+    print(table)
+    log(f"wrote {out}/results.jsonl, table.md, plot.png")
+    failed = [r for r in runner.records if r.get("kind") == "result" and r.get("error")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
