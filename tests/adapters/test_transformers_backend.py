@@ -320,3 +320,44 @@ def test_device_may_be_a_string_or_a_torch_device(tiny_model: tuple[Any, Any]) -
             model, tokenizer, num_slots=1, max_positions=64, device=device
         )
         assert backend.device == torch.device("cpu")
+
+
+def test_prompts_joining_together_are_prefilled_in_one_batch(tiny_model: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_model
+    harness = Harness(model, tokenizer, num_of_concurrent_executions=4, max_queue_size=2)
+    prompts = [encode(tokenizer, p) for p in PROMPTS]
+    long_run = GenerationParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
+    short_run = GenerationParams(max_new_tokens=2, temperature=0.0, ignore_eos=True)
+    for ids, params in zip(prompts[:4], (long_run, short_run, long_run, short_run), strict=True):
+        harness.submit(ids, params)
+    # Two more wait; they take slots 1 and 3 when those finish in the same step, and are
+    # prefilled together (different lengths, slots not next to each other) while 0 and 2
+    # go on decoding.
+    joined = [harness.submit(prompts[4], long_run), harness.submit(prompts[1], long_run)]
+    forwards: list[tuple[int, ...]] = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: forwards.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True,
+    )
+    try:
+        harness.run()
+    finally:
+        hook.remove()
+    widths = {len(prompts[4]), len(prompts[1])}
+    assert (2, max(widths)) in forwards, forwards  # one forward for both prompts
+    for request_id, ids in zip(joined, (prompts[4], prompts[1]), strict=True):
+        expected = reference_ignoring_eos(model, tokenizer, ids, 12)
+        assert harness.tokens[request_id] == expected
+
+
+def reference_ignoring_eos(model: Any, tokenizer: Any, ids: tuple[int, ...], n: int) -> list[int]:
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )[0, len(ids) :].tolist()
+    return [int(t) for t in out]

@@ -36,15 +36,17 @@ class SlotKVCache:
         self.max_positions = max_positions
         self._keys: list[torch.Tensor | None] = [None] * num_layers
         self._values: list[torch.Tensor | None] = [None] * num_layers
-        self._rows = slice(0, 0)
+        self._rows: slice | list[int] = slice(0, 0)
         self._columns: torch.Tensor | None = None
         self._kv_columns = 0
 
-    def plan_write(self, rows: slice, columns: torch.Tensor, kv_columns: int) -> None:
+    def plan_write(self, rows: slice | list[int], columns: torch.Tensor, kv_columns: int) -> None:
         """Set where the next forward writes and how much it reads.
 
         Args:
-            rows: the contiguous slots of the batch (batch row i is slot ``rows.start + i``).
+            rows: the slots of the batch: a contiguous range (batch row i is slot
+                ``rows.start + i``, read in place), or a list of slots (read as a copy: for
+                prefills, whose reads are short).
             columns: ``[batch, query_len]`` column of each new token.
             kv_columns: columns the attention reads (from 0); the mask covers exactly these.
         """
@@ -65,11 +67,21 @@ class SlotKVCache:
         assert self._columns is not None
         # [batch, query] -> [batch, heads, query, dim], the shape scatter_ wants.
         index = self._columns.to(key_states.device)[:, None, :, None].expand_as(key_states)
-        row_keys = keys[self._rows]
-        row_values = values[self._rows]
-        row_keys.scatter_(2, index, key_states)
-        row_values.scatter_(2, index, value_states)
-        return row_keys[:, :, : self._kv_columns], row_values[:, :, : self._kv_columns]
+        if isinstance(self._rows, slice):
+            row_keys = keys[self._rows]
+            row_values = values[self._rows]
+            row_keys.scatter_(2, index, key_states)
+            row_values.scatter_(2, index, value_states)
+            return row_keys[:, :, : self._kv_columns], row_values[:, :, : self._kv_columns]
+        read_keys, read_values = [], []
+        for i, row in enumerate(self._rows):
+            row_keys = keys[row : row + 1]
+            row_values = values[row : row + 1]
+            row_keys.scatter_(2, index[i : i + 1], key_states[i : i + 1])
+            row_values.scatter_(2, index[i : i + 1], value_states[i : i + 1])
+            read_keys.append(row_keys[:, :, : self._kv_columns])
+            read_values.append(row_values[:, :, : self._kv_columns])
+        return torch.cat(read_keys), torch.cat(read_values)
 
     def _buffer(
         self, buffers: list[torch.Tensor | None], layer_idx: int, states: torch.Tensor

@@ -13,6 +13,7 @@ The forward keyword for the cache is ``cache`` from transformers 5.24 and
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,12 +120,7 @@ class TransformersBackend:
         errors: dict[RequestId, str] = {}
         rows: list[tuple[RequestId, int, GenerationParams]] = []
         logits: list[torch.Tensor] = []
-        for chunk in plan.prefill:
-            try:
-                last_logits = self._prefill(chunk)
-            except Exception as error:  # one prompt's failure is that request's alone
-                errors[chunk.request_id] = f"prefill failed: {type(error).__name__}: {error}"
-                continue
+        for chunk, last_logits in self._prefill_all(plan.prefill, errors):
             if chunk.last:
                 rows.append((chunk.request_id, chunk.slot, chunk.params))
                 logits.append(last_logits)
@@ -144,24 +140,62 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ internals
 
-    def _prefill(self, chunk: PrefillChunk) -> torch.Tensor:
-        if chunk.start == 0:
-            generator = None
-            if chunk.params.seed is not None:
-                generator = make_generator(chunk.params.seed, self.device)
-            self._slots[chunk.slot] = _Slot(chunk.request_id, chunk.params, generator)
-            self._seen[chunk.slot] = False
-        size = len(chunk.token_ids)
-        ids = torch.tensor([chunk.token_ids], dtype=torch.long, device=self.device)
-        positions = torch.arange(chunk.start, chunk.start + size, device=self.device)[None, :]
-        kv_columns = chunk.start + size + 1
-        # Query i (position start + i) sees columns 1 .. start + i + 1: its prefix and itself.
-        columns = torch.arange(kv_columns, device=self.device)[None, :]
-        visible = (columns >= 1) & (columns <= positions.transpose(0, 1) + 1)
-        self._cache.plan_write(slice(chunk.slot, chunk.slot + 1), positions + 1, kv_columns)
-        out = self._forward(ids, positions, visible[None, None, :, :])
-        self._seen[chunk.slot, ids[0]] = True
-        return out[0, -1]
+    def _prefill_all(
+        self, chunks: tuple[PrefillChunk, ...], errors: dict[RequestId, str]
+    ) -> list[tuple[PrefillChunk, torch.Tensor]]:
+        """Prefill every chunk in one batched forward; if that fails, chunk by chunk, so
+        that one prompt's failure is that request's alone."""
+        if not chunks:
+            return []
+        for chunk in chunks:
+            if chunk.start == 0:
+                generator = None
+                if chunk.params.seed is not None:
+                    generator = make_generator(chunk.params.seed, self.device)
+                self._slots[chunk.slot] = _Slot(chunk.request_id, chunk.params, generator)
+                self._seen[chunk.slot] = False
+        try:
+            return list(zip(chunks, self._prefill(chunks), strict=True))
+        except Exception:
+            if len(chunks) == 1:
+                error = sys.exc_info()[1]
+                errors[chunks[0].request_id] = f"prefill failed: {type(error).__name__}: {error}"
+                return []
+        done = []
+        for chunk in chunks:
+            done += self._prefill_all((chunk,), errors)
+        return done
+
+    def _prefill(self, chunks: tuple[PrefillChunk, ...]) -> torch.Tensor:
+        # Prompts of different lengths go in one batch, left-padded so that each row's last
+        # token is the batch's last column. Padding writes to the scratch column and attends
+        # only to it; a real query at position p sees columns 1 .. p + 1.
+        width = max(len(c.token_ids) for c in chunks)
+        ids = torch.zeros((len(chunks), width), dtype=torch.long)
+        positions = torch.zeros((len(chunks), width), dtype=torch.long)
+        real = torch.zeros((len(chunks), width), dtype=torch.bool)
+        for row, chunk in enumerate(chunks):
+            size = len(chunk.token_ids)
+            ids[row, width - size :] = torch.tensor(chunk.token_ids)
+            positions[row, width - size :] = torch.arange(chunk.start, chunk.start + size)
+            real[row, width - size :] = True
+        ids, positions, real = (t.to(self.device) for t in (ids, positions, real))
+        write = torch.where(real, positions + 1, SCRATCH_COLUMN)
+        kv_columns = max(c.start + len(c.token_ids) for c in chunks) + 1
+        columns = torch.arange(kv_columns, device=self.device)[None, None, :]
+        visible = torch.where(
+            real[:, :, None],
+            (columns >= 1) & (columns <= write[:, :, None]),
+            columns == SCRATCH_COLUMN,
+        )
+        slots = [c.slot for c in chunks]
+        contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
+        rows = slice(slots[0], slots[0] + len(slots)) if contiguous else slots
+        self._cache.plan_write(rows, write, kv_columns)
+        out = self._forward(ids, positions, visible[:, None, :, :])
+        for row, chunk in enumerate(chunks):
+            self._seen[chunk.slot, ids[row, width - len(chunk.token_ids) :]] = True
+        return out[:, -1]
 
     def _decode(self, items: tuple[DecodeItem, ...]) -> torch.Tensor:
         low = min(d.slot for d in items)
