@@ -1,9 +1,9 @@
 """Continuous batching for any HuggingFace ``AutoModelForCausalLM``.
 
 One :meth:`TransformersBackend.run_step` runs one :class:`~chatstream.core.StepPlan`:
-releases first, then each prefill chunk (one forward per chunk, into its slot of the
-:class:`~.slot_cache.SlotKVCache`), then one batched forward for every decoding request,
-then one batched sampling call. The sampled tokens and NaN flags cross to the host in a
+releases first, then every prefill chunk in one batched forward (left-padded, each into its
+slot of the :class:`~.slot_cache.SlotKVCache`), then one batched forward for every decoding
+request, then one batched sampling call. The sampled tokens and NaN flags cross to the host in a
 single transfer per step.
 
 The forward keyword for the cache is ``cache`` from transformers 5.24 and
@@ -243,16 +243,21 @@ class TransformersBackend:
         logits: list[torch.Tensor],
         errors: dict[RequestId, str],
     ) -> dict[RequestId, tuple[int, ...]]:
-        batch = torch.cat([t if t.ndim == 2 else t[None, :] for t in logits]).float()
+        # One batch of last-position logits (no copy when a single forward made them all).
+        if len(logits) == 1 and logits[0].ndim == 2:
+            batch = logits[0]
+        else:
+            batch = torch.cat([t if t.ndim == 2 else t[None, :] for t in logits])
         slots = [slot for _, slot, _ in rows]
+        slot_index = torch.tensor(slots, device=self.device)
         params = [p for _, _, p in rows]
         seen = None
         if any(p.repetition_penalty is not None for p in params):
-            seen = self._seen[torch.tensor(slots, device=self.device)]
+            seen = self._seen[slot_index]
         generators = [self._slots[slot].generator for slot in slots]
         sampled = self._sampler.sample(batch, params, seen=seen, generators=generators)
         broken = torch.isnan(batch).any(dim=-1)
-        self._seen[torch.tensor(slots, device=self.device), sampled] = True
+        self._seen[slot_index, sampled] = True
         # The one host sync of the step.
         tokens, nan_rows = torch.stack([sampled, broken.long()]).tolist()
         result: dict[RequestId, tuple[int, ...]] = {}
