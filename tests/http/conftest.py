@@ -51,6 +51,49 @@ class Server:
 ServerFactory = Callable[..., Server]
 
 
+def launch_server(
+    *,
+    factory: str,
+    loop: str,
+    env: dict[str, str],
+    drain_timeout: float = 10.0,
+    health_path: str = "/health",
+) -> Server:
+    """``python -m chatstream.server`` serving ``factory`` on a free port, with ``env`` added
+    to the environment; returns once ``health_path`` answers."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "chatstream.server",
+        "--factory",
+        factory,
+        "--loop",
+        loop,
+        "--port",
+        str(port),
+        "--drain-timeout",
+        str(drain_timeout),
+    ]
+    process = subprocess.Popen(
+        command, env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, cwd=ROOT
+    )
+    server = Server(process, f"http://127.0.0.1:{port}", loop)
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{server.base_url}{health_path}", timeout=1).status_code in (200, 403):
+                return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def loop(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -66,41 +109,13 @@ def start_server(loop: str) -> Iterator[ServerFactory]:
         http: dict[str, Any] | None = None,
         drain_timeout: float = 10.0,
     ) -> Server:
-        port = free_port()
         env = {
-            **os.environ,
             "CHATSTREAM_TEST_OPTIONS": json.dumps(options or {}),
             "CHATSTREAM_TEST_HTTP": json.dumps(http or {}),
-            "PYTHONPATH": str(ROOT),
         }
-        command = [
-            sys.executable,
-            "-m",
-            "chatstream.server",
-            "--factory",
-            factory,
-            "--loop",
-            loop,
-            "--port",
-            str(port),
-            "--drain-timeout",
-            str(drain_timeout),
-        ]
-        process = subprocess.Popen(command, env=env, cwd=ROOT)
-        server = Server(process, f"http://127.0.0.1:{port}", loop)
+        server = launch_server(factory=factory, loop=loop, env=env, drain_timeout=drain_timeout)
         servers.append(server)
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}")
-            try:
-                if httpx.get(f"{server.base_url}/health", timeout=1).status_code in (200, 403):
-                    return server
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
+        return server
 
     yield start
     for server in servers:

@@ -12,8 +12,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -21,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.http.conftest import ROOT, Server, free_port
+from tests.http.conftest import Server, launch_server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
@@ -54,41 +52,13 @@ def start_web_server(
 ) -> Server:
     """``python -m chatstream.server`` serving an app of ``tests.web.apps``, as the HTTP tests
     start theirs; returns once ``{prefix}/health`` answers."""
-    port = free_port()
     env = {
-        **os.environ,
         "CHATSTREAM_TEST_OPTIONS": json.dumps(options),
         "CHATSTREAM_TEST_WEB_UI": json.dumps(web_ui or {}),
-        "PYTHONPATH": str(ROOT),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "chatstream.server",
-        "--factory",
-        factory,
-        "--loop",
-        loop,
-        "--port",
-        str(port),
-        "--drain-timeout",
-        "2",
-    ]
-    process = subprocess.Popen(command, env=env, cwd=ROOT)
-    server = Server(process, f"http://127.0.0.1:{port}", loop)
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{server.base_url}{prefix}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
+    return launch_server(
+        factory=factory, loop=loop, env=env, drain_timeout=2, health_path=f"{prefix}/health"
+    )
 
 
 def wait_idle(server: Server, timeout: float = 10.0) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .admission import Admission, AdmissionEvent
+from .admission import Admission, AdmissionEvent, AdmissionStatistics
 from .config import ChatStreamConfig, GenerationParams
 from .decoding import Detokenizer, IncrementalDecoder
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -53,19 +53,10 @@ __all__ = ["Engine", "EngineStatistics"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EngineStatistics:
-    """A snapshot of the engine (what ``/get_load`` and ``/metrics`` report)."""
+class EngineStatistics(AdmissionStatistics):
+    """A snapshot of the engine (what ``/get_load`` and ``/metrics`` report): the admission
+    figures, and these."""
 
-    running: int
-    waiting: int
-    #: Slots: ``num_of_concurrent_executions``.
-    capacity: int
-    #: Waiting room: ``max_queue_size``.
-    max_waiting: int
-    admitted_total: int
-    rejected_total: int
-    cancelled_total: int
-    finished_total: int
     #: Tokens sampled for all requests so far.
     generated_tokens_total: int
     steps_total: int
@@ -156,14 +147,7 @@ class Engine:
     def statistics(self) -> EngineStatistics:
         admission = self._admission.statistics()
         return EngineStatistics(
-            running=admission.running,
-            waiting=admission.waiting,
-            capacity=admission.capacity,
-            max_waiting=admission.max_waiting,
-            admitted_total=admission.admitted_total,
-            rejected_total=admission.rejected_total,
-            cancelled_total=admission.cancelled_total,
-            finished_total=admission.finished_total,
+            **{f.name: getattr(admission, f.name) for f in dataclasses.fields(admission)},
             generated_tokens_total=self._generated_total,
             steps_total=self._next_step,
             step_in_flight=self._in_flight is not None,
