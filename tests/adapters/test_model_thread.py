@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from chatstream.adapters.driver import EngineDriver
-from chatstream.adapters.model_thread import ModelThread, ModelThreadDied
+from chatstream.adapters.model_thread import ModelThread, ModelThreadDied, StepResult
 from chatstream.core import (
     ChatStreamConfig,
     DecodingOptions,
@@ -78,6 +78,43 @@ async def test_every_step_runs_in_one_thread_off_the_loop() -> None:
     (thread,) = backend.threads
     assert thread != threading.get_ident()
     assert backend.closed_in == thread, "the backend is closed in its own thread"
+
+
+async def test_plans_handed_over_together_come_back_in_order_on_the_loop_thread() -> None:
+    loop_thread = threading.get_ident()
+    answers: list[tuple[int, int, bool]] = []
+    all_back = anyio.Event()
+    handing_over = False
+
+    async with ModelThread(lambda: ScriptedBackend(fail_steps=[2])) as model_thread:
+
+        def done(result: StepResult) -> None:
+            assert isinstance(result, StepCompleted | StepFailed)
+            answers.append((result.step, threading.get_ident(), handing_over))
+            if len(answers) == 4:
+                all_back.set()
+
+        handing_over = True
+        for step in range(4):
+            model_thread.start_step(plan(step), done)
+        handing_over = False  # no callback ran inside start_step
+        with anyio.fail_after(5):
+            await all_back.wait()
+    assert answers == [(step, loop_thread, False) for step in range(4)]
+
+
+async def test_a_plan_handed_over_at_shutdown_is_answered_as_lost() -> None:
+    answers: list[StepResult] = []
+    async with ModelThread(ScriptedBackend) as model_thread:
+        model_thread.start_step(plan(0), answers.append)
+    # The step in flight finished; the thread then stopped.
+    assert answers == [StepCompleted(step=0)]
+    answers.clear()
+    async with ModelThread(ScriptedBackend) as model_thread:
+        pass
+    with pytest.raises(RuntimeError, match="not running"):
+        model_thread.start_step(plan(1), answers.append)
+    assert answers == []
 
 
 async def test_an_exception_fails_the_step_and_the_thread_goes_on() -> None:

@@ -3,8 +3,9 @@
 Everything the engine decides is routed synchronously, in the event-loop thread, right after
 the input that caused it (a submit, a cancel, a step result): admission outcomes are known as
 soon as :meth:`EngineDriver.submit` returns, which lets an HTTP handler answer 429 before it
-sends any header. Step plans go to the model through a :class:`StepRunner`; one step task runs
-at a time, because the engine keeps at most one plan in flight.
+sends any header. Step plans go to the model through a :class:`StepRunner` the moment the
+engine makes them (the engine keeps at most one in flight), and each result is fed back to
+the engine in the runner's callback, so the next plan leaves before any HTTP task runs.
 
 Each request's events travel on its own bounded memory object stream. The bound is the most
 events a request can ever produce, so routing never blocks and a slow client never stalls
@@ -20,7 +21,6 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from chatstream.core import (
@@ -33,18 +33,15 @@ from chatstream.core import (
     EngineStatistics,
     Finished,
     GenerationParams,
-    ModelLost,
     Queued,
     QueuePositionChanged,
     Rejected,
-    StepCompleted,
-    StepFailed,
     StepPlan,
     Submit,
     TextDelta,
 )
 
-from .model_thread import ModelThreadDied
+from .model_thread import StepDone, StepResult
 
 __all__ = ["EngineDriver", "RequestEvent", "RequestHandle", "StepRunner"]
 
@@ -53,9 +50,11 @@ RequestEvent = Queued | QueuePositionChanged | Admitted | Rejected | TextDelta |
 
 
 class StepRunner(Protocol):
-    """Runs a step somewhere off the event loop (see :class:`~.model_thread.ModelThread`)."""
+    """Runs steps off the event loop (see :class:`~.model_thread.ModelThread`)."""
 
-    async def run(self, plan: StepPlan) -> StepCompleted | StepFailed: ...
+    def start_step(self, plan: StepPlan, done: StepDone) -> None:
+        """Start the step without awaiting; call ``done`` with its result later, in the
+        event-loop thread (never before returning)."""
 
 
 class RequestHandle:
@@ -146,15 +145,14 @@ class EngineDriver:
         self._runner = runner
         self._ids = itertools.count()
         self._streams: dict[int, MemoryObjectSendStream[RequestEvent]] = {}
-        self._task_group: TaskGroup | None = None
+        self._running = False
         config = engine.config
         # Every event a request can produce, so that routing never blocks: the admission
         # outcome, queue moves, one delta per token, and the terminal event.
         self._buffer = config.max_queue_size + config.context_len + 4
 
     async def __aenter__(self) -> EngineDriver:
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
+        self._running = True
         return self
 
     async def __aexit__(
@@ -162,11 +160,11 @@ class EngineDriver:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._task_group is not None
+    ) -> None:
         self.cancel_all()
-        self._task_group.cancel_scope.cancel()
-        return await self._task_group.__aexit__(exc_type, exc, tb)
+        # A step still in flight comes back to nobody: no new plan leaves for a model that
+        # is shutting down.
+        self._running = False
 
     def submit(
         self,
@@ -177,7 +175,7 @@ class EngineDriver:
     ) -> RequestHandle:
         """Submit a tokenized prompt. Returns at once; ``handle.outcome`` tells whether the
         request runs, waits or was rejected."""
-        if self._task_group is None:
+        if not self._running:
             raise RuntimeError("use the driver inside `async with`")
         request_id = next(self._ids)
         send, receive = anyio.create_memory_object_stream[RequestEvent](self._buffer)
@@ -218,8 +216,7 @@ class EngineDriver:
     def _flush(self) -> None:
         while (event := self.engine.next_event()) is not NEED_INPUT:
             if isinstance(event, StepPlan):
-                assert self._task_group is not None
-                self._task_group.start_soon(self._run_step, event)
+                self._runner.start_step(event, self._step_done)
                 continue
             self._route(event)
 
@@ -240,11 +237,7 @@ class EngineDriver:
             del self._streams[request_id]
             stream.close()
 
-    async def _run_step(self, plan: StepPlan) -> None:
-        try:
-            result = await self._runner.run(plan)
-        except ModelThreadDied as error:
-            self.engine.send(ModelLost(message=str(error)))
-        else:
+    def _step_done(self, result: StepResult) -> None:
+        if self._running:
             self.engine.send(result)
-        self._flush()
+            self._flush()

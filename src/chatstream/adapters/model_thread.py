@@ -1,52 +1,56 @@
 """The one thread that owns the model.
 
 The backend is built, used and closed in a single worker thread, for the whole life of the
-``async with ModelThread(...)`` block. Step plans go in and results come out through AnyIO
-memory object streams, crossed with ``from_thread.run``, so the event loop never runs a
-forward pass, a prompt tokenization or a sampling call.
+``async with ModelThread(...)`` block, so the event loop never runs a forward pass, a prompt
+tokenization or a sampling call.
+
+The handoff is built for the time between two steps, when the model waits on the event loop:
+
+* plans go to the thread through a thread-safe queue: :meth:`ModelThread.start_step` puts
+  the plan there without awaiting anything, and the thread picks it up at once, without a
+  trip through the event loop's scheduler;
+* each result comes back with one ``from_thread.run_sync`` call that runs the step's
+  callback in the event-loop thread. The driver's callback feeds the result to the engine,
+  which plans the next step and hands it over before the callback returns, so the thread
+  finds its next plan waiting: a step's turnaround is one wake-up of the loop plus the
+  engine's own work, not a queue of HTTP tasks.
 
 A failing step becomes :class:`~chatstream.core.StepFailed` and the thread serves the next
 one. If the thread itself dies (the backend raised something that is not an ``Exception``,
-or failed to load), :meth:`ModelThread.run` raises :class:`ModelThreadDied`; nothing waits on
-a dead thread.
+or failed to load), every step in flight and every later one is answered with
+:class:`~chatstream.core.ModelLost`; nothing waits on a dead thread.
 """
 
 from __future__ import annotations
 
+import collections
+import queue
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from chatstream.core import StepCompleted, StepFailed, StepPlan
+from chatstream.core import ModelLost, StepCompleted, StepFailed, StepPlan
 
 from .backend import Backend
 
-__all__ = ["ModelThread", "ModelThreadDied"]
+__all__ = ["ModelThread", "ModelThreadDied", "StepDone", "StepResult", "run_step"]
 
 B = TypeVar("B", bound=Backend)
+
+#: What a step comes back as; the engine takes each of them as an input.
+StepResult = StepCompleted | StepFailed | ModelLost
+#: Called in the event-loop thread with the result of a step.
+StepDone = Callable[[StepResult], None]
+
+_STOPPED = "the model thread stopped"
 
 
 class ModelThreadDied(RuntimeError):
     """The model thread is gone; no step can run any more."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Loaded(Generic[B]):
-    backend: B
-
-
-@dataclass(frozen=True, slots=True)
-class _Died:
-    message: str
-
-
-_Message = StepCompleted | StepFailed | _Loaded[B] | _Died
 
 
 class ModelThread(Generic[B]):
@@ -61,10 +65,12 @@ class ModelThread(Generic[B]):
         self._factory = factory
         self._backend: B | None = None
         self._task_group: TaskGroup | None = None
-        self._plans: MemoryObjectSendStream[StepPlan] | None = None
-        self._results: MemoryObjectReceiveStream[_Message[B]] | None = None
+        self._inbox: queue.SimpleQueue[StepPlan | None] = queue.SimpleQueue()
+        # Callbacks of the plans handed over and not answered yet, oldest first: the
+        # thread answers plans in the order it got them.
+        self._waiting: collections.deque[StepDone] = collections.deque()
+        self._loaded: anyio.Event | None = None
         self._dead: str | None = None
-        self._lock = anyio.Lock()
 
     @property
     def backend(self) -> B:
@@ -87,12 +93,10 @@ class ModelThread(Generic[B]):
 
         ``async with`` does both; a pool starts every copy first, so they load together.
         """
-        plans_send, plans_receive = anyio.create_memory_object_stream[StepPlan](1)
-        results_send, results_receive = anyio.create_memory_object_stream[_Message[B]](1)
-        self._plans, self._results = plans_send, results_receive
+        self._loaded = anyio.Event()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._task_group.start_soon(self._host, plans_receive, results_send)
+        self._task_group.start_soon(self._host)
 
     async def wait_loaded(self) -> None:
         """Wait until the backend is built.
@@ -100,14 +104,11 @@ class ModelThread(Generic[B]):
         Raises:
             ModelThreadDied: the backend failed to load.
         """
-        assert self._results is not None
-        first = await self._results.receive()
-        if isinstance(first, _Loaded):
-            self._backend = first.backend
-            return
-        assert isinstance(first, _Died)
-        self._dead = first.message
-        raise ModelThreadDied(first.message)
+        assert self._loaded is not None
+        await self._loaded.wait()
+        if self._backend is None:
+            assert self._dead is not None
+            raise ModelThreadDied(self._dead)
 
     async def __aexit__(
         self,
@@ -115,82 +116,121 @@ class ModelThread(Generic[B]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        # Closing both ends lets the thread leave its loop after the step in flight.
-        assert self._plans is not None and self._results is not None
+        # The thread leaves its loop after the step in flight, whose result is delivered.
         assert self._task_group is not None
-        with anyio.CancelScope(shield=True):
-            await self._plans.aclose()
-            await self._results.aclose()
-        return await self._task_group.__aexit__(exc_type, exc, tb)
+        self._inbox.put(None)
+        try:
+            return await self._task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            self._task_group = None
+            self._die(_STOPPED)
+
+    def start_step(self, plan: StepPlan, done: StepDone) -> None:
+        """Hand a plan to the thread; ``done`` gets its result in the event-loop thread.
+
+        Never awaits and never calls ``done`` before returning: a dead thread's answer,
+        :class:`~chatstream.core.ModelLost`, comes from a task of its own.
+        """
+        if self._dead is None:
+            self._waiting.append(done)
+            self._inbox.put(plan)
+            return
+        if self._task_group is None:
+            raise RuntimeError("the model thread is not running")
+        message = self._dead
+
+        async def answer() -> None:
+            done(ModelLost(message=message))
+
+        self._task_group.start_soon(answer)
 
     async def run(self, plan: StepPlan) -> StepCompleted | StepFailed:
-        """Run one step in the model thread.
+        """Run one step and wait for it.
 
         Raises:
             ModelThreadDied: the thread is gone.
         """
-        assert self._plans is not None and self._results is not None
-        if self._dead is not None:
-            raise ModelThreadDied(self._dead)
-        async with self._lock:
-            try:
-                await self._plans.send(plan)
-                # Shielded: a result left unread would be taken as the answer to the next plan.
-                with anyio.CancelScope(shield=True):
-                    result = await self._results.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                result = _Died("the model thread stopped")
-        if isinstance(result, StepCompleted | StepFailed):
-            return result
-        self._dead = result.message if isinstance(result, _Died) else "unexpected message"
-        raise ModelThreadDied(self._dead)
+        return await run_step(self.start_step, plan)
 
-    async def _host(
-        self,
-        plans: MemoryObjectReceiveStream[StepPlan],
-        results: MemoryObjectSendStream[_Message[B]],
-    ) -> None:
-        async with plans, results:
-            await anyio.to_thread.run_sync(
-                self._thread_main, plans, results, limiter=anyio.CapacityLimiter(1)
-            )
+    # ------------------------------------------------------------------ event-loop side
 
-    def _thread_main(
-        self,
-        plans: MemoryObjectReceiveStream[StepPlan],
-        results: MemoryObjectSendStream[_Message[B]],
-    ) -> None:
-        def reply(message: _Message[B]) -> bool:
+    async def _host(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._thread_main, limiter=anyio.CapacityLimiter(1))
+        except Exception as error:
+            # Only a bug on the event-loop side (a step callback that raised) gets here.
+            self._die(f"the model thread died: {_describe(error)}")
+            raise
+
+    def _loaded_backend(self, backend: B) -> None:
+        self._backend = backend
+        assert self._loaded is not None
+        self._loaded.set()
+
+    def _step_finished(self, result: StepCompleted | StepFailed) -> None:
+        self._waiting.popleft()(result)
+
+    def _die(self, message: str) -> None:
+        if self._dead is None:
+            self._dead = message
+        while self._waiting:
+            self._waiting.popleft()(ModelLost(message=self._dead))
+        assert self._loaded is not None
+        self._loaded.set()
+
+    # ------------------------------------------------------------------ model thread
+
+    def _thread_main(self) -> None:
+        def in_loop(function: Callable[..., None], *args: object) -> bool:
             try:
-                anyio.from_thread.run(results.send, message)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.RunFinishedError):
+                anyio.from_thread.run_sync(function, *args)
+            except anyio.RunFinishedError:
                 return False
             return True
 
         try:
             backend = self._factory()
         except BaseException as error:
-            reply(_Died(f"the model failed to load: {_describe(error)}"))
+            in_loop(self._die, f"the model failed to load: {_describe(error)}")
             return
         try:
-            if not reply(_Loaded(backend)):
+            if not in_loop(self._loaded_backend, backend):
                 return
-            while True:
+            while (plan := self._inbox.get()) is not None:
                 try:
-                    plan = anyio.from_thread.run(plans.receive)
-                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.RunFinishedError):
-                    return
-                try:
-                    result: _Message[B] = backend.run_step(plan)
+                    result: StepCompleted | StepFailed = backend.run_step(plan)
                 except Exception as error:
                     result = StepFailed(step=plan.step, message=_describe(error))
                 except BaseException as error:
-                    reply(_Died(f"the model thread died: {_describe(error)}"))
+                    in_loop(self._die, f"the model thread died: {_describe(error)}")
                     return
-                if not reply(result):
+                if not in_loop(self._step_finished, result):
                     return
         finally:
             backend.close()
+
+
+async def run_step(
+    start_step: Callable[[StepPlan, StepDone], None], plan: StepPlan
+) -> StepCompleted | StepFailed:
+    """Await a step started through a ``start_step(plan, done)`` method.
+
+    Raises:
+        ModelThreadDied: the step came back as :class:`~chatstream.core.ModelLost`.
+    """
+    finished = anyio.Event()
+    results: list[StepResult] = []
+
+    def done(result: StepResult) -> None:
+        results.append(result)
+        finished.set()
+
+    start_step(plan, done)
+    await finished.wait()
+    (result,) = results
+    if isinstance(result, ModelLost):
+        raise ModelThreadDied(result.message)
+    return result
 
 
 def _describe(error: BaseException) -> str:

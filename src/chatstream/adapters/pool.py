@@ -6,22 +6,22 @@ plan is cut along those groups; every copy runs its part in its own thread, at t
 time, with slots renumbered from 0; the results are merged into one step result.
 
 A step that fails on one copy fails only that copy's requests; a copy whose thread dies
-takes the whole pool down (:class:`~.model_thread.ModelThreadDied`), so nothing waits on it.
+takes the whole pool down (:class:`~chatstream.core.ModelLost`), so nothing waits on it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TypeVar
 
-import anyio
-
 from chatstream.core import (
     DecodeItem,
+    ModelLost,
     PrefillChunk,
     Release,
     RequestId,
@@ -31,7 +31,7 @@ from chatstream.core import (
 )
 
 from .backend import Backend
-from .model_thread import ModelThread, ModelThreadDied
+from .model_thread import ModelThread, StepDone, StepResult, run_step
 
 __all__ = ["ModelPool", "split_plan"]
 
@@ -99,35 +99,54 @@ class ModelPool:
     ) -> bool | None:
         return await self._stack.__aexit__(exc_type, exc, tb)
 
-    async def run(self, plan: StepPlan) -> StepCompleted | StepFailed:
+    def start_step(self, plan: StepPlan, done: StepDone) -> None:
+        """Hand each copy its part of the plan; ``done`` gets the merged result once every
+        part is back (in the event-loop thread, never before this returns)."""
         parts = split_plan(plan, self.bounds)
         if len(parts) == 1:
-            return await self._threads[0].run(plan)
-        results: list[StepCompleted | StepFailed | None] = [None] * len(parts)
-        died: list[ModelThreadDied] = []
+            self._threads[0].start_step(plan, done)
+            return
+        results: dict[int, StepResult] = {}
+        expected = sum(part is not None for part in parts)
+        assert expected, "the engine never plans an empty step"
 
-        async def run_part(index: int, part: StepPlan) -> None:
-            try:
-                results[index] = await self._threads[index].run(part)
-            except ModelThreadDied as error:  # raised below, not as an exception group
-                died.append(error)
+        def part_done(index: int, result: StepResult) -> None:
+            results[index] = result
+            if len(results) == expected:
+                done(_merge(plan.step, parts, results))
 
-        async with anyio.create_task_group() as tg:
-            for index, part in enumerate(parts):
-                if part is not None:
-                    tg.start_soon(run_part, index, part)
-        if died:
-            raise died[0]
-        tokens: dict[RequestId, tuple[int, ...]] = {}
-        errors: dict[RequestId, str] = {}
-        for part, result in zip(parts, results, strict=True):
-            if isinstance(result, StepCompleted):
-                tokens.update(result.tokens)
-                errors.update(result.errors)
-            elif isinstance(result, StepFailed):
-                assert part is not None
-                for request_id in [c.request_id for c in part.prefill]:
-                    errors[request_id] = result.message
-                for request_id in [d.request_id for d in part.decode]:
-                    errors[request_id] = result.message
-        return StepCompleted(step=plan.step, tokens=tokens, errors=errors)
+        for index, part in enumerate(parts):
+            if part is not None:
+                self._threads[index].start_step(part, functools.partial(part_done, index))
+
+    async def run(self, plan: StepPlan) -> StepCompleted | StepFailed:
+        """Run one step and wait for it.
+
+        Raises:
+            ~.model_thread.ModelThreadDied: a copy's thread is gone.
+        """
+        return await run_step(self.start_step, plan)
+
+
+def _merge(
+    step: int, parts: Sequence[StepPlan | None], results: Mapping[int, StepResult]
+) -> StepResult:
+    """One result from the copies' results: a lost copy loses the pool; a failed part fails
+    that copy's requests only."""
+    for result in results.values():
+        if isinstance(result, ModelLost):
+            return result
+    tokens: dict[RequestId, tuple[int, ...]] = {}
+    errors: dict[RequestId, str] = {}
+    for index, result in sorted(results.items()):
+        if isinstance(result, StepCompleted):
+            tokens.update(result.tokens)
+            errors.update(result.errors)
+        elif isinstance(result, StepFailed):
+            part = parts[index]
+            assert part is not None
+            for request_id in [c.request_id for c in part.prefill]:
+                errors[request_id] = result.message
+            for request_id in [d.request_id for d in part.decode]:
+                errors[request_id] = result.message
+    return StepCompleted(step=step, tokens=tokens, errors=errors)
