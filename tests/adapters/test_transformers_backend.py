@@ -361,3 +361,96 @@ def reference_ignoring_eos(model: Any, tokenizer: Any, ids: tuple[int, ...], n: 
             pad_token_id=tokenizer.pad_token_id,
         )[0, len(ids) :].tolist()
     return [int(t) for t in out]
+
+
+LONG_RUN = GenerationParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
+SHORT_RUN = GenerationParams(max_new_tokens=2, temperature=0.0, ignore_eos=True)
+
+
+def test_a_prompt_prefilled_in_chunks_between_decoding_slots(tiny_model: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_model
+    harness = Harness(
+        model, tokenizer, num_of_concurrent_executions=3, max_queue_size=1, max_tokens_per_step=6
+    )
+    prompts = [encode(tokenizer, p) for p in PROMPTS[:3]]
+    long_prompt = encode(tokenizer, " ".join(PROMPTS))
+    first = harness.submit(prompts[0], LONG_RUN)  # slot 0
+    harness.submit(prompts[1], SHORT_RUN)  # slot 1, leaves after two tokens
+    third = harness.submit(prompts[2], LONG_RUN)  # slot 2
+    # Waits, then takes slot 1 and is prefilled a few tokens a step while slots 0 and 2
+    # decode on both sides of it.
+    middle = harness.submit(long_prompt, LONG_RUN)
+    chunks: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: chunks.append(kwargs["input_ids"].shape[1]),
+        with_kwargs=True,
+    )
+    logits = record_logits(harness)
+    try:
+        harness.run()
+    finally:
+        hook.remove()
+    assert chunks.count(4) >= 3, chunks  # 6 tokens a step, 2 of them for the decoding rows
+    for request_id, ids in ((first, prompts[0]), (third, prompts[2]), (middle, long_prompt)):
+        assert harness.tokens[request_id] == reference_ignoring_eos(model, tokenizer, ids, 12)
+        # Not only the same argmax: the same distribution at every token.
+        expected = reference_logits(model, tokenizer, ids, 12)
+        torch.testing.assert_close(torch.stack(logits[request_id]), expected)
+
+
+def record_logits(harness: Harness) -> dict[int, list[torch.Tensor]]:
+    """Every request's next-token logits, as the backend hands them to its sampler."""
+    seen: dict[int, list[torch.Tensor]] = {}
+    sample = harness.backend._sample
+
+    def recording(rows: Any, batch: torch.Tensor, *args: Any) -> Any:
+        for (request_id, _, _), row in zip(rows, batch, strict=True):
+            seen.setdefault(request_id, []).append(row.float().clone())
+        return sample(rows, batch, *args)
+
+    harness.backend._sample = recording  # type: ignore[method-assign,assignment]
+    return seen
+
+
+def reference_logits(model: Any, tokenizer: Any, ids: tuple[int, ...], n: int) -> torch.Tensor:
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    return torch.cat(out.logits).float()
+
+
+def test_a_slot_whose_prompt_failed_serves_the_next_request_cleanly(
+    tiny_model: tuple[Any, Any],
+) -> None:
+    model, tokenizer = tiny_model
+    poison = tokenizer.convert_tokens_to_ids("<|eos|>")
+
+    def refuse_poison(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        if (kwargs["input_ids"] == poison).any():
+            raise RuntimeError("cannot process this prompt")
+
+    harness = Harness(model, tokenizer, num_of_concurrent_executions=3, max_queue_size=2)
+    prompts = [encode(tokenizer, p) for p in PROMPTS]
+    harness.submit(prompts[0], LONG_RUN)  # slot 0
+    harness.submit(prompts[1], SHORT_RUN)  # slot 1
+    harness.submit(prompts[2], LONG_RUN)  # slot 2
+    # Slot 1 goes to a prompt whose prefill fails while slots 0 and 2 decode, then to a
+    # request that must not see anything the failed one left behind.
+    bad = harness.submit((*prompts[3], poison), LONG_RUN)
+    after = harness.submit(prompts[4], LONG_RUN)
+    handle = model.register_forward_pre_hook(refuse_poison, with_kwargs=True)
+    try:
+        harness.run()
+    finally:
+        handle.remove()
+    assert harness.finished[bad].reason is FinishReason.ERROR
+    assert harness.finished[after].reason is FinishReason.LENGTH
+    assert harness.tokens[after] == reference_ignoring_eos(model, tokenizer, prompts[4], 12)

@@ -99,6 +99,19 @@ class TransformersBackend:
         # step (a scatter of a few ids), read only by rows that use a penalty.
         self._seen = torch.zeros((num_slots, vocab), dtype=torch.bool, device=self.device)
         self._dtype = next(model.parameters()).dtype
+        self._pin = self.device.type == "cuda"
+        # The decode step's additive attention mask, one row per slot, kept up to date as
+        # requests come and go: a step opens one column per decoding row instead of
+        # building a [batch, length] mask. A free slot sees only the scratch column; a
+        # request's row, its tokens so far.
+        self._hidden = torch.finfo(self._dtype).min
+        self._mask = torch.full(
+            (num_slots, self._cache.max_positions + 1),
+            self._hidden,
+            dtype=self._dtype,
+            device=self.device,
+        )
+        self._mask[:, SCRATCH_COLUMN] = 0
         model.eval()
 
     # ------------------------------------------------------------------ tokenizer side
@@ -117,21 +130,33 @@ class TransformersBackend:
     def run_step(self, plan: StepPlan) -> StepCompleted:
         for release in plan.release:
             self._slots.pop(release.slot, None)
+            self._mask[release.slot] = self._hidden
+            self._mask[release.slot, SCRATCH_COLUMN] = 0
         errors: dict[RequestId, str] = {}
         rows: list[tuple[RequestId, int, GenerationParams]] = []
         logits: list[torch.Tensor] = []
         for chunk, last_logits in self._prefill_all(plan.prefill, errors):
             if chunk.last:
                 rows.append((chunk.request_id, chunk.slot, chunk.params))
-                logits.append(last_logits)
+                logits.append(last_logits[None, :])
+        # The batch's slots on the device, for the sampler's per-slot state.
+        slot_parts = []
+        if rows:
+            prefilled = [slot for _, slot, _ in rows]
+            host = torch.tensor(prefilled, dtype=torch.long, pin_memory=self._pin)
+            slot_parts.append(self._to_device(host))
         if plan.decode:
-            decoded = self._decode(plan.decode)
+            decoded, decode_slots = self._decode(plan.decode)
             rows += [(d.request_id, d.slot, d.params) for d in plan.decode]
             logits.append(decoded)
+            slot_parts.append(decode_slots)
         if not rows:
             return StepCompleted(step=plan.step, errors=errors)
+        slots = slot_parts[0] if len(slot_parts) == 1 else torch.cat(slot_parts)
+        # One batch of last-position logits (no copy when a single forward made them all).
+        batch = logits[0] if len(logits) == 1 else torch.cat(logits)
         return StepCompleted(
-            step=plan.step, tokens=self._sample(rows, logits, errors), errors=errors
+            step=plan.step, tokens=self._sample(rows, batch, slots, errors), errors=errors
         )
 
     def close(self) -> None:
@@ -171,15 +196,15 @@ class TransformersBackend:
         # token is the batch's last column. Padding writes to the scratch column and attends
         # only to it; a real query at position p sees columns 1 .. p + 1.
         width = max(len(c.token_ids) for c in chunks)
-        ids = torch.zeros((len(chunks), width), dtype=torch.long)
-        positions = torch.zeros((len(chunks), width), dtype=torch.long)
-        real = torch.zeros((len(chunks), width), dtype=torch.bool)
+        # ids, positions, real
+        host = torch.zeros((3, len(chunks), width), dtype=torch.long, pin_memory=self._pin)
         for row, chunk in enumerate(chunks):
             size = len(chunk.token_ids)
-            ids[row, width - size :] = torch.tensor(chunk.token_ids)
-            positions[row, width - size :] = torch.arange(chunk.start, chunk.start + size)
-            real[row, width - size :] = True
-        ids, positions, real = (t.to(self.device) for t in (ids, positions, real))
+            host[0, row, width - size :] = torch.tensor(chunk.token_ids)
+            host[1, row, width - size :] = torch.arange(chunk.start, chunk.start + size)
+            host[2, row, width - size :] = 1
+        ids, positions, real = self._to_device(host)  # one transfer
+        real = real.bool()
         write = torch.where(real, positions + 1, SCRATCH_COLUMN)
         kv_columns = max(c.start + len(c.token_ids) for c in chunks) + 1
         columns = torch.arange(kv_columns, device=self.device)[None, None, :]
@@ -188,45 +213,62 @@ class TransformersBackend:
             (columns >= 1) & (columns <= write[:, :, None]),
             columns == SCRATCH_COLUMN,
         )
+        mask = torch.zeros(visible.shape, dtype=self._dtype, device=self.device)
+        mask.masked_fill_(~visible, self._hidden)
         slots = [c.slot for c in chunks]
         contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
         rows = slice(slots[0], slots[0] + len(slots)) if contiguous else slots
         self._cache.plan_write(rows, write, kv_columns)
-        out = self._forward(ids, positions, visible[:, None, :, :])
+        out = self._forward(ids, positions, mask[:, None, :, :])
         for row, chunk in enumerate(chunks):
-            self._seen[chunk.slot, ids[row, width - len(chunk.token_ids) :]] = True
+            size = len(chunk.token_ids)
+            self._seen[chunk.slot, ids[row, width - size :]] = True
+            # Decode steps see the prompt from now on, and never the scratch column. Changed
+            # only now that the forward went well, so that a row always sees something of
+            # its own: a free slot's row, its scratch column; a request's row, its tokens.
+            if chunk.start == 0:
+                self._mask[chunk.slot] = self._hidden
+            self._mask[chunk.slot, chunk.start + 1 : chunk.start + size + 1] = 0
         return out[:, -1]
 
-    def _decode(self, items: tuple[DecodeItem, ...]) -> torch.Tensor:
+    def _decode(self, items: tuple[DecodeItem, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward for every decoding request: its logits ``[len(items), V]`` and the
+        requests' slots, in the order of ``items``, both on the device."""
         low = min(d.slot for d in items)
         high = max(d.slot for d in items) + 1
         batch = high - low
         tokens = [0] * batch
         positions = [0] * batch
-        live = [False] * batch
+        live = [0] * batch
+        order = [d.slot - low for d in items]
         for d in items:
             tokens[d.slot - low] = d.token_id
             positions[d.slot - low] = d.position
-            live[d.slot - low] = True
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
-        position_ids = torch.tensor(positions, dtype=torch.long, device=self.device)[:, None]
-        is_live = torch.tensor(live, device=self.device)[:, None]
+            live[d.slot - low] = 1
+        host = torch.tensor(
+            [tokens, positions, live, order + [0] * (batch - len(items))], pin_memory=self._pin
+        )
+        step = self._to_device(host)  # the step's one host-to-device transfer
+        ids, position_ids = step[0, :, None], step[1, :, None]
+        is_live = step[2, :, None].bool()
+        # Rows between decoding slots that do not decode now (free, or still prefilling)
+        # write to the scratch column, and their mask stays as it is.
         write = torch.where(is_live, position_ids + 1, SCRATCH_COLUMN)
+        mask = self._mask[low:high]
+        mask.scatter_(1, write, torch.where(is_live, 0.0, mask[:, :1]))
         kv_columns = max(d.position for d in items) + 2
-        columns = torch.arange(kv_columns, device=self.device)[None, :]
-        # A live row sees columns 1 .. position + 1; a padding row only the scratch column.
-        visible = torch.where(is_live, (columns >= 1) & (columns <= write), columns == 0)
         self._cache.plan_write(slice(low, high), write, kv_columns)
-        out = self._forward(ids, position_ids, visible[:, None, None, :])
-        return out[[d.slot - low for d in items], -1]
+        out = self._forward(ids, position_ids, mask[:, None, None, :kv_columns])
+        index = step[3, : len(items)]
+        if order == list(range(batch)):
+            return out[:, -1], index + low
+        return out[index, -1], index + low
 
     def _forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         # An additive float mask: transformers passes a 4D mask through unchanged, and
         # every attention implementation (sdpa, eager) accepts the additive form.
-        mask = torch.zeros(visible.shape, dtype=self._dtype, device=self.device)
-        mask.masked_fill_(~visible, torch.finfo(self._dtype).min)
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -237,24 +279,23 @@ class TransformersBackend:
         )
         return out.logits  # type: ignore[no-any-return]
 
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        # Host tensors bound for a GPU are made in pinned memory (``self._pin``): the copy
+        # is then queued behind the GPU's work instead of waiting for it.
+        return host.to(self.device, non_blocking=True)
+
     def _sample(
         self,
         rows: list[tuple[RequestId, int, GenerationParams]],
-        logits: list[torch.Tensor],
+        batch: torch.Tensor,
+        slot_index: torch.Tensor,
         errors: dict[RequestId, str],
     ) -> dict[RequestId, tuple[int, ...]]:
-        # One batch of last-position logits (no copy when a single forward made them all).
-        if len(logits) == 1 and logits[0].ndim == 2:
-            batch = logits[0]
-        else:
-            batch = torch.cat([t if t.ndim == 2 else t[None, :] for t in logits])
-        slots = [slot for _, slot, _ in rows]
-        slot_index = torch.tensor(slots, device=self.device)
         params = [p for _, _, p in rows]
         seen = None
         if any(p.repetition_penalty is not None for p in params):
             seen = self._seen[slot_index]
-        generators = [self._slots[slot].generator for slot in slots]
+        generators = [self._slots[slot].generator for _, slot, _ in rows]
         sampled = self._sampler.sample(batch, params, seen=seen, generators=generators)
         broken = torch.isnan(batch).any(dim=-1)
         self._seen[slot_index, sampled] = True
