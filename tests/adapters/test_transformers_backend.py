@@ -454,3 +454,24 @@ def test_a_slot_whose_prompt_failed_serves_the_next_request_cleanly(
     assert harness.finished[bad].reason is FinishReason.ERROR
     assert harness.finished[after].reason is FinishReason.LENGTH
     assert harness.tokens[after] == reference_ignoring_eos(model, tokenizer, prompts[4], 12)
+
+
+def test_decode_equals_the_tokenizers_decode(tiny_model: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_model
+    backend = TransformersBackend(model, tokenizer, num_slots=1, max_positions=64)
+    assert backend._rust_decode is not None, "a fast tokenizer is decoded directly"
+    generator = torch.Generator().manual_seed(7)
+    samples = [list(encode(tokenizer, p)) for p in PROMPTS]
+    samples += [
+        torch.randint(0, len(tokenizer), (n,), generator=generator).tolist() for n in range(1, 40)
+    ]
+    for ids in samples:
+        assert backend.decode(ids) == tokenizer.decode(ids, skip_special_tokens=True), ids
+    # With a space clean-up set, decoding goes through the tokenizer, which applies it.
+    tokenizer.clean_up_tokenization_spaces = True
+    try:
+        cleaning = TransformersBackend(model, tokenizer, num_slots=1, max_positions=64)
+        assert cleaning._rust_decode is None
+        assert cleaning.decode(samples[1]) == tokenizer.decode(samples[1], skip_special_tokens=True)
+    finally:
+        tokenizer.clean_up_tokenization_spaces = False

@@ -90,16 +90,23 @@ class RequestHandle:
         return self
 
     async def __anext__(self) -> RequestEvent:
-        if self._peeked is not None:
-            event, self._peeked = self._peeked, None
-        else:
+        event, self._peeked = self._peeked, None
+        if event is None:
+            # An event already routed is taken without a wait, a checkpoint or a cancel
+            # scope: under load most are, and this runs once per token per stream.
             try:
-                event = await self._events.receive()
+                event = self._events.receive_nowait()
+            except anyio.WouldBlock:
+                try:
+                    event = await self._events.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    self._events.close()
+                    raise StopAsyncIteration from None
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 self._events.close()
                 raise StopAsyncIteration from None
-            if self._outcome is None:
-                self._outcome = event
+        if self._outcome is None:
+            self._outcome = event
         if isinstance(event, Finished | Rejected):
             self.finished = event
             self._events.close()  # nothing follows a terminal event
@@ -108,11 +115,17 @@ class RequestHandle:
     async def receive(self, timeout: float | None = None) -> RequestEvent | None:
         """The next event, or None after ``timeout`` seconds without one (the request goes
         on), or None at the end of the stream."""
-        if timeout is None:
+        if timeout is None or self._peeked is not None:
             return await anext(self, None)
-        with anyio.move_on_after(timeout):
-            return await anext(self, None)
-        return None
+        try:
+            self._peeked = self._events.receive_nowait()
+        except anyio.WouldBlock:
+            with anyio.move_on_after(timeout):
+                return await anext(self, None)
+            return None
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            pass  # anext ends the iteration
+        return await anext(self, None)
 
     def close(self) -> None:
         """Stop listening; cancels the request if it has not ended."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,15 @@ class TransformersBackend:
         # Tokens each slot has seen, for the repetition penalty: kept up to date at every
         # step (a scatter of a few ids), read only by rows that use a penalty.
         self._seen = torch.zeros((num_slots, vocab), dtype=torch.bool, device=self.device)
+        # The engine decodes a few ids per request at every step on the event loop; a fast
+        # tokenizer's own decoder does that without the Python layers of
+        # ``tokenizer.decode``, which would only add a space clean-up when one is set.
+        self._rust_decode: Callable[..., str] | None = None
+        rust: Any = getattr(tokenizer, "_tokenizer", None)
+        if callable(getattr(rust, "decode", None)) and not getattr(
+            tokenizer, "clean_up_tokenization_spaces", True
+        ):
+            self._rust_decode = rust.decode
         self._dtype = next(model.parameters()).dtype
         self._pin = self.device.type == "cuda"
         # The decode step's additive attention mask, one row per slot, kept up to date as
@@ -122,6 +131,8 @@ class TransformersBackend:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     def decode(self, token_ids: Sequence[int], /) -> str:
+        if self._rust_decode is not None:
+            return self._rust_decode(list(token_ids), skip_special_tokens=True)
         return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
     # ------------------------------------------------------------------ steps
