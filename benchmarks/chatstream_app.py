@@ -19,7 +19,9 @@ Environment (all optional):
 =========================  ==============================================================
 
 Sampling is greedy (``temperature=0``). Besides every chatstream route the app answers
-``POST /bench/lag/reset`` and ``GET /bench/lag`` (see :mod:`benchmarks.lagprobe`).
+``POST /bench/lag/reset`` and ``GET /bench/lag`` (see :mod:`benchmarks.lagprobe`), and
+``POST /bench/steps/reset`` and ``GET /bench/steps``: how busy the model thread is (see
+:mod:`benchmarks.steptrace`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import anyio
 from starlette.applications import Starlette
 
 from benchmarks.lagprobe import LagProbe
+from benchmarks.steptrace import StepTrace
 from chatstream import ChatStream
 from chatstream.adapters.starlette import create_app
 
@@ -79,6 +82,8 @@ def app_factory() -> Starlette:
     app = create_app(chat_stream, secret_key="benchmark secret")
     probe = LagProbe(s["lag_interval"])
     app.router.routes.extend(probe.routes())
+    trace = StepTrace()
+    app.router.routes.extend(trace.routes())
     serve_chat_stream = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
@@ -87,6 +92,7 @@ def app_factory() -> Starlette:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(probe.run)
             async with serve_chat_stream(app):
+                trace.wrap(chat_stream.backend)
                 yield
             tasks.cancel_scope.cancel()
 

@@ -297,6 +297,19 @@ async def read_lag(base_url: str) -> dict[str, Any]:
         return data
 
 
+async def reset_steps(base_url: str) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        (await client.post(base_url.rstrip("/") + "/bench/steps/reset")).raise_for_status()
+
+
+async def read_steps(base_url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.get(base_url.rstrip("/") + "/bench/steps")
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="base URL of the server, e.g. http://127.0.0.1:8000")
@@ -311,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
         help="sse only: sent as generation_params with ignore_eos (fixed-length replies)",
     )
     parser.add_argument("--lag", action="store_true", help="reset and read /bench/lag")
+    parser.add_argument(
+        "--steps", action="store_true", help="chatstream only: reset and read /bench/steps"
+    )
     args = parser.parse_args(argv)
     if args.requests is None and args.duration is None:
         args.requests = 2 * args.concurrency
@@ -321,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     async def go() -> dict[str, Any]:
         if args.lag:
             await reset_lag(args.url)
+        if args.steps:
+            await reset_steps(args.url)
         report, _ = await run_load(
             args.url,
             concurrency=args.concurrency,
@@ -332,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
         out = report.as_dict()
         if args.lag:
             out["loop_lag"] = await read_lag(args.url)
+        if args.steps:
+            out["model_thread"] = await read_steps(args.url)
         return out
 
     json.dump(asyncio.run(go()), sys.stdout, indent=2)

@@ -152,6 +152,8 @@ def run_http_scenario(
         await asyncio.sleep(1.0)
         idle = await loadgen.read_lag(url)
         await loadgen.reset_lag(url)
+        if system == "chatstream":
+            await loadgen.reset_steps(url)
         load_before = load_average()
         report, _ = await loadgen.run_load(
             url,
@@ -161,6 +163,7 @@ def run_http_scenario(
             generation_params=params,
         )
         lag = await loadgen.read_lag(url)
+        steps = await loadgen.read_steps(url) if system == "chatstream" else {}
         record = report.as_dict()
         record.pop("url", None)
         record.update(
@@ -174,6 +177,15 @@ def run_http_scenario(
             load_avg_before=load_before,
             load_avg_after=load_average(),
         )
+        if steps.get("steps"):
+            record.update(
+                model_busy=steps["busy"],
+                step_gap_p50_ms=steps["gap_p50_ms"],
+                step_gap_p99_ms=steps["gap_p99_ms"],
+                decode_step_p50_ms=steps["decode_step_p50_ms"],
+                mean_step_batch=steps["mean_batch"],
+                steps=steps["steps"],
+            )
         return record
 
     return asyncio.run(go())
@@ -462,6 +474,7 @@ def write_table(records: list[dict[str, Any]], meta: dict[str, Any], path: Path)
                     + " |"
                 )
         lines.append("")
+        lines += _model_thread_table(rows)
     errors = [r for r in results if r.get("error") and not r.get("concurrency")]
     for r in errors:
         where = " ".join(str(r[k]) for k in ("model", "system") if r.get(k)) or "run"
@@ -469,6 +482,27 @@ def write_table(records: list[dict[str, Any]], meta: dict[str, Any], path: Path)
     text = "\n".join(lines) + "\n"
     path.write_text(text, encoding="utf-8")
     return text
+
+
+def _model_thread_table(rows: list[dict[str, Any]]) -> list[str]:
+    """chatstream's model thread during each HTTP run (from ``/bench/steps``)."""
+    traced = [r for r in rows if r.get("system") == "chatstream" and r.get("model_busy")]
+    if not traced:
+        return []
+    lines = [
+        "chatstream's model thread: the share of the run it spent in steps, its wait between "
+        "two steps, the time of a step without prefill, and the requests a step advances.",
+        "",
+        "| C | steps | busy | gap p50 | gap p99 | decode step p50 | mean batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(traced, key=lambda r: int(r["concurrency"])):
+        lines.append(
+            f"| {r['concurrency']} | {r['steps']} | {100 * r['model_busy']:.1f} % | "
+            f"{_fmt(r.get('step_gap_p50_ms'), 2)} | {_fmt(r.get('step_gap_p99_ms'), 2)} | "
+            f"{_fmt(r.get('decode_step_p50_ms'), 2)} | {_fmt(r.get('mean_step_batch'), 2)} |"
+        )
+    return [*lines, ""]
 
 
 def write_plot(records: list[dict[str, Any]], path: Path) -> bool:
