@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-__all__ = ["LagProbe", "percentile"]
+__all__ = ["LagProbe", "percentile", "probe_routes"]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -70,14 +71,22 @@ class LagProbe:
         }
 
     def routes(self) -> list[Route]:
-        async def reset(request: Request) -> JSONResponse:
-            self.reset()
-            return JSONResponse({"ok": True})
+        return probe_routes("/bench/lag", self.reset, self.summary)
 
-        async def read(request: Request) -> JSONResponse:
-            return JSONResponse(self.summary())
 
-        return [
-            Route("/bench/lag/reset", reset, methods=["POST"]),
-            Route("/bench/lag", read, methods=["GET"]),
-        ]
+def probe_routes(
+    path: str, reset: Callable[[], None], summary: Callable[[], Mapping[str, Any]]
+) -> list[Route]:
+    """``POST {path}/reset`` and ``GET {path}`` for a probe's ``reset`` and ``summary``."""
+
+    async def reset_route(request: Request) -> JSONResponse:
+        reset()
+        return JSONResponse({"ok": True})
+
+    async def read_route(request: Request) -> JSONResponse:
+        return JSONResponse(dict(summary()))
+
+    return [
+        Route(f"{path}/reset", reset_route, methods=["POST"]),
+        Route(path, read_route, methods=["GET"]),
+    ]

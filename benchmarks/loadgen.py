@@ -284,30 +284,33 @@ async def run_load(
     return report, results
 
 
-async def reset_lag(base_url: str) -> None:
+async def _post(base_url: str, path: str) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
-        (await client.post(base_url.rstrip("/") + "/bench/lag/reset")).raise_for_status()
+        (await client.post(base_url.rstrip("/") + path)).raise_for_status()
+
+
+async def _get_json(base_url: str, path: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.get(base_url.rstrip("/") + path)
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+
+async def reset_lag(base_url: str) -> None:
+    await _post(base_url, "/bench/lag/reset")
 
 
 async def read_lag(base_url: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=30) as client:
-        response = await client.get(base_url.rstrip("/") + "/bench/lag")
-        response.raise_for_status()
-        data: dict[str, Any] = response.json()
-        return data
+    return await _get_json(base_url, "/bench/lag")
 
 
 async def reset_steps(base_url: str) -> None:
-    async with httpx.AsyncClient(timeout=30) as client:
-        (await client.post(base_url.rstrip("/") + "/bench/steps/reset")).raise_for_status()
+    await _post(base_url, "/bench/steps/reset")
 
 
 async def read_steps(base_url: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=30) as client:
-        response = await client.get(base_url.rstrip("/") + "/bench/steps")
-        response.raise_for_status()
-        data: dict[str, Any] = response.json()
-        return data
+    return await _get_json(base_url, "/bench/steps")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,11 +19,9 @@ import itertools
 import time
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from benchmarks.lagprobe import percentile
+from benchmarks.lagprobe import percentile, probe_routes
 from chatstream.core import StepPlan
 
 __all__ = ["StepTrace"]
@@ -76,14 +74,4 @@ class StepTrace:
         }
 
     def routes(self) -> list[Route]:
-        async def reset(request: Request) -> JSONResponse:
-            self.reset()
-            return JSONResponse({"ok": True})
-
-        async def read(request: Request) -> JSONResponse:
-            return JSONResponse(self.summary())
-
-        return [
-            Route("/bench/steps/reset", reset, methods=["POST"]),
-            Route("/bench/steps", read, methods=["GET"]),
-        ]
+        return probe_routes("/bench/steps", self.reset, self.summary)

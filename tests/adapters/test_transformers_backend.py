@@ -351,16 +351,23 @@ def test_prompts_joining_together_are_prefilled_in_one_batch(tiny_model: tuple[A
 
 
 def reference_ignoring_eos(model: Any, tokenizer: Any, ids: tuple[int, ...], n: int) -> list[int]:
+    """The n tokens ``generate`` samples greedily for one prompt alone, EOS or not."""
+    out = generate_fixed_length(model, tokenizer, ids, n)
+    return [int(t) for t in out.sequences[0, len(ids) :].tolist()]
+
+
+def generate_fixed_length(model: Any, tokenizer: Any, ids: tuple[int, ...], n: int) -> Any:
     with torch.inference_mode():
-        out = model.generate(
+        return model.generate(
             torch.tensor([ids]),
             attention_mask=torch.ones(1, len(ids), dtype=torch.long),
             max_new_tokens=n,
             min_new_tokens=n,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
-        )[0, len(ids) :].tolist()
-    return [int(t) for t in out]
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
 
 
 LONG_RUN = GenerationParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
@@ -413,18 +420,8 @@ def record_logits(harness: Harness) -> dict[int, list[torch.Tensor]]:
 
 
 def reference_logits(model: Any, tokenizer: Any, ids: tuple[int, ...], n: int) -> torch.Tensor:
-    with torch.inference_mode():
-        out = model.generate(
-            torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    return torch.cat(out.logits).float()
+    """The next-token logits of those n greedy steps, ``[n, vocab]``."""
+    return torch.cat(generate_fixed_length(model, tokenizer, ids, n).logits).float()
 
 
 def test_a_slot_whose_prompt_failed_serves_the_next_request_cleanly(
