@@ -1,12 +1,14 @@
 """Per-step cost of chatstream's decode step against a bare batched forward + sampling.
 
     python benchmarks/step_overhead.py [--model tiny|smollm2] [--batch 8 32] [--steps 40]
+    python benchmarks/step_overhead.py --model smollm2 --batch 8 --prompt-len 100 --long 1500
 
 The bare loop is what a hand-written batched server does at best: one forward of the whole
 batch with a DynamicCache, then argmax. chatstream's step is the transformers backend running
 a decode StepPlan (static per-slot KV cache, 4D mask, batched sampler, one host sync). Both
 decode the same number of tokens from prompts of the same length; the ratio is the host
-overhead chatstream adds per step.
+overhead chatstream adds per step. With ``--long N`` row 0's prompt has N tokens and the step
+is timed with one attention group and with attention split by length (no bare loop).
 """
 
 from __future__ import annotations
@@ -61,33 +63,47 @@ def bare(model: Any, batch: int, prompt_len: int, steps: int) -> list[float]:
 
 @torch.inference_mode()
 def chatstream_steps(
-    model: Any, tokenizer: Any, batch: int, prompt_len: int, steps: int
+    model: Any,
+    tokenizer: Any,
+    batch: int,
+    prompt_len: int,
+    steps: int,
+    *,
+    long_prompt: int = 0,
+    split: bool = True,
 ) -> list[float]:
-    backend = TransformersBackend(model, tokenizer, num_slots=batch, max_positions=1024)
+    """Decode steps of the backend; with ``long_prompt``, row 0's prompt has that length."""
+    lengths = [long_prompt or prompt_len] + [prompt_len] * (batch - 1)
+    backend = TransformersBackend(
+        model, tokenizer, num_slots=batch, max_positions=2048, split_attention=split
+    )
     params = GenerationParams(temperature=0.0, max_new_tokens=steps + 1)
     prefill = tuple(
         PrefillChunk(
             request_id=slot,
             slot=slot,
-            token_ids=tuple(torch.randint(10, 300, (prompt_len,)).tolist()),
+            token_ids=tuple(torch.randint(10, 300, (lengths[slot],)).tolist()),
             start=0,
             last=True,
             params=params,
         )
         for slot in range(batch)
     )
-    result = backend.run_step(StepPlan(step=0, prefill=prefill))
-    last = {rid: tokens[-1] for rid, tokens in result.tokens.items()}
+    # The long prompt alone: prefilled with the short ones it would pad them all to its length.
+    last = {}
+    for step, chunks in enumerate((prefill[1:], prefill[:1]) if long_prompt else (prefill,)):
+        result = backend.run_step(StepPlan(step=step, prefill=chunks))
+        last.update({rid: tokens[-1] for rid, tokens in result.tokens.items()})
     times = []
     for step in range(steps):
         plan = StepPlan(
-            step=step + 1,
+            step=step + 2,
             decode=tuple(
                 DecodeItem(
                     request_id=slot,
                     slot=slot,
                     token_id=last[slot],
-                    position=prompt_len + step,
+                    position=lengths[slot] + step,
                     params=params,
                 )
                 for slot in range(batch)
@@ -107,6 +123,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--long",
+        type=int,
+        default=0,
+        help="row 0's prompt length: time the step with and without attention split by length",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load(args.model)
@@ -115,6 +137,23 @@ def main() -> None:
         f"{args.steps} decode steps (median ms/step)"
     )
     for batch in args.batch:
+        if args.long:
+            # One long conversation among short ones: attention split by length or not.
+            times = {
+                split: statistics.median(
+                    chatstream_steps(
+                        model, tokenizer, batch, args.prompt_len, args.steps,
+                        long_prompt=args.long, split=split,
+                    )[5:]
+                )
+                for split in (False, True)
+            }  # fmt: skip
+            print(
+                f"batch {batch:3d}, row 0 at {args.long} tokens: one attention group "
+                f"{times[False] * 1e3:7.2f} ms  split by length {times[True] * 1e3:7.2f} ms  "
+                f"ratio {times[True] / times[False]:4.2f}"
+            )
+            continue
         b = statistics.median(bare(model, batch, args.prompt_len, args.steps)[5:])
         c = statistics.median(
             chatstream_steps(model, tokenizer, batch, args.prompt_len, args.steps)[5:]

@@ -472,3 +472,47 @@ def test_decode_equals_the_tokenizers_decode(tiny_model: tuple[Any, Any]) -> Non
         assert cleaning.decode(samples[1]) == tokenizer.decode(samples[1], skip_special_tokens=True)
     finally:
         tokenizer.clean_up_tokenization_spaces = False
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        # Long conversations in slots 1 and 5: both groups are scattered rows (indices).
+        ("S", "L", "s", "S", "S", "L", "S", "S"),
+        # One long conversation in slot 0: both groups are ranges of rows (views).
+        ("L", "S", "S", "S", "S", "S", "S", "S"),
+    ],
+)
+def test_rows_of_very_different_lengths_attend_in_two_groups(
+    tiny_model: tuple[Any, Any], layout: tuple[str, ...]
+) -> None:
+    model, tokenizer = tiny_model
+    harness = Harness(model, tokenizer, num_of_concurrent_executions=8, max_tokens_per_step=600)
+    short = [encode(tokenizer, p) for p in PROMPTS]
+    long_prompt = encode(tokenizer, " ".join(PROMPTS * 9))[:230]
+    # "L": a long conversation; "S": a short one; "s": a short one whose reply stops after
+    # two tokens, which leaves a free slot among the decoding rows.
+    prompts = [
+        long_prompt[slot:] if kind == "L" else short[slot % len(short)]
+        for slot, kind in enumerate(layout)
+    ]
+    runs = [SHORT_RUN if kind == "s" else LONG_RUN for kind in layout]
+    ids = [harness.submit(p, r) for p, r in zip(prompts, runs, strict=True)]
+    implementations: list[str] = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: implementations.append(model.config._attn_implementation),
+        with_kwargs=True,
+    )
+    logits = record_logits(harness)
+    try:
+        harness.run()
+    finally:
+        hook.remove()
+    assert implementations.count("chatstream_split") >= 10, implementations
+    assert model.config._attn_implementation == "sdpa", "switched back after each step"
+    for request_id, prompt, run in zip(ids, prompts, runs, strict=True):
+        n = run.max_new_tokens
+        assert harness.tokens[request_id] == reference_ignoring_eos(model, tokenizer, prompt, n)
+        expected = reference_logits(model, tokenizer, prompt, n)
+        # Over 230 positions float32 sums drift by ~2e-5 whichever way the rows attend.
+        torch.testing.assert_close(torch.stack(logits[request_id]), expected, atol=1e-4, rtol=1e-4)

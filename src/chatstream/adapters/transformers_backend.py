@@ -31,6 +31,7 @@ from chatstream.core import (
 
 from .sampling import BatchSampler, make_generator
 from .slot_cache import SCRATCH_COLUMN, SlotKVCache
+from .split_attention import RowGroup, plan_split, split_attention, splittable
 
 __all__ = ["TransformersBackend", "resolve_device"]
 
@@ -61,6 +62,9 @@ class TransformersBackend:
             model's ``max_position_embeddings``.
         device: where inputs go; None: where the model's input embeddings are.
         name: the model's name for logs and ``/v1/models``.
+        split_attention: let a decode step whose rows' lengths differ a lot attend in a long
+            and a short group, each over its own columns (models on ``sdpa`` only; see
+            :mod:`.split_attention`).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class TransformersBackend:
         max_positions: int,
         device: str | torch.device | None = None,
         name: str | None = None,
+        split_attention: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -109,6 +114,7 @@ class TransformersBackend:
             self._rust_decode = rust.decode
         self._dtype = next(model.parameters()).dtype
         self._pin = self.device.type == "cuda"
+        self._split = split_attention and splittable(model)
         # The decode step's additive attention mask, one row per slot, kept up to date as
         # requests come and go: a step opens one column per decoding row instead of
         # building a [batch, length] mask. A free slot sees only the scratch column; a
@@ -256,9 +262,14 @@ class TransformersBackend:
             tokens[d.slot - low] = d.token_id
             positions[d.slot - low] = d.position
             live[d.slot - low] = 1
-        host = torch.tensor(
-            [tokens, positions, live, order + [0] * (batch - len(items))], pin_memory=self._pin
-        )
+        columns_needed = [
+            p + 2 if is_live else 1 for p, is_live in zip(positions, live, strict=True)
+        ]
+        split = plan_split(columns_needed) if self._split else None
+        rows = [tokens, positions, live, order + [0] * (batch - len(items))]
+        if split is not None:
+            rows.append(split[0] + split[2])  # batch rows, short group first
+        host = torch.tensor(rows, pin_memory=self._pin)
         step = self._to_device(host)  # the step's one host-to-device transfer
         ids, position_ids = step[0, :, None], step[1, :, None]
         is_live = step[2, :, None].bool()
@@ -269,7 +280,17 @@ class TransformersBackend:
         mask.scatter_(1, write, torch.where(is_live, 0.0, mask[:, :1]))
         kv_columns = max(d.position for d in items) + 2
         self._cache.plan_write(slice(low, high), write, kv_columns)
-        out = self._forward(ids, position_ids, mask[:, None, None, :kv_columns])
+        decode_mask = mask[:, None, None, :kv_columns]
+        if split is None:
+            out = self._forward(ids, position_ids, decode_mask)
+        else:
+            short, short_columns, long, long_columns = split
+            groups = (
+                RowGroup(_rows(short, step[4, : len(short)]), short_columns),
+                RowGroup(_rows(long, step[4, len(short) :]), long_columns),
+            )
+            with split_attention(self.model, groups):
+                out = self._forward(ids, position_ids, decode_mask)
         index = step[3, : len(items)]
         if order == list(range(batch)):
             return out[:, -1], index + low
@@ -319,6 +340,14 @@ class TransformersBackend:
             else:
                 result[request_id] = (int(token),)
         return result
+
+
+def _rows(rows: list[int], on_device: torch.Tensor) -> slice | torch.Tensor:
+    """A group's batch rows: a range when they are one (a view, no copy), else indices."""
+    first = min(rows)
+    if sorted(rows) == list(range(first, first + len(rows))):
+        return slice(first, first + len(rows))
+    return on_device
 
 
 def _max_positions(config: Any) -> int | None:
