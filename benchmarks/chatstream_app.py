@@ -16,6 +16,7 @@ Environment (all optional):
 ``BENCH_CONTEXT_LEN``      ``context_len`` (default: ChatStream's, 1024)
 ``BENCH_TORCH_THREADS``    torch threads of the model thread (default 1)
 ``BENCH_LAG_INTERVAL_MS``  the probe's sleep (default 5)
+``BENCH_SPLIT_ATTENTION``  ``0``: decode attention in one group, never split by length
 =========================  ==============================================================
 
 Sampling is greedy (``temperature=0``). Besides every chatstream route the app answers
@@ -54,6 +55,7 @@ def settings() -> dict[str, Any]:
         "context_len": int(env("BENCH_CONTEXT_LEN", "0")) or None,
         "torch_threads": int(env("BENCH_TORCH_THREADS", "1")),
         "lag_interval": float(env("BENCH_LAG_INTERVAL_MS", "5")) / 1000.0,
+        "split_attention": env("BENCH_SPLIT_ATTENTION", "1") != "0",
     }
 
 
@@ -64,6 +66,10 @@ def app_factory() -> Starlette:
 
     s = settings()
     torch.set_num_threads(s["torch_threads"])
+    if not s["split_attention"]:
+        from chatstream.adapters import transformers_backend
+
+        transformers_backend.splittable = lambda model: False  # type: ignore[attr-defined]
     model, tokenizer = load_bench_model(s["model"], device=s["device"], dtype=s["dtype"])
     extra: dict[str, Any] = {}
     if s["context_len"]:
