@@ -3,6 +3,7 @@ give exactly the tokens each request gets from ``model.generate`` when run alone
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -388,21 +389,32 @@ def test_a_prompt_prefilled_in_chunks_between_decoding_slots(tiny_model: tuple[A
     # decode on both sides of it.
     middle = harness.submit(long_prompt, LONG_RUN)
     chunks: list[int] = []
-    hook = model.register_forward_pre_hook(
-        lambda module, args, kwargs: chunks.append(kwargs["input_ids"].shape[1]),
-        with_kwargs=True,
+    logits = run_watching_forwards(
+        harness, lambda kwargs: chunks.append(kwargs["input_ids"].shape[1])
     )
-    logits = record_logits(harness)
-    try:
-        harness.run()
-    finally:
-        hook.remove()
     assert chunks.count(4) >= 3, chunks  # 6 tokens a step, 2 of them for the decoding rows
     for request_id, ids in ((first, prompts[0]), (third, prompts[2]), (middle, long_prompt)):
         assert harness.tokens[request_id] == reference_ignoring_eos(model, tokenizer, ids, 12)
         # Not only the same argmax: the same distribution at every token.
         expected = reference_logits(model, tokenizer, ids, 12)
         torch.testing.assert_close(torch.stack(logits[request_id]), expected)
+
+
+def run_watching_forwards(
+    harness: Harness, watch: Callable[[dict[str, Any]], object]
+) -> dict[int, list[torch.Tensor]]:
+    """Run the harness to the end, calling ``watch`` with each forward's keyword arguments;
+    returns every request's next-token logits (see :func:`record_logits`)."""
+    model = harness.backend.model
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: watch(kwargs), with_kwargs=True
+    )
+    logits = record_logits(harness)
+    try:
+        harness.run()
+    finally:
+        hook.remove()
+    return logits
 
 
 def record_logits(harness: Harness) -> dict[int, list[torch.Tensor]]:
@@ -499,15 +511,9 @@ def test_rows_of_very_different_lengths_attend_in_two_groups(
     runs = [SHORT_RUN if kind == "s" else LONG_RUN for kind in layout]
     ids = [harness.submit(p, r) for p, r in zip(prompts, runs, strict=True)]
     implementations: list[str] = []
-    hook = model.register_forward_pre_hook(
-        lambda module, args, kwargs: implementations.append(model.config._attn_implementation),
-        with_kwargs=True,
+    logits = run_watching_forwards(
+        harness, lambda kwargs: implementations.append(model.config._attn_implementation)
     )
-    logits = record_logits(harness)
-    try:
-        harness.run()
-    finally:
-        hook.remove()
     assert implementations.count("chatstream_split") >= 10, implementations
     assert model.config._attn_implementation == "sdpa", "switched back after each step"
     for request_id, prompt, run in zip(ids, prompts, runs, strict=True):
