@@ -128,6 +128,8 @@ def _split_attention_forward(
             parts = [query[rows], key[rows, :, :columns], value[rows, :, :columns]]
             mask = None if attention_mask is None else attention_mask[rows, ..., :columns]
         else:
+            # A model spread over several GPUs: the indices go where this layer runs.
+            rows = rows.to(query.device, non_blocking=True)
             parts = [
                 query.index_select(0, rows),
                 key[:, :, :columns].index_select(0, rows),
