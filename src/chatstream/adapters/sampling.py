@@ -21,12 +21,13 @@ depend only on its own seed, logits and parameters, not on the other rows of the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from chatstream.core import GenerationParams
 
-__all__ = ["BatchSampler", "make_generator"]
+__all__ = ["BatchSampler", "make_generator", "to_device"]
 
 _Generators = Sequence[torch.Generator | None]
 
@@ -131,7 +132,7 @@ class BatchSampler:
             return draw(scores, params, gens)
         tokens = torch.empty(batch, dtype=torch.long, device=logits.device)
         for rows, draw in groups:
-            index = _to_device(rows, torch.long, logits.device)
+            index = to_device(rows, torch.long, logits.device)
             tokens[index] = draw(
                 scores.index_select(0, index),
                 [params[r] for r in rows],
@@ -140,7 +141,8 @@ class BatchSampler:
         return tokens
 
 
-def _to_device(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def to_device(values: Sequence[Any], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor of ``values`` (numbers, or nested lists of them) on ``device``."""
     # From pinned memory and non-blocking: a pageable host-to-GPU copy waits for the stream.
     host = torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda")
     return host.to(device, non_blocking=True)
@@ -148,7 +150,7 @@ def _to_device(values: Sequence[float], dtype: torch.dtype, device: torch.device
 
 def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
     """A ``[n, 1]`` float32 column that broadcasts one value per row."""
-    return _to_device(values, torch.float32, device)[:, None]
+    return to_device(values, torch.float32, device)[:, None]
 
 
 def _penalize(
@@ -256,7 +258,7 @@ def _race(
         own = torch.stack(
             [torch.rand(vocab, device=device, generator=generators[row]) for row in seeded]
         )
-        index = _to_device(seeded, torch.long, device)
+        index = to_device(seeded, torch.long, device)
         if ids is not None:
             own = own.gather(-1, ids.index_select(0, index))
         if len(seeded) == rows:

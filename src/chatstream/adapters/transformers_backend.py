@@ -29,7 +29,7 @@ from chatstream.core import (
     StepPlan,
 )
 
-from .sampling import BatchSampler, make_generator
+from .sampling import BatchSampler, make_generator, to_device
 from .slot_cache import SCRATCH_COLUMN, SlotKVCache
 from .split_attention import RowGroup, plan_split, split_attention, splittable
 
@@ -113,7 +113,6 @@ class TransformersBackend:
         ):
             self._rust_decode = rust.decode
         self._dtype = next(model.parameters()).dtype
-        self._pin = self.device.type == "cuda"
         self._split = split_attention and splittable(model)
         # The decode step's additive attention mask, one row per slot, kept up to date as
         # requests come and go: a step opens one column per decoding row instead of
@@ -156,20 +155,13 @@ class TransformersBackend:
             if chunk.last:
                 rows.append((chunk.request_id, chunk.slot, chunk.params))
                 logits.append(last_logits[None, :])
-        # The batch's slots on the device, for the sampler's per-slot state.
-        slot_parts = []
-        if rows:
-            prefilled = [slot for _, slot, _ in rows]
-            host = torch.tensor(prefilled, dtype=torch.long, pin_memory=self._pin)
-            slot_parts.append(self._to_device(host))
         if plan.decode:
-            decoded, decode_slots = self._decode(plan.decode)
             rows += [(d.request_id, d.slot, d.params) for d in plan.decode]
-            logits.append(decoded)
-            slot_parts.append(decode_slots)
+            logits.append(self._decode(plan.decode))
         if not rows:
             return StepCompleted(step=plan.step, errors=errors)
-        slots = slot_parts[0] if len(slot_parts) == 1 else torch.cat(slot_parts)
+        # The batch's slots, for the sampler's per-slot state.
+        slots = to_device([slot for _, slot, _ in rows], torch.long, self.device)
         # One batch of last-position logits (no copy when a single forward made them all).
         batch = logits[0] if len(logits) == 1 else torch.cat(logits)
         return StepCompleted(
@@ -213,14 +205,19 @@ class TransformersBackend:
         # token is the batch's last column. Padding writes to the scratch column and attends
         # only to it; a real query at position p sees columns 1 .. p + 1.
         width = max(len(c.token_ids) for c in chunks)
-        # ids, positions, real
-        host = torch.zeros((3, len(chunks), width), dtype=torch.long, pin_memory=self._pin)
-        for row, chunk in enumerate(chunks):
-            size = len(chunk.token_ids)
-            host[0, row, width - size :] = torch.tensor(chunk.token_ids)
-            host[1, row, width - size :] = torch.arange(chunk.start, chunk.start + size)
-            host[2, row, width - size :] = 1
-        ids, positions, real = self._to_device(host)  # one transfer
+        pads = [[0] * (width - len(c.token_ids)) for c in chunks]
+        ids, positions, real = to_device(  # one transfer
+            [
+                [pad + list(c.token_ids) for pad, c in zip(pads, chunks, strict=True)],
+                [
+                    pad + list(range(c.start, c.start + len(c.token_ids)))
+                    for pad, c in zip(pads, chunks, strict=True)
+                ],
+                [pad + [1] * len(c.token_ids) for pad, c in zip(pads, chunks, strict=True)],
+            ],
+            torch.long,
+            self.device,
+        )
         real = real.bool()
         write = torch.where(real, positions + 1, SCRATCH_COLUMN)
         kv_columns = max(c.start + len(c.token_ids) for c in chunks) + 1
@@ -248,9 +245,9 @@ class TransformersBackend:
             self._mask[chunk.slot, chunk.start + 1 : chunk.start + size + 1] = 0
         return out[:, -1]
 
-    def _decode(self, items: tuple[DecodeItem, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward for every decoding request: its logits ``[len(items), V]`` and the
-        requests' slots, in the order of ``items``, both on the device."""
+    def _decode(self, items: tuple[DecodeItem, ...]) -> torch.Tensor:
+        """One forward for every decoding request: their logits ``[len(items), V]``, in the
+        order of ``items``."""
         low = min(d.slot for d in items)
         high = max(d.slot for d in items) + 1
         batch = high - low
@@ -269,8 +266,7 @@ class TransformersBackend:
         rows = [tokens, positions, live, order + [0] * (batch - len(items))]
         if split is not None:
             rows.append(split[0] + split[2])  # batch rows, short group first
-        host = torch.tensor(rows, pin_memory=self._pin)
-        step = self._to_device(host)  # the step's one host-to-device transfer
+        step = to_device(rows, torch.long, self.device)  # the step's inputs in one transfer
         ids, position_ids = step[0, :, None], step[1, :, None]
         is_live = step[2, :, None].bool()
         # Rows between decoding slots that do not decode now (free, or still prefilling)
@@ -291,10 +287,9 @@ class TransformersBackend:
             )
             with split_attention(self.model, groups):
                 out = self._forward(ids, position_ids, decode_mask)
-        index = step[3, : len(items)]
         if order == list(range(batch)):
-            return out[:, -1], index + low
-        return out[index, -1], index + low
+            return out[:, -1]
+        return out[step[3, : len(items)], -1]
 
     def _forward(
         self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
@@ -310,11 +305,6 @@ class TransformersBackend:
             **self._extra,
         )
         return out.logits  # type: ignore[no-any-return]
-
-    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
-        # Host tensors bound for a GPU are made in pinned memory (``self._pin``): the copy
-        # is then queued behind the GPU's work instead of waiting for it.
-        return host.to(self.device, non_blocking=True)
 
     def _sample(
         self,
