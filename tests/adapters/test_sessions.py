@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
+import chatstream.adapters.session_stores as session_stores_module
 import chatstream.adapters.sessions as sessions_module
 from chatstream.adapters.sessions import (
     SESSION_SCOPE_KEY,
@@ -844,8 +845,9 @@ async def test_trimming_drops_a_stray_leading_reply_and_stale_archived_replies()
 # ---------------------------------------------------------------------- the module itself
 
 
-def test_sessions_module_imports_no_event_loop() -> None:
-    path = pathlib.Path(sessions_module.__file__)
+@pytest.mark.parametrize("module", [sessions_module, session_stores_module])
+def test_sessions_module_imports_no_event_loop(module: Any) -> None:
+    path = pathlib.Path(module.__file__ or "")
     tree = ast.parse(path.read_text(encoding="utf-8"))
     imported: set[str] = set()
     for node in ast.walk(tree):

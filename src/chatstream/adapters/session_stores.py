@@ -1,0 +1,271 @@
+"""What a session holds and where it is kept: :class:`SessionData` and the stores.
+
+A :class:`SessionStore` maps a random session id to its :class:`SessionData` (the conversation,
+per-session generation params, the client role). Two in-memory stores ship: :class:`MemoryStore`
+keeps the objects themselves, :class:`JSONMemoryStore` their JSON, as a shared store (Redis, a
+database) would. Both are bounded (least recently used out first), expire idle sessions and
+bound the history each session keeps. :mod:`.sessions` ties them to cookies and requests.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+from chatstream.core import ConfigError, Conversation, LocalProtocolError, Role
+
+__all__ = ["JSONMemoryStore", "MemoryStore", "SessionData", "SessionStore"]
+
+#: Version of the JSON layout written by :meth:`SessionData.to_json`.
+_JSON_VERSION = 1
+
+# ---------------------------------------------------------------------- data
+
+
+@dataclass
+class SessionData:
+    """Everything the server keeps for one browser session.
+
+    Attributes:
+        conversation: the chat history.
+        generation_params: this session's overrides of the generation defaults
+            (JSON values only, so that every store can keep them).
+        role: the name of the client role granted to this session, if any.
+    """
+
+    conversation: Conversation = field(default_factory=Conversation)
+    generation_params: dict[str, Any] = field(default_factory=dict)
+    role: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict; :meth:`from_json` gives back equal data."""
+        return {
+            "version": _JSON_VERSION,
+            "conversation": self.conversation.to_json(),
+            # A copy: the result must not change when the live params do.
+            "generation_params": copy.deepcopy(self.generation_params),
+            "role": self.role,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SessionData:
+        """Rebuild session data from :meth:`to_json`'s output.
+
+        Raises:
+            LocalProtocolError: the data was written by an unknown version.
+        """
+        if data.get("version") != _JSON_VERSION:
+            raise LocalProtocolError(f"unsupported session version {data.get('version')!r}")
+        return cls(
+            conversation=Conversation.from_json(data["conversation"]),
+            generation_params=copy.deepcopy(dict(data.get("generation_params", {}))),
+            role=data.get("role"),
+        )
+
+
+class SessionStore(Protocol):
+    """Where session data lives, keyed by session id.
+
+    A store may keep live objects (:class:`MemoryStore`) or serialized copies (a shared store
+    such as Redis, see :class:`JSONMemoryStore`). Callers must therefore :meth:`save` what they
+    change, and must not rely on two loads returning the same object.
+    """
+
+    async def load(self, session_id: str) -> SessionData | None:
+        """The data of this session, or None if it does not exist or has expired."""
+        ...
+
+    async def save(self, session_id: str, data: SessionData) -> None:
+        """Create or replace the data of this session."""
+        ...
+
+    async def delete(self, session_id: str) -> None:
+        """Forget this session; nothing happens if it does not exist."""
+        ...
+
+
+# ---------------------------------------------------------------------- memory stores
+
+_V = TypeVar("_V")
+
+
+@dataclass(slots=True)
+class _Entry(Generic[_V]):
+    value: _V
+    #: Clock reading at the last load or save.
+    touched: float
+
+
+class _BoundedMemoryStore(abc.ABC, Generic[_V]):
+    """One process's sessions with idle expiry, LRU eviction and bounded history.
+
+    Entries are kept in last-use order, which is also expiry order (the idle time allowed is
+    the same for all), so expired entries are always at the front: a sweep pops them from
+    there, and each entry is popped at most once (amortized O(1) per call).
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl_seconds: float = 24 * 60 * 60,
+        max_sessions: int = 10_000,
+        max_history_messages: int | None = 200,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not ttl_seconds > 0:
+            raise ConfigError("ttl_seconds", f"must be positive, got {ttl_seconds!r}")
+        if max_sessions < 1:
+            raise ConfigError("max_sessions", f"must be at least 1, got {max_sessions!r}")
+        if max_history_messages is not None and max_history_messages < 1:
+            raise ConfigError(
+                "max_history_messages", f"must be at least 1 or None, got {max_history_messages!r}"
+            )
+        self.ttl_seconds = ttl_seconds
+        self.max_sessions = max_sessions
+        self.max_history_messages = max_history_messages
+        self._clock = clock
+        self._entries: OrderedDict[str, _Entry[_V]] = OrderedDict()
+
+    def __len__(self) -> int:
+        """The number of live sessions (expired ones are swept first)."""
+        self._sweep(self._clock())
+        return len(self._entries)
+
+    async def load(self, session_id: str) -> SessionData | None:
+        """The session's data, or None if unknown or expired; counts as a use."""
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        now = self._clock()
+        if now - entry.touched >= self.ttl_seconds:
+            del self._entries[session_id]
+            return None
+        entry.touched = now
+        self._entries.move_to_end(session_id)
+        return self._unpack(entry.value)
+
+    async def save(self, session_id: str, data: SessionData) -> None:
+        """Store the session's data (trimming its history), evicting another if full."""
+        now = self._clock()
+        self._sweep(now)
+        if self.max_history_messages is not None:
+            _trim_history(data.conversation, self.max_history_messages)
+        entry = self._entries.get(session_id)
+        if entry is None:
+            if len(self._entries) >= self.max_sessions:
+                self._evict_one()
+            self._entries[session_id] = _Entry(self._pack(data), now)
+        else:
+            entry.value, entry.touched = self._pack(data), now
+            self._entries.move_to_end(session_id)
+
+    async def delete(self, session_id: str) -> None:
+        """Forget the session, if it exists."""
+        self._entries.pop(session_id, None)
+
+    def _sweep(self, now: float) -> None:
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if now - oldest.touched < self.ttl_seconds:
+                return
+            self._entries.popitem(last=False)
+
+    def _evict_one(self) -> None:
+        # The scan passes only sessions with a turn in flight, which the engine's concurrency
+        # and queue limits keep few.
+        victim = next(
+            (sid for sid, e in self._entries.items() if not self._in_flight(e.value)),
+            next(iter(self._entries)),
+        )
+        del self._entries[victim]
+
+    @abc.abstractmethod
+    def _pack(self, data: SessionData) -> _V: ...
+
+    @abc.abstractmethod
+    def _unpack(self, value: _V) -> SessionData: ...
+
+    @abc.abstractmethod
+    def _in_flight(self, value: _V) -> bool: ...
+
+
+class MemoryStore(_BoundedMemoryStore[SessionData]):
+    """Sessions of one process, kept as live objects.
+
+    Every request of a session gets the same :class:`SessionData` object, so a turn in
+    flight in one request is seen by a concurrent one (which is how a second concurrent turn
+    is refused). Not shared between worker processes (use a shared store for those), and
+    meant for one event loop: it is not thread-safe.
+
+    Args:
+        ttl_seconds: a session not loaded or saved for this long is gone.
+        max_sessions: when a new session would exceed this, the least recently used one is
+            evicted; sessions with a turn in flight are spared unless every session has one.
+        max_history_messages: on save, the oldest messages are dropped (from the saved
+            object itself) in whole exchanges, a user message with its replies, until at most
+            this many remain; never while a turn is in flight. Replies archived by regenerate
+            are kept for the remaining messages only, and at most this many of them. None
+            keeps everything.
+        clock: seconds, monotonic; a fake one in tests.
+
+    Raises:
+        ConfigError: a limit is not positive.
+    """
+
+    def _pack(self, data: SessionData) -> SessionData:
+        return data
+
+    def _unpack(self, value: SessionData) -> SessionData:
+        return value
+
+    def _in_flight(self, value: SessionData) -> bool:
+        return value.conversation.in_flight
+
+
+class _Frozen(NamedTuple):
+    text: str
+    #: Whether the conversation had a turn in flight when saved: known without parsing.
+    in_flight: bool
+
+
+class JSONMemoryStore(_BoundedMemoryStore[_Frozen]):
+    """Like :class:`MemoryStore`, but keeps each session as JSON text, as a shared store
+    (Redis) would: every load returns a fresh object, and what is not saved is lost.
+
+    It proves that sessions survive serialization. A turn in flight is still seen by other
+    requests if it was saved while in flight (the reply's status is part of the JSON).
+    Takes the same arguments as :class:`MemoryStore`.
+    """
+
+    def _pack(self, data: SessionData) -> _Frozen:
+        return _Frozen(json.dumps(data.to_json()), data.conversation.in_flight)
+
+    def _unpack(self, value: _Frozen) -> SessionData:
+        return SessionData.from_json(json.loads(value.text))
+
+    def _in_flight(self, value: _Frozen) -> bool:
+        return value.in_flight
+
+
+def _trim_history(conversation: Conversation, limit: int) -> None:
+    messages = conversation.messages
+    if conversation.in_flight or len(messages) <= limit:
+        return
+    cut = 0
+    while len(messages) - cut > limit:
+        cut += 1
+        # Take the replies with their question: the model never sees a reply without one.
+        while cut < len(messages) and messages[cut].role is Role.ASSISTANT:
+            cut += 1
+    dropped = {m.id for m in messages[:cut]}
+    del messages[:cut]
+    # Archived replies to dropped questions have lost their place in the history; regenerate
+    # could otherwise grow the archive without bound.
+    kept = [m for m in conversation.archived if m.in_reply_to not in dropped]
+    conversation.archived[:] = kept[-limit:]
