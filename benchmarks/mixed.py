@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from benchmarks import loadgen
-from benchmarks.run import ROOT, free_port, log, server
+from benchmarks.run import chatstream_command, free_port, log, server, server_env
 
 PARAGRAPH = (
     "The river starts in the hills, runs past the old mill and the school, and reaches the "
@@ -57,11 +55,8 @@ def run_one(
     split: bool,
     logfile: TextIO,
 ) -> dict[str, Any]:
-    env = dict(os.environ)
+    env = server_env()
     env.update(
-        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src")]),
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
         BENCH_MODEL=model_dir,
         BENCH_CONCURRENCY=str(args.concurrency),
         BENCH_CONTEXT_LEN="2048",
@@ -69,10 +64,7 @@ def run_one(
         BENCH_SPLIT_ATTENTION="1" if split else "0",
     )
     port = free_port()
-    command = [
-        sys.executable, "-m", "chatstream.server",
-        "--factory", "benchmarks.chatstream_app:app_factory", "--port", str(port),
-    ]  # fmt: skip
+    command = chatstream_command(port)
     name = "split by length" if split else "one attention group"
     with server(f"chatstream ({name})", command, env, port, logfile) as url:
 

@@ -121,6 +121,27 @@ def server(
         logfile.flush()
 
 
+def server_env() -> dict[str, str]:
+    """This process's environment for a server process: offline, unbuffered, our sources."""
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), str(ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    return env
+
+
+def chatstream_command(port: int, loop: str = "asyncio") -> list[str]:
+    """The command that serves the chatstream benchmark app on ``port``."""
+    return [
+        sys.executable, "-m", "chatstream.server",
+        "--factory", "benchmarks.chatstream_app:app_factory",
+        "--port", str(port), "--loop", loop, "--drain-timeout", "5",
+    ]  # fmt: skip
+
+
 def run_http_scenario(
     *,
     system: str,
@@ -216,14 +237,7 @@ class Runner:
             )
 
     def base_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT), str(ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])]
-        )
-        return env
+        return server_env()
 
     def chatstream(self, model: str, model_dir: str, c: int) -> None:
         a = self.args
@@ -237,11 +251,7 @@ class Runner:
             BENCH_MAX_NEW_TOKENS=str(a.max_new_tokens),
             BENCH_TORCH_THREADS=str(a.torch_threads),
         )
-        command = [
-            sys.executable, "-m", "chatstream.server",
-            "--factory", "benchmarks.chatstream_app:app_factory",
-            "--port", str(port), "--loop", a.loop, "--drain-timeout", "5",
-        ]  # fmt: skip
+        command = chatstream_command(port, a.loop)
         self._http("chatstream", model, c, command, env, port, "sse")
 
     def original(self, model: str, model_dir: str, c: int) -> None:
