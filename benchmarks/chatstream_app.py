@@ -67,7 +67,7 @@ def app_factory() -> Starlette:
     s = settings()
     torch.set_num_threads(s["torch_threads"])
     if not s["split_attention"]:
-        from chatstream.adapters import transformers_backend
+        from chatstream.adapters.model import transformers_backend
 
         transformers_backend.splittable = lambda model: False  # type: ignore[attr-defined]
     model, tokenizer = load_bench_model(s["model"], device=s["device"], dtype=s["dtype"])

@@ -209,6 +209,6 @@ def load_bench_model(
             )
         model.eval()
         return model, tokenizer
-    from chatstream.adapters.loading import load_model
+    from chatstream.adapters.model.loading import load_model
 
     return load_model(directory, device=device, dtype=wanted)

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from chatstream.adapters.transformers_backend import TransformersBackend
+from chatstream.adapters.model.transformers_backend import TransformersBackend
 from chatstream.core import DecodeItem, GenerationParams, PrefillChunk, StepPlan
 
 

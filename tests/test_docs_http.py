@@ -26,18 +26,18 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from chatstream.adapters import mock_texts
-from chatstream.adapters.http_common import HttpOptions
-from chatstream.adapters.metrics import ChatMetrics
+from chatstream.adapters.http.common import HttpOptions
+from chatstream.adapters.http.metrics import ChatMetrics
+from chatstream.adapters.http.streaming import EOS
+from chatstream.adapters.model import mock_texts
 from chatstream.adapters.starlette import API_PATHS, create_app
-from chatstream.adapters.streaming import EOS
 from chatstream.core import GenerationParams, RejectReason
 from chatstream.core.engine import EngineStatistics
 from chatstream.core.roles import API_NAMES, AUTH_METHODS, ClientRoles
 
 ROOT = pathlib.Path(__file__).parent.parent
 DOCS = ROOT / "docs"
-ADAPTERS = ROOT / "src" / "chatstream" / "adapters"
+HTTP_ADAPTERS = ROOT / "src" / "chatstream" / "adapters" / "http"
 EXAMPLE = ROOT / "examples" / "migrate_from_original.py"
 PAGES = ("http-api.md", "sessions-and-roles.md", "migration.md")
 BACKENDS = ["asyncio", "trio"]
@@ -216,8 +216,8 @@ def _error_codes(
 
 def test_every_error_code_is_documented() -> None:
     calls = {"error_response": (1,), "BadRequest": (1,)}
-    codes = _error_codes(ADAPTERS / "http_api.py", calls, {"_error_code"})
-    codes |= _error_codes(ADAPTERS / "http_common.py", calls, set())
+    codes = _error_codes(HTTP_ADAPTERS / "original_api.py", calls, {"_error_code"})
+    codes |= _error_codes(HTTP_ADAPTERS / "common.py", calls, set())
     # The 503 answers use the reject reason as their code: `str(reason)`.
     codes |= {reason.value for reason in RejectReason if reason is not RejectReason.QUEUE_FULL}
     assert {"invalid_json", "body_too_large", "forbidden", "too_many_requests"} <= codes
@@ -226,7 +226,7 @@ def test_every_error_code_is_documented() -> None:
     for code in sorted(codes):
         assert f"`{code}`" in text, code
     # The OpenAI-compatible API: error types and codes.
-    openai = _error_codes(ADAPTERS / "openai_api.py", {"_error": (2, 3)}, {"_code"})
+    openai = _error_codes(HTTP_ADAPTERS / "openai_api.py", {"_error": (2, 3)}, {"_code"})
     assert {"invalid_request_error", "rate_limit_exceeded", "context_length_exceeded"} <= openai
     openai_section = section(text, "## The OpenAI-compatible API")
     for code in sorted(openai):

@@ -23,7 +23,7 @@ from .core import (
 )
 
 if TYPE_CHECKING:
-    from .adapters.chat_stream import ChatStream, RequestRejected, Turn
+    from .chat_stream import ChatStream, RequestRejected, Turn
 
 __version__ = "0.1.0.dev0"
 __all__ = [
@@ -43,9 +43,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "ChatStream": "chatstream.adapters.chat_stream",
-    "RequestRejected": "chatstream.adapters.chat_stream",
-    "Turn": "chatstream.adapters.chat_stream",
+    "ChatStream": "chatstream.chat_stream",
+    "RequestRejected": "chatstream.chat_stream",
+    "Turn": "chatstream.chat_stream",
 }
 
 

@@ -190,7 +190,7 @@ def _load(options: dict[str, Any]) -> tuple[Any, Any]:
         from chatstream.embedded import load_embedded_model
 
         return load_embedded_model(device=options["device"])
-    from chatstream.adapters.loading import load_model
+    from chatstream.adapters.model.loading import load_model
 
     path = Path(model_path)
     if path.suffix == ".gguf":
@@ -199,7 +199,7 @@ def _load(options: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _with_system(tokenizer: Any, system: str) -> Any:
-    from chatstream.adapters.chat_template import chat_template_prompt_class
+    from chatstream.adapters.model.chat_template import chat_template_prompt_class
 
     base = chat_template_prompt_class(tokenizer)
 
@@ -212,8 +212,8 @@ def _with_system(tokenizer: Any, system: str) -> Any:
 
 
 def serve(options: dict[str, Any]) -> None:
-    from chatstream.adapters.http_common import HttpOptions
-    from chatstream.adapters.starlette import create_app
+    from chatstream.adapters.http.app import create_app
+    from chatstream.adapters.http.common import HttpOptions
     from chatstream.server import serve as run_server
 
     chat_stream = build_chat_stream(options)

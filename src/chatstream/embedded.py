@@ -99,7 +99,7 @@ def convert_embedded_model(target: Path, *, stream: IO[str] | None = None) -> Pa
 
 def load_embedded_model(*, device: str = "cpu", stream: IO[str] | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of the embedded model, converting it on first use."""
-    from .adapters.loading import load_model
+    from .adapters.model.loading import load_model
 
     target = embedded_model_dir()
     if not (target / _COMPLETE).exists():

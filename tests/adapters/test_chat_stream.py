@@ -12,9 +12,9 @@ import anyio
 import pytest
 
 from chatstream import ChatStream
-from chatstream.adapters import mock_texts
-from chatstream.adapters.chat_stream import RequestRejected
-from chatstream.adapters.mock_backend import split_pieces
+from chatstream.adapters.model import mock_texts
+from chatstream.adapters.model.mock_backend import split_pieces
+from chatstream.chat_stream import RequestRejected
 from chatstream.core import (
     Admitted,
     ChatStreamError,

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from chatstream.adapters.driver import EngineDriver
-from chatstream.adapters.model_thread import StepDone
+from chatstream.adapters.model.model_thread import StepDone
 from chatstream.core import (
     Admitted,
     ChatStreamConfig,

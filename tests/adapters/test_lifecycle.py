@@ -19,8 +19,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from chatstream import ChatStream
-from chatstream.adapters import mock_texts
-from chatstream.adapters.messages import resolve_locale
+from chatstream.adapters.model import mock_texts
+from chatstream.log_messages import resolve_locale
 
 SCRIPT = textwrap.dedent(
     """

@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from chatstream import ChatStream
-from chatstream.adapters import mock_texts
+from chatstream.adapters.model import mock_texts
 
 
 @pytest.mark.trio

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chatstream.adapters import mock_texts
+from chatstream.adapters.model import mock_texts
 from tests.http.conftest import free_port
 
 ROOT = Path(__file__).parent.parent.parent

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from chatstream import ChatStream
-from chatstream.adapters.http_common import HttpOptions
+from chatstream.adapters.http.common import HttpOptions
 from chatstream.adapters.starlette import create_app
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatstream.adapters import mock_texts
+from chatstream.adapters.model import mock_texts
 
 from .conftest import ServerFactory
 

@@ -13,7 +13,7 @@ import anyio
 import httpx
 import pytest
 
-from chatstream.adapters import mock_texts
+from chatstream.adapters.model import mock_texts
 
 from .conftest import Server, ServerFactory
 from .test_original_api import parse_sse

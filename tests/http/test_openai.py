@@ -7,7 +7,7 @@ from typing import Any
 import openai
 import pytest
 
-from chatstream.adapters import mock_texts
+from chatstream.adapters.model import mock_texts
 
 from .conftest import ServerFactory
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from chatstream.adapters import mock_texts
-from chatstream.adapters.streaming import EOS
+from chatstream.adapters.http.streaming import EOS
+from chatstream.adapters.model import mock_texts
 
 from .conftest import ServerFactory
 

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from chatstream import ChatStream
-from chatstream.adapters.http_common import HttpOptions
+from chatstream.adapters.http.common import HttpOptions
 from chatstream.adapters.starlette import create_app
 
 #: Where :func:`mounted_app` mounts the chat app.

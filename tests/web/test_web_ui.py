@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chatstream.adapters.mock_texts import LONG_EN, ROUND_EN, ROUND_JA
+from chatstream.adapters.model.mock_texts import LONG_EN, ROUND_EN, ROUND_JA
 from tests.http.conftest import Server
 
 from .conftest import CHROMIUM, PageFactory, wait_idle

@@ -41,7 +41,7 @@ from chatstream.core import (
     TextDelta,
 )
 
-from .model_thread import StepDone, StepResult
+from .model.model_thread import StepDone, StepResult
 
 __all__ = ["EngineDriver", "RequestEvent", "RequestHandle", "StepRunner"]
 
@@ -50,7 +50,7 @@ RequestEvent = Queued | QueuePositionChanged | Admitted | Rejected | TextDelta |
 
 
 class StepRunner(Protocol):
-    """Runs steps off the event loop (see :class:`~.model_thread.ModelThread`)."""
+    """Runs steps off the event loop (see :class:`~.model.model_thread.ModelThread`)."""
 
     def start_step(self, plan: StepPlan, done: StepDone) -> None:
         """Start the step without awaiting; call ``done`` with its result later, in the

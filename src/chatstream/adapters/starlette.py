@@ -1,259 +1,34 @@
-"""Starlette (and FastAPI) integration: the app factory, mountable routes, and the original's
-``append_apis`` / ``append_middlewares``.
+"""Starlette and FastAPI integration, at its documented path: a re-export of
+:mod:`chatstream.adapters.http.app` (the app factory and routes) and of ``HttpOptions``.
 
     from chatstream import ChatStream
     from chatstream.adapters.starlette import create_app
 
     app = create_app(ChatStream(use_mock_response=True), secret_key="change me")
-
-``create_app`` owns the ChatStream's life in the app's lifespan: the model loads at startup,
-and at shutdown the server drains (new requests get 503, running streams get
-``drain_timeout_sec`` to finish) before the rest is cancelled.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from importlib import resources
-from typing import TYPE_CHECKING, Any
-
-import anyio
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.routing import BaseRoute, Route
-
-from .http_common import HttpOptions
-from .sessions import SessionMiddleware, SessionStore
-
-if TYPE_CHECKING:
-    from .chat_stream import ChatStream
+from .http.app import (
+    API_PATHS,
+    append_apis,
+    append_middlewares,
+    create_app,
+    mountable_app,
+    routes,
+    select_apis,
+    session_middleware,
+)
+from .http.common import HttpOptions
 
 __all__ = [
     "API_PATHS",
+    "HttpOptions",
     "append_apis",
     "append_middlewares",
     "create_app",
     "mountable_app",
     "routes",
+    "select_apis",
+    "session_middleware",
 ]
-
-#: The original's API names, with their paths and methods, plus ours.
-API_PATHS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "chat_stream": ("/chat_stream", ("POST",)),
-    "clear_context": ("/clear_context", ("POST",)),
-    "get_prompt": ("/get_prompt", ("GET",)),
-    "set_generation_params": ("/set_generation_params", ("POST",)),
-    "get_generation_params": ("/get_generation_params", ("GET",)),
-    "set_feedback": ("/set_feedback", ("POST",)),
-    "get_load": ("/get_load", ("GET",)),
-    "get_resource_usage": ("/get_resource_usage", ("GET",)),
-    "webui_index": ("/", ("GET",)),
-    "webui_js": ("/chatstream.js", ("GET",)),
-    "openai": ("/v1/chat/completions", ("POST",)),
-    "metrics": ("/metrics", ("GET",)),
-    "get_history": ("/get_history", ("GET",)),
-}
-
-
-def select_apis(opts: Mapping[str, Any] | None) -> list[str]:
-    """The API names chosen by the original's options: exactly one of ``{"all": True}``,
-    ``{"include": [...]}`` or ``{"exclude": [...]}``; None means all.
-
-    Raises:
-        ValueError: none or several of them, or an unknown API name.
-    """
-    if opts is None:
-        return list(API_PATHS)
-    # "web_ui_params" may ride along with the selection, as in the original.
-    chosen = [key for key in ("all", "include", "exclude") if key in opts]
-    if len(chosen) != 1:
-        raise ValueError("give exactly one of 'all', 'include' or 'exclude'")
-    if chosen == ["all"]:
-        if opts["all"] is not True:
-            raise ValueError("'all' must be True")
-        return list(API_PATHS)
-    names = opts[chosen[0]]
-    if isinstance(names, str) or not isinstance(names, Sequence):
-        raise ValueError(f"'{chosen[0]}' must be a list of API names")
-    unknown = [n for n in names if n not in API_PATHS]
-    if unknown:
-        raise ValueError(f"unknown API names {unknown}; known: {sorted(API_PATHS)}")
-    if chosen == ["include"]:
-        return [n for n in API_PATHS if n in names]
-    return [n for n in API_PATHS if n not in names]
-
-
-def routes(
-    chat_stream: ChatStream,
-    opts: Mapping[str, Any] | None = None,
-) -> list[BaseRoute]:
-    """The routes of the chosen APIs (all by default), plus ``/health`` and
-    ``/v1/models``, ready for ``Starlette(routes=...)`` or ``Mount``."""
-    http = chat_stream.http_api()
-    openai = chat_stream.openai_api()
-    web_ui_params = dict((opts or {}).get("web_ui_params") or {})
-    handlers: dict[str, Callable[[Request], Any]] = {
-        "chat_stream": http.handle_chat_stream_request,
-        "clear_context": http.handle_clear_context_request,
-        "get_prompt": http.handle_get_prompt_request,
-        "set_generation_params": http.handle_set_generation_params_request,
-        "get_generation_params": http.handle_get_generation_params_request,
-        "set_feedback": http.handle_set_feedback_request,
-        "get_load": http.handle_get_load_request,
-        "get_resource_usage": http.handle_get_resource_usage_request,
-        "webui_index": lambda request: chat_stream.index(
-            request, opts={"ui_init_params": web_ui_params}
-        ),
-        "webui_js": chat_stream.js,
-        "openai": openai.chat_completions,
-        "metrics": http.handle_metrics_request,
-        "get_history": http.handle_get_history_request,
-    }
-    selected = select_apis(opts)
-    out: list[BaseRoute] = [
-        Route(API_PATHS[name][0], _endpoint(handlers[name]), methods=list(API_PATHS[name][1]))
-        for name in selected
-    ]
-    out.append(Route("/health", http.handle_health_request, methods=["GET"]))
-    if "openai" in selected:
-        out.append(Route("/v1/models", openai.models, methods=["GET"]))
-    return out
-
-
-def _endpoint(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
-    # Starlette takes any callable returning an ASGI app; bind the name for error messages.
-    async def endpoint(request: Request) -> Any:
-        return await handler(request)
-
-    endpoint.__name__ = getattr(handler, "__name__", "endpoint")
-    return endpoint
-
-
-def append_apis(app: Starlette, chat_stream: ChatStream, opts: Mapping[str, Any] | None) -> None:
-    """Add the chosen routes to an existing Starlette or FastAPI app."""
-    app.router.routes.extend(routes(chat_stream, opts))
-
-
-def session_middleware(opts: Mapping[str, Any] | None) -> list[Middleware]:
-    """The middlewares ``append_middlewares`` adds: sessions, and CORS in develop mode."""
-    opts = dict(opts or {})
-    # The original nested the session options under "fast_session"; accept both.
-    session_opts = {**dict(opts.pop("fast_session", None) or {}), **opts}
-    develop = bool(session_opts.pop("develop_mode", False))
-    origins = session_opts.pop("cors_origins", ["http://localhost:3000", "http://127.0.0.1:3000"])
-    if session_opts.get("max_age") == 0:
-        session_opts["max_age"] = None  # fastsession's "until the browser closes"
-    allowed = {"secret_key", "store", "secure", "same_site", "cookie_name", "max_age", "path"}
-    unknown = sorted(set(session_opts) - allowed)
-    if unknown:
-        raise ValueError(f"unknown middleware options {unknown}; known: {sorted(allowed)}")
-    middleware = [Middleware(SessionMiddleware, **session_opts)]
-    if develop:
-        middleware.insert(
-            0,
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(origins),
-                allow_credentials=True,
-                allow_methods=["*"],
-                allow_headers=["*"],
-                expose_headers=[
-                    "X-ChatStream-Last-Generated-Message-Id",
-                    "X-ChatStream-API-DevTool-Enabled",
-                ],
-            ),
-        )
-    return middleware
-
-
-def append_middlewares(app: Starlette, opts: Mapping[str, Any] | None = None) -> None:
-    """Add the session middleware (and CORS in ``develop_mode``) to an app."""
-    for middleware in reversed(session_middleware(opts)):
-        app.add_middleware(middleware.cls, *middleware.args, **middleware.kwargs)
-
-
-def create_app(
-    chat_stream: ChatStream,
-    *,
-    apis: Mapping[str, Any] | None = None,
-    secret_key: str | bytes | None = None,
-    store: SessionStore | None = None,
-    secure_cookies: bool = False,
-    http_options: HttpOptions | None = None,
-    web_ui_params: Mapping[str, Any] | None = None,
-    on_ready: Callable[[], None] | None = None,
-    debug: bool = False,
-) -> Starlette:
-    """A Starlette app serving ``chat_stream``: every API (or the chosen ones), the web UI,
-    sessions, ``/health`` and ``/metrics``, with the model loaded in the app's lifespan."""
-    if http_options is not None:
-        chat_stream.configure_http(options=http_options)
-    drain_timeout = chat_stream.http_api().options.drain_timeout_sec
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with chat_stream:
-            if on_ready is not None:
-                on_ready()
-            try:
-                yield
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await chat_stream.drain(drain_timeout)
-
-    middleware = session_middleware(
-        {"secret_key": secret_key, "store": store, "secure": secure_cookies}
-    )
-    selection: dict[str, Any] = dict(apis) if apis is not None else {"all": True}
-    if web_ui_params:
-        selection["web_ui_params"] = dict(web_ui_params)
-    app = Starlette(
-        debug=debug, routes=routes(chat_stream, selection), middleware=middleware, lifespan=lifespan
-    )
-    # The server runner finds it here to start draining on SIGTERM.
-    app.state.chat_stream = chat_stream
-    return app
-
-
-def mountable_app(
-    chat_stream: ChatStream,
-    *,
-    apis: Mapping[str, Any] | None = None,
-    secret_key: str | bytes | None = None,
-    store: SessionStore | None = None,
-    secure_cookies: bool = False,
-) -> Starlette:
-    """The routes and sessions of ``create_app`` without a lifespan, for ``Mount`` or
-    FastAPI's ``app.mount(...)``: the host app runs ``async with chat_stream:`` in its own
-    lifespan."""
-    middleware = session_middleware(
-        {"secret_key": secret_key, "store": store, "secure": secure_cookies}
-    )
-    return Starlette(routes=routes(chat_stream, apis), middleware=middleware)
-
-
-def web_file(name: str) -> bytes:
-    return resources.files("chatstream.web").joinpath(name).read_bytes()
-
-
-def index_response(ui_init_params: Mapping[str, Any] | None) -> Response:
-    """The web UI page, with the init params in place of ``const opts = {}``."""
-    page = web_file("index.html").decode()
-    if ui_init_params:
-        # </script> inside a JSON string must not end the script element.
-        encoded = json.dumps(dict(ui_init_params)).replace("</", "<\\/")
-        page = page.replace("const opts = {}", f"const opts = {encoded}", 1)
-    return HTMLResponse(page, headers={"cache-control": "no-cache"})
-
-
-def js_response() -> Response:
-    return Response(
-        web_file("chatstream.js"),
-        media_type="text/javascript; charset=utf-8",
-        headers={"cache-control": "no-cache"},
-    )

@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from chatstream.adapters.driver import RequestEvent, RequestHandle
+from chatstream.adapters.turn import RequestRejected
 from chatstream.core import (
     Admitted,
     ConfigError,
@@ -29,14 +31,12 @@ from chatstream.core import (
     TextDelta,
 )
 
-from .chat_stream import RequestRejected
-from .driver import RequestEvent, RequestHandle
-from .http_common import BadRequest, RequestContext, read_json_object
+from .common import BadRequest, RequestContext, read_json_object
 from .metrics import RequestTimer
 from .streaming import TurnResponse
 
 if TYPE_CHECKING:
-    from .http_api import HttpApi
+    from .original_api import HttpApi
 
 __all__ = ["OpenAIApi"]
 
@@ -50,7 +50,7 @@ def _error(status: int, message: str, kind: str, code: str | None = None) -> JSO
 
 
 class OpenAIApi:
-    """The OpenAI-compatible endpoints of one :class:`~.http_api.HttpApi`."""
+    """The OpenAI-compatible endpoints of one :class:`~.original_api.HttpApi`."""
 
     def __init__(self, http: HttpApi) -> None:
         self.http = http
@@ -60,7 +60,7 @@ class OpenAIApi:
         if not context.allows("openai"):
             return _error(403, "forbidden on the role layer", "permission_error")
         model = {
-            "id": self.http.chat_stream.model_id,
+            "id": self.http.service.model_id,
             "object": "model",
             "created": 0,
             "owned_by": "chatstream",
@@ -68,7 +68,7 @@ class OpenAIApi:
         return JSONResponse({"object": "list", "data": [model]})
 
     async def chat_completions(self, request: Request) -> Response | TurnResponse:
-        cs = self.http.chat_stream
+        cs = self.http.service
         if not cs.running:
             return _error(503, "the model is not loaded (yet, or any more)", "server_error")
         try:
@@ -126,7 +126,7 @@ class OpenAIApi:
                 "id": completion_id,
                 "object": "chat.completion",
                 "created": created,
-                "model": self.http.chat_stream.model_id,
+                "model": self.http.service.model_id,
                 "choices": [
                     {
                         "index": 0,
@@ -141,7 +141,7 @@ class OpenAIApi:
     async def _chunks(
         self, handle: _Timed, completion_id: str, created: int, include_usage: bool
     ) -> AsyncIterator[bytes]:
-        model = self.http.chat_stream.model_id
+        model = self.http.service.model_id
 
         def chunk(delta: Mapping[str, Any], finish: str | None, **extra: Any) -> bytes:
             payload = {

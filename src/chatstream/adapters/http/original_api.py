@@ -12,13 +12,16 @@ from __future__ import annotations
 import inspect
 import math
 import urllib.parse
+import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from chatstream.adapters.service import ChatService
+from chatstream.adapters.turn import RequestRejected, Turn
 from chatstream.core import (
     Admitted,
     ConfigError,
@@ -36,8 +39,7 @@ from chatstream.core import (
 )
 from chatstream.core.roles import ClientRoles
 
-from .chat_stream import RequestRejected
-from .http_common import (
+from .common import (
     BadRequest,
     HttpOptions,
     RequestContext,
@@ -50,10 +52,7 @@ from .metrics import ChatMetrics, RequestTimer
 from .resources import resource_usage
 from .streaming import EOS, ERROR_MARK, TurnResponse, sse_comment, sse_event
 
-if TYPE_CHECKING:
-    from .chat_stream import ChatStream, Turn
-
-__all__ = ["FinishCallback", "HttpApi"]
+__all__ = ["FinishCallback", "HttpApi", "configure_http", "http_api_of"]
 
 #: ``callback(request, message)``, sync or async, called once when a chat stream ends with
 #: "success", "client_disconnected_while_streaming", "client_disconnected_before_streaming"
@@ -65,18 +64,22 @@ _PARAM_ALIASES = {"top_k_value": "top_k", "top_p_value": "top_p"}
 
 
 class HttpApi:
-    """The HTTP endpoints of one :class:`~chatstream.ChatStream`."""
+    """The HTTP endpoints of one chat service (a :class:`~chatstream.ChatStream`).
+
+    Get the one of a service with :func:`http_api_of`: every route, app and ``handle_*`` call
+    on the same service then shares its metrics, its one-turn-per-session guard and the
+    request durations behind ``Retry-After``.
+    """
 
     def __init__(
         self,
-        chat_stream: ChatStream,
+        service: ChatService,
         *,
-        roles: ClientRoles,
         options: HttpOptions | None = None,
         metrics: ChatMetrics | None = None,
     ) -> None:
-        self.chat_stream = chat_stream
-        self.roles = roles
+        self.service = service
+        self.roles: ClientRoles = service.roles
         self.options = options or HttpOptions()
         self.metrics = metrics or ChatMetrics()
         self._durations = _RunningMean()
@@ -91,7 +94,7 @@ class HttpApi:
         callback: FinishCallback | None = None,
     ) -> Response | TurnResponse:
         """``POST /chat_stream``: one turn of the session's conversation, streamed."""
-        cs = self.chat_stream
+        cs = self.service
         if not cs.running:
             return _not_running()
         busy: str | None = None
@@ -277,7 +280,7 @@ class HttpApi:
         self.metrics.observe_rejected(str(reason))
         if reason is RejectReason.QUEUE_FULL:
             headers = {"Retry-After": str(self._retry_after())}
-            status = 429 if self.chat_stream.config.too_many_request_as_http_error else 200
+            status = 429 if self.service.config.too_many_request_as_http_error else 200
             # The original's body: {"error": "too_many_requests"}.
             return JSONResponse({"error": "too_many_requests"}, status_code=status, headers=headers)
         if reason is RejectReason.PROMPT_TOO_LONG:
@@ -288,7 +291,7 @@ class HttpApi:
 
     def _retry_after(self) -> int:
         # Honest backpressure: roughly when a place should free, from recent durations.
-        stats = self.chat_stream.statistics()
+        stats = self.service.statistics()
         mean = self._durations.mean
         if mean is None:
             return 1
@@ -318,7 +321,7 @@ class HttpApi:
         if context.data is None:
             return JSONResponse({"success": False, "message": "no context."})
         prompt = await anyio.to_thread.run_sync(
-            self.chat_stream.render_history, context.data.conversation
+            self.service.render_history, context.data.conversation
         )
         if prompt is None:
             return JSONResponse(
@@ -354,7 +357,7 @@ class HttpApi:
             return JSONResponse({"success": False, "message": "no session"})
         merged = {**context.data.generation_params, **_canonical(body)}
         try:
-            self.chat_stream.config.generation_params(merged)
+            self.service.config.generation_params(merged)
         except ConfigError as error:
             return error_response(400, "invalid_generation_params", str(error))
         # Incremental: what is not in this request keeps its earlier value.
@@ -382,7 +385,7 @@ class HttpApi:
         )
 
     def _params_view(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
-        params = self.chat_stream.config.generation_params(overrides)
+        params = self.service.config.generation_params(overrides)
         return {
             "temperature": params.temperature,
             "top_k_value": params.top_k,
@@ -423,7 +426,7 @@ class HttpApi:
         if handler is not None:
             history = conversation.history_until(message_id)
             await _call(
-                self.chat_stream,
+                self.service,
                 handler,
                 {
                     "is_like": is_like,
@@ -440,9 +443,9 @@ class HttpApi:
         context = await RequestContext.of(request, self.roles, create_session=False)
         if not context.allows("get_load"):
             return forbidden(_session_hint(context))
-        stats = self.chat_stream.statistics()
+        stats = self.service.statistics()
         worker = {
-            "name": self.chat_stream.name,
+            "name": self.service.name,
             "processing": stats.running,
             "waiting": stats.waiting,
             # Kept for clients of the original; its two internal queues are one queue here.
@@ -459,13 +462,13 @@ class HttpApi:
         if not context.allows("get_resource_usage"):
             return forbidden(_session_hint(context))
         usage = await anyio.to_thread.run_sync(
-            resource_usage, self.chat_stream.name, self.chat_stream.num_gpus
+            resource_usage, self.service.name, self.service.num_gpus
         )
         return JSONResponse({"success": True, "message": "success", "memory_usage": [usage]})
 
     async def handle_health_request(self, request: Request) -> Response:
         """``GET /health``: 200 when serving, 503 while loading, draining or broken."""
-        cs = self.chat_stream
+        cs = self.service
         if not cs.running:
             return JSONResponse({"status": "loading"}, status_code=503)
         stats = cs.statistics()
@@ -487,8 +490,28 @@ class HttpApi:
         context = await RequestContext.of(request, self.roles, create_session=False)
         if not context.allows("metrics"):
             return forbidden(_session_hint(context))
-        text = self.metrics.render(self.chat_stream.statistics())
+        text = self.metrics.render(self.service.statistics())
         return PlainTextResponse(text, media_type=METRICS_CONTENT_TYPE)
+
+
+# One HttpApi per service, for as long as the service lives (weakly keyed: the HTTP side
+# never keeps a service alive, and the service needs no HTTP attribute of its own).
+_APIS: weakref.WeakKeyDictionary[ChatService, HttpApi] = weakref.WeakKeyDictionary()
+
+
+def http_api_of(service: ChatService) -> HttpApi:
+    """The HTTP endpoints of ``service``, made on first use (with default options)."""
+    api = _APIS.get(service)
+    if api is None:
+        api = _APIS[service] = HttpApi(service)
+    return api
+
+
+def configure_http(service: ChatService, options: HttpOptions | None) -> HttpApi:
+    """Give ``service`` new HTTP endpoints with these limits (body size, input length,
+    keep-alive, drain timeout); routes made before keep the old ones."""
+    api = _APIS[service] = HttpApi(service, options=options)
+    return api
 
 
 class _RunningMean:
@@ -538,7 +561,7 @@ def _metrics_outcome(finished: Finished | None) -> str:
     return "error" if finished.reason is FinishReason.ERROR else "finished"
 
 
-async def _call(cs: ChatStream, function: Callable[..., Any], *args: Any) -> None:
+async def _call(cs: ChatService, function: Callable[..., Any], *args: Any) -> None:
     """Run a user callback (sync or async) and log what it raises instead of breaking the
     stream: a failing callback must never leave a slot held or a response hanging."""
     try:

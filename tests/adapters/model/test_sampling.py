@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from chatstream.adapters.sampling import BatchSampler, make_generator
+from chatstream.adapters.model.sampling import BatchSampler, make_generator
 from chatstream.core import GenerationParams
 
 torch.set_num_threads(1)

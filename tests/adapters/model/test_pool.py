@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from chatstream import ChatStream
-from chatstream.adapters.pool import ModelPool, split_plan
+from chatstream.adapters.model.pool import ModelPool, split_plan
 from chatstream.core import (
     DecodeItem,
     GenerationParams,

@@ -8,6 +8,11 @@
 
 The same object serves HTTP requests (``chatstream.adapters.starlette``), console chat
 (:meth:`ChatStream.handle_console_input`) and programmatic use, under asyncio or trio.
+
+The facade composes the adapters from above: the model thread and backends
+(:mod:`chatstream.adapters.model`), the engine driver, and, through :class:`HttpMethods`, the
+HTTP side (:mod:`chatstream.adapters.http`), which knows it only as a
+:class:`~chatstream.adapters.service.ChatService`. Nothing below imports this module.
 """
 
 from __future__ import annotations
@@ -45,17 +50,16 @@ from chatstream.core import (
 )
 from chatstream.core.roles import ClientRoles
 
-from .backend import Backend
+from .adapters.driver import EngineDriver, RequestHandle
+from .adapters.model.backend import Backend
+from .adapters.model.chat_template import chat_template_prompt_class, has_chat_template
+from .adapters.model.pool import ModelPool
+from .adapters.turn import RequestRejected, Turn
 from .chat_stream_http import HttpMethods
-from .chat_template import chat_template_prompt_class, has_chat_template
-from .driver import EngineDriver, RequestHandle
-from .messages import resolve_locale, text
-from .pool import ModelPool
-from .turn import RequestRejected, Turn
+from .log_messages import resolve_locale, text
 
 if TYPE_CHECKING:
-    from .http_api import HttpApi
-    from .http_common import HttpOptions
+    from .adapters.service import ChatService
 
 __all__ = ["BackendFactory", "ChatStream", "RequestRejected", "Turn"]
 
@@ -166,8 +170,6 @@ class ChatStream(HttpMethods):
         self.roles = (
             ClientRoles(client_roles) if client_roles is not None else ClientRoles.default()
         )
-        self._http: HttpApi | None = None
-        self._http_options: HttpOptions | None = None
         self.num_gpus = _count_gpus(self._models, self._devices, num_gpus, use_mock_response)
         self._torch_threads = torch_threads
         self._pool: ModelPool | None = None
@@ -519,12 +521,12 @@ class ChatStream(HttpMethods):
         if self._backend_factories:
             return self._backend_factories[index](num_slots)
         if self.config.use_mock_response:
-            from .mock_backend import MockBackend
+            from .adapters.model.mock_backend import MockBackend
 
             return MockBackend(self.config.mock_params)
         import torch
 
-        from .transformers_backend import TransformersBackend
+        from .adapters.model.transformers_backend import TransformersBackend
 
         if self._torch_threads is not None:
             torch.set_num_threads(self._torch_threads)
@@ -602,3 +604,8 @@ def _count_gpus(models: list[Any], devices: list[Any], num_gpus: int | None, moc
     if not gpus:
         return 0
     return num_gpus if num_gpus is not None else len(gpus)
+
+
+if TYPE_CHECKING:
+    # ChatStream is what the HTTP side is typed against (checked by mypy, costs nothing).
+    _: type[ChatService] = ChatStream

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from chatstream.adapters.transformers_backend import TransformersBackend
+from chatstream.adapters.model.transformers_backend import TransformersBackend
 from chatstream.core import (
     NEED_INPUT,
     ChatStreamConfig,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatstream.adapters.split_attention import MIN_COLUMNS_SAVED, plan_split, splittable
-from chatstream.adapters.transformers_backend import TransformersBackend
+from chatstream.adapters.model.split_attention import MIN_COLUMNS_SAVED, plan_split, splittable
+from chatstream.adapters.model.transformers_backend import TransformersBackend
 
 
 def test_similar_lengths_are_not_split() -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from chatstream.adapters.metrics import (
+from chatstream.adapters.http.metrics import (
     CONTENT_TYPE,
     DURATION_BUCKETS,
     INTER_TOKEN_BUCKETS,

@@ -12,7 +12,8 @@ from starlette.responses import JSONResponse
 
 from chatstream.core.roles import ClientRole, ClientRoles
 
-from .sessions import Session, SessionData, get_session
+from .session_stores import SessionData
+from .sessions import Session, get_session
 
 __all__ = [
     "AUTH_HEADER",

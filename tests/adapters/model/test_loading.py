@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from chatstream.adapters.loading import load_model, placement
+from chatstream.adapters.model.loading import load_model, placement
 
 
 def test_placement_on_one_device() -> None:

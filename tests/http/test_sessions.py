@@ -25,8 +25,8 @@ from starlette.testclient import TestClient
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
-import chatstream.adapters.session_stores as session_stores_module
-import chatstream.adapters.sessions as sessions_module
+import chatstream.adapters.http.session_stores as session_stores_module
+import chatstream.adapters.http.sessions as sessions_module
 from chatstream.adapters.sessions import (
     SESSION_SCOPE_KEY,
     JSONMemoryStore,

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from chatstream.adapters.driver import EngineDriver
-from chatstream.adapters.model_thread import ModelThread, ModelThreadDied, StepResult
+from chatstream.adapters.model.model_thread import ModelThread, ModelThreadDied, StepResult
 from chatstream.core import (
     ChatStreamConfig,
     DecodingOptions,

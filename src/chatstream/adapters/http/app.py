@@ -1,0 +1,236 @@
+"""The Starlette (and FastAPI) app: the app factory, mountable routes, and the original's
+``append_apis`` / ``append_middlewares``.
+
+    from chatstream import ChatStream
+    from chatstream.adapters.starlette import create_app   # re-exports this module
+
+    app = create_app(ChatStream(use_mock_response=True), secret_key="change me")
+
+``create_app`` owns the service's life in the app's lifespan: the model loads at startup,
+and at shutdown the server drains (new requests get 503, running streams get
+``drain_timeout_sec`` to finish) before the rest is cancelled. Everything here takes a
+:class:`~chatstream.adapters.service.ChatService`, never the facade itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Route
+
+from chatstream.adapters.service import ChatService
+
+from .common import HttpOptions
+from .openai_api import OpenAIApi
+from .original_api import configure_http, http_api_of
+from .session_stores import SessionStore
+from .sessions import SessionMiddleware
+from .web_ui import index_page, script
+
+__all__ = [
+    "API_PATHS",
+    "append_apis",
+    "append_middlewares",
+    "create_app",
+    "mountable_app",
+    "routes",
+]
+
+#: The original's API names, with their paths and methods, plus ours.
+API_PATHS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "chat_stream": ("/chat_stream", ("POST",)),
+    "clear_context": ("/clear_context", ("POST",)),
+    "get_prompt": ("/get_prompt", ("GET",)),
+    "set_generation_params": ("/set_generation_params", ("POST",)),
+    "get_generation_params": ("/get_generation_params", ("GET",)),
+    "set_feedback": ("/set_feedback", ("POST",)),
+    "get_load": ("/get_load", ("GET",)),
+    "get_resource_usage": ("/get_resource_usage", ("GET",)),
+    "webui_index": ("/", ("GET",)),
+    "webui_js": ("/chatstream.js", ("GET",)),
+    "openai": ("/v1/chat/completions", ("POST",)),
+    "metrics": ("/metrics", ("GET",)),
+    "get_history": ("/get_history", ("GET",)),
+}
+
+
+def select_apis(opts: Mapping[str, Any] | None) -> list[str]:
+    """The API names chosen by the original's options: exactly one of ``{"all": True}``,
+    ``{"include": [...]}`` or ``{"exclude": [...]}``; None means all.
+
+    Raises:
+        ValueError: none or several of them, or an unknown API name.
+    """
+    if opts is None:
+        return list(API_PATHS)
+    # "web_ui_params" may ride along with the selection, as in the original.
+    chosen = [key for key in ("all", "include", "exclude") if key in opts]
+    if len(chosen) != 1:
+        raise ValueError("give exactly one of 'all', 'include' or 'exclude'")
+    if chosen == ["all"]:
+        if opts["all"] is not True:
+            raise ValueError("'all' must be True")
+        return list(API_PATHS)
+    names = opts[chosen[0]]
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise ValueError(f"'{chosen[0]}' must be a list of API names")
+    unknown = [n for n in names if n not in API_PATHS]
+    if unknown:
+        raise ValueError(f"unknown API names {unknown}; known: {sorted(API_PATHS)}")
+    if chosen == ["include"]:
+        return [n for n in API_PATHS if n in names]
+    return [n for n in API_PATHS if n not in names]
+
+
+def routes(
+    chat_stream: ChatService,
+    opts: Mapping[str, Any] | None = None,
+) -> list[BaseRoute]:
+    """The routes of the chosen APIs (all by default), plus ``/health`` and
+    ``/v1/models``, ready for ``Starlette(routes=...)`` or ``Mount``."""
+    http = http_api_of(chat_stream)
+    openai = OpenAIApi(http)
+    web_ui_params = dict((opts or {}).get("web_ui_params") or {})
+    handlers: dict[str, Callable[[Request], Any]] = {
+        "chat_stream": http.handle_chat_stream_request,
+        "clear_context": http.handle_clear_context_request,
+        "get_prompt": http.handle_get_prompt_request,
+        "set_generation_params": http.handle_set_generation_params_request,
+        "get_generation_params": http.handle_get_generation_params_request,
+        "set_feedback": http.handle_set_feedback_request,
+        "get_load": http.handle_get_load_request,
+        "get_resource_usage": http.handle_get_resource_usage_request,
+        "webui_index": lambda request: index_page(request, http.roles, web_ui_params),
+        "webui_js": lambda request: script(request, http.roles),
+        "openai": openai.chat_completions,
+        "metrics": http.handle_metrics_request,
+        "get_history": http.handle_get_history_request,
+    }
+    selected = select_apis(opts)
+    out: list[BaseRoute] = [
+        Route(API_PATHS[name][0], _endpoint(handlers[name]), methods=list(API_PATHS[name][1]))
+        for name in selected
+    ]
+    out.append(Route("/health", http.handle_health_request, methods=["GET"]))
+    if "openai" in selected:
+        out.append(Route("/v1/models", openai.models, methods=["GET"]))
+    return out
+
+
+def _endpoint(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    # Starlette takes any callable returning an ASGI app; bind the name for error messages.
+    async def endpoint(request: Request) -> Any:
+        return await handler(request)
+
+    endpoint.__name__ = getattr(handler, "__name__", "endpoint")
+    return endpoint
+
+
+def append_apis(app: Starlette, chat_stream: ChatService, opts: Mapping[str, Any] | None) -> None:
+    """Add the chosen routes to an existing Starlette or FastAPI app."""
+    app.router.routes.extend(routes(chat_stream, opts))
+
+
+def session_middleware(opts: Mapping[str, Any] | None) -> list[Middleware]:
+    """The middlewares ``append_middlewares`` adds: sessions, and CORS in develop mode."""
+    opts = dict(opts or {})
+    # The original nested the session options under "fast_session"; accept both.
+    session_opts = {**dict(opts.pop("fast_session", None) or {}), **opts}
+    develop = bool(session_opts.pop("develop_mode", False))
+    origins = session_opts.pop("cors_origins", ["http://localhost:3000", "http://127.0.0.1:3000"])
+    if session_opts.get("max_age") == 0:
+        session_opts["max_age"] = None  # fastsession's "until the browser closes"
+    allowed = {"secret_key", "store", "secure", "same_site", "cookie_name", "max_age", "path"}
+    unknown = sorted(set(session_opts) - allowed)
+    if unknown:
+        raise ValueError(f"unknown middleware options {unknown}; known: {sorted(allowed)}")
+    middleware = [Middleware(SessionMiddleware, **session_opts)]
+    if develop:
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(origins),
+                allow_credentials=True,
+                allow_methods=["*"],
+                allow_headers=["*"],
+                expose_headers=[
+                    "X-ChatStream-Last-Generated-Message-Id",
+                    "X-ChatStream-API-DevTool-Enabled",
+                ],
+            ),
+        )
+    return middleware
+
+
+def append_middlewares(app: Starlette, opts: Mapping[str, Any] | None = None) -> None:
+    """Add the session middleware (and CORS in ``develop_mode``) to an app."""
+    for middleware in reversed(session_middleware(opts)):
+        app.add_middleware(middleware.cls, *middleware.args, **middleware.kwargs)
+
+
+def create_app(
+    chat_stream: ChatService,
+    *,
+    apis: Mapping[str, Any] | None = None,
+    secret_key: str | bytes | None = None,
+    store: SessionStore | None = None,
+    secure_cookies: bool = False,
+    http_options: HttpOptions | None = None,
+    web_ui_params: Mapping[str, Any] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    debug: bool = False,
+) -> Starlette:
+    """A Starlette app serving ``chat_stream``: every API (or the chosen ones), the web UI,
+    sessions, ``/health`` and ``/metrics``, with the model loaded in the app's lifespan."""
+    if http_options is not None:
+        configure_http(chat_stream, http_options)
+    drain_timeout = http_api_of(chat_stream).options.drain_timeout_sec
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with chat_stream:
+            if on_ready is not None:
+                on_ready()
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await chat_stream.drain(drain_timeout)
+
+    middleware = session_middleware(
+        {"secret_key": secret_key, "store": store, "secure": secure_cookies}
+    )
+    selection: dict[str, Any] = dict(apis) if apis is not None else {"all": True}
+    if web_ui_params:
+        selection["web_ui_params"] = dict(web_ui_params)
+    app = Starlette(
+        debug=debug, routes=routes(chat_stream, selection), middleware=middleware, lifespan=lifespan
+    )
+    # The server runner finds it here to start draining on SIGTERM.
+    app.state.chat_stream = chat_stream
+    return app
+
+
+def mountable_app(
+    chat_stream: ChatService,
+    *,
+    apis: Mapping[str, Any] | None = None,
+    secret_key: str | bytes | None = None,
+    store: SessionStore | None = None,
+    secure_cookies: bool = False,
+) -> Starlette:
+    """The routes and sessions of ``create_app`` without a lifespan, for ``Mount`` or
+    FastAPI's ``app.mount(...)``: the host app runs ``async with chat_stream:`` in its own
+    lifespan."""
+    middleware = session_middleware(
+        {"secret_key": secret_key, "store": store, "secure": secure_cookies}
+    )
+    return Starlette(routes=routes(chat_stream, apis), middleware=middleware)

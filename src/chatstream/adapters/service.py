@@ -1,0 +1,111 @@
+"""The interface the HTTP adapters are typed against: what they need of a chat service.
+
+:class:`~chatstream.ChatStream` is one; so is anything else with these members (a test double,
+a service that routes to several engines). The HTTP side (:mod:`chatstream.adapters.http`)
+never imports the facade: it takes a :class:`ChatService` and calls only what is declared here,
+which keeps the layers one-way (facade -> HTTP -> this interface -> driver and turn).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Protocol
+
+from chatstream.core import ChatStreamConfig, Conversation, EngineStatistics
+from chatstream.core.roles import ClientRoles
+
+from .driver import RequestHandle
+from .turn import Turn
+
+__all__ = ["ChatService"]
+
+
+class ChatService(Protocol):
+    """A chat service: start turns of kept conversations, submit stateless message lists,
+    report its load, and drain for shutdown. Entered with ``async with`` to run."""
+
+    #: The validated configuration (defaults of the generation parameters, limits).
+    config: ChatStreamConfig
+    #: Who may call which API (browsers, agents, pass phrases).
+    roles: ClientRoles
+    #: The service's name in ``/get_load`` and ``/get_resource_usage``.
+    name: str
+    #: Where HTTP-side failures (a user callback that raised) are logged.
+    logger: logging.Logger
+    #: GPUs to report in ``/get_resource_usage``.
+    num_gpus: int
+
+    @property
+    def running(self) -> bool:
+        """True between ``__aenter__`` and ``__aexit__``: requests can be submitted."""
+        ...
+
+    @property
+    def draining(self) -> bool:
+        """True once a drain was asked for (new requests get 503)."""
+        ...
+
+    @property
+    def model_id(self) -> str:
+        """The model's name as the OpenAI-compatible API reports it."""
+        ...
+
+    def statistics(self) -> EngineStatistics:
+        """Running, waiting and capacity now, and the totals so far."""
+        ...
+
+    async def start_turn(
+        self,
+        conversation: Conversation,
+        user_input: str | None,
+        *,
+        regenerate: bool = False,
+        generation_params: Mapping[str, object] | None = None,
+    ) -> Turn:
+        """Start one turn of ``conversation``; return once it is admitted or queued.
+
+        Raises:
+            TurnInFlightError: the conversation has a turn running.
+            NothingToRegenerateError: regenerate with no user message.
+            ConfigError: invalid generation parameters.
+            PromptTooLongError: the turn does not fit the context.
+            RequestRejected: queue full, draining or model gone.
+        """
+        ...
+
+    async def submit_messages(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        generation_params: Mapping[str, object] | None = None,
+    ) -> RequestHandle:
+        """Stateless generation for ``{"role", "content"}`` messages; the request's handle.
+
+        Raises:
+            ConfigError, PromptTooLongError, RequestRejected: as :meth:`start_turn`.
+        """
+        ...
+
+    def render_history(self, conversation: Conversation) -> str | None:
+        """The conversation as the prompt class renders it (None when empty)."""
+        ...
+
+    def start_drain(self) -> None:
+        """Admit nothing new; safe to call from a signal handler."""
+        ...
+
+    async def drain(self, timeout: float) -> bool:
+        """Admit nothing new and wait up to ``timeout`` seconds for work to end; True if
+        everything ended."""
+        ...
+
+    async def __aenter__(self) -> object: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
