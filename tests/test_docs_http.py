@@ -19,6 +19,7 @@ import inspect
 import itertools
 import pathlib
 import re
+import sys
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from chatstream import ChatStream
 from chatstream.adapters.http.common import HttpOptions
 from chatstream.adapters.http.metrics import ChatMetrics
 from chatstream.adapters.http.streaming import EOS
@@ -169,11 +171,14 @@ def test_every_endpoint_is_in_the_table_with_its_default_access() -> None:
     assert len(by_path) == len(endpoints) + 1  # nothing undocumented, nothing stale
 
 
-def _metric_families() -> list[str]:
+def _idle_stats() -> EngineStatistics:
     counts: dict[str, Any] = {f.name: 0 for f in dataclasses.fields(EngineStatistics)}
     counts.update(step_in_flight=False, draining=False, lost=None)
-    stats = EngineStatistics(**counts)
-    text = ChatMetrics().render(stats)
+    return EngineStatistics(**counts)
+
+
+def _metric_families() -> list[str]:
+    text = ChatMetrics().render(_idle_stats())
     return re.findall(r"^# TYPE (\S+) ", text, re.M)
 
 
@@ -183,6 +188,20 @@ def test_every_metric_family_is_documented() -> None:
     text = section(page("http-api.md"), "### Metrics")
     for family in families:
         assert f"`{family}`" in text, family
+    # Nothing stale: every family in the section's tables is exposed (process_* on Linux only).
+    own = text.split("\n## ", 1)[0]  # up to the next section, of a higher level
+    documented = re.findall(r"^\| `(\w+)` \|", own, re.M)
+    assert "python_info" in documented
+    for name in documented:
+        assert name in families or (name.startswith("process_") and sys.platform != "linux"), name
+
+
+def test_the_metrics_registry_example_adds_a_family() -> None:
+    (code,) = python_blocks(section(page("http-api.md"), "### Metrics").split("\n## ", 1)[0])
+    chat_stream = ChatStream(use_mock_response=True)
+    exec(compile(code, "<docs block>", "exec"), {"chat_stream": chat_stream})
+    text = chat_stream.http_api().metrics.render(_idle_stats())
+    assert '\nmyapp_feedback_total{kind="good"} 1.0\n' in text
 
 
 def _constants(node: ast.AST) -> list[str]:

@@ -77,3 +77,46 @@ def test_a_model_error_reaches_the_callback_and_the_stream(backend: str) -> None
         assert client.get("/get_load").json()["chatstream_workers"][0]["processing"] == 0
     assert messages == ["error", "error", "error"]
     assert isinstance(app, Starlette)
+
+
+def _finished(chat_stream: ChatStream) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = chat_stream.http_api().metrics.render(chat_stream.statistics())
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "chatstream_requests_total" and sample.labels == {
+                "outcome": "finished"
+            }:
+                return sample.value
+    raise AssertionError("no chatstream_requests_total{outcome='finished'}")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_two_chat_streams_in_one_process_keep_their_own_endpoints_and_metrics(
+    backend: str,
+) -> None:
+    quick = {"type": "round", "time_per_token_sec": 0.001}
+    first = ChatStream(use_mock_response=True, mock_params=quick)
+    second = ChatStream(use_mock_response=True, mock_params=quick)
+
+    async def by_hand(request: Request) -> Any:
+        # The original's way: a route of one's own calling the ChatStream's handler.
+        return await first.handle_chat_stream_request(request)
+
+    app_one = create_app(first, secret_key="x")
+    app_one.router.routes.append(Route("/by_hand", by_hand, methods=["POST"]))
+    app_two = create_app(second, secret_key="x")
+    with (
+        TestClient(app_one, backend=backend) as one,  # type: ignore[arg-type]
+        TestClient(app_two, backend=backend) as two,  # type: ignore[arg-type]
+    ):
+        assert one.post("/chat_stream", json={"user_input": "hi"}).status_code == 200
+        assert one.post("/by_hand", json={"user_input": "again"}).status_code == 200
+        assert two.get("/health").status_code == 200
+        # The app's routes and the handler share the ChatStream's one set of endpoints.
+        assert first.http_api() is first.http_api()
+        assert first.http_api() is not second.http_api()
+        assert _finished(first) == 2
+        assert _finished(second) == 0
+        assert first.http_api().metrics.registry is not second.http_api().metrics.registry

@@ -1,414 +1,114 @@
-"""Prometheus text exposition: primitives, escaping, ChatMetrics, and a strict parser check."""
+"""ChatMetrics on prometheus_client: families, pre-created series, scripted requests, engine
+snapshots, one registry per instance, the process and platform collectors."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import itertools
 import math
+import platform
 import re
-from dataclasses import dataclass, field
+import sys
+import time
 
+import prometheus_client
 import pytest
+from prometheus_client import REGISTRY, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
+from chatstream.adapters.http import metrics as metrics_module
 from chatstream.adapters.http.metrics import (
     CONTENT_TYPE,
     DURATION_BUCKETS,
     INTER_TOKEN_BUCKETS,
     LATENCY_BUCKETS,
     ChatMetrics,
-    Counter,
-    Gauge,
-    Histogram,
-    Registry,
     RequestTimer,
 )
 from chatstream.core import EngineStatistics, FinishReason, RejectReason, Usage
 
-# ---------------------------------------------------------------------------- strict parser
+# The families as exposed: name on the TYPE line -> (type, help). prometheus_client's parser
+# names a counter family without its ``_total``; :func:`parse` keys them as exposed.
+FAMILIES = {
+    "chatstream_queue_time_seconds": (
+        "histogram",
+        "Time from submission to admission into a slot.",
+    ),
+    "chatstream_time_to_first_token_seconds": (
+        "histogram",
+        "Time from submission to the first text of the reply.",
+    ),
+    "chatstream_inter_token_latency_seconds": (
+        "histogram",
+        "Time between consecutive text deltas of one request.",
+    ),
+    "chatstream_request_duration_seconds": (
+        "histogram",
+        "Time from submission to the end of a request that was not rejected.",
+    ),
+    "chatstream_generated_tokens_total": ("counter", "Completion tokens of finished requests."),
+    "chatstream_prompt_tokens_total": ("counter", "Prompt tokens of finished requests."),
+    "chatstream_requests_total": ("counter", "Requests by outcome."),
+    "chatstream_rejected_requests_total": ("counter", "Rejected requests by reason."),
+    "chatstream_requests_running": ("gauge", "Requests holding a slot."),
+    "chatstream_requests_waiting": ("gauge", "Requests waiting for a slot."),
+    "chatstream_slots": ("gauge", "Slots: requests that can run at once."),
+    "chatstream_queue_capacity": ("gauge", "Requests that can wait for a slot."),
+    "chatstream_draining": ("gauge", "1 while draining for shutdown, else 0."),
+    "chatstream_model_available": ("gauge", "1 while the model can generate, else 0."),
+    "chatstream_steps_total": ("counter", "Model steps planned by the engine."),
+    "chatstream_engine_cancelled_total": ("counter", "Requests cancelled in the engine."),
+    "chatstream_engine_rejected_total": ("counter", "Requests rejected by the engine."),
+}
+# Families made by prometheus_client's Counter/Histogram: each has a ``*_created`` gauge.
+REQUEST_FAMILIES = list(FAMILIES)[:8]
+# The engine families, from a snapshot: no ``*_created``, nothing before the first render.
+ENGINE_FAMILIES = list(FAMILIES)[8:]
 
-_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_LABEL = r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"'
-_VALUE = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]Inf|NaN"
-_LABEL_NC = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
-_LABELS = rf"{_LABEL_NC}(?:,{_LABEL_NC})*"
-_SAMPLE = re.compile(rf"({_NAME})(?:\{{({_LABELS})\}})? ({_VALUE})")
-_HELP = re.compile(rf"# HELP ({_NAME}) ((?:[^\\\n]|\\[\\n])*)")
-_TYPE = re.compile(rf"# TYPE ({_NAME}) (counter|gauge|histogram)")
-_HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
-Labels = tuple[tuple[str, str], ...]
+def _created_name(name: str) -> str:
+    return name.removesuffix("_total") + "_created"
 
 
-class ExpositionError(Exception):
-    pass
+def exposed_name(family: Metric) -> str:
+    return family.name + "_total" if family.type == "counter" else family.name
 
 
-@dataclass
-class Family:
-    name: str
-    type: str | None = None
-    help: str | None = None
-    samples: dict[tuple[str, Labels], float] = field(default_factory=dict)
+def parse(text: str) -> dict[str, Metric]:
+    """The families of exposition text, keyed by the name on their TYPE line.
 
-
-def _unescape(text: str, quote: bool) -> str:
-    table = {"\\\\": "\\", "\\n": "\n"} | ({'\\"': '"'} if quote else {})
-    return re.sub(r"\\.", lambda m: table[m.group()], text)
-
-
-def _float(text: str) -> float:
-    return float(text.replace("Inf", "inf"))
-
-
-def parse(text: str) -> dict[str, Family]:
-    """Parse exposition text strictly; raise ExpositionError on anything off-grammar.
-
-    Every sample must belong to the family of the latest ``# TYPE`` line (so families are
-    declared before use and contiguous); HELP and TYPE appear at most once per family.
+    prometheus_client's parser turns a sample outside its family into an ``untyped`` family
+    of its own: none may exist, and no family may appear twice.
     """
-    if not text.endswith("\n"):
-        raise ExpositionError("text must end with a newline")
-    families: dict[str, Family] = {}
-    current: Family | None = None
-    for number, line in enumerate(text[:-1].split("\n"), 1):
-        if m := _HELP.fullmatch(line):
-            family = families.setdefault(m[1], Family(m[1]))
-            if family.help is not None or family.samples:
-                raise ExpositionError(f"line {number}: HELP repeated or late")
-            family.help = _unescape(m[2], quote=False)
-        elif m := _TYPE.fullmatch(line):
-            family = families.setdefault(m[1], Family(m[1]))
-            if family.type is not None or family.samples:
-                raise ExpositionError(f"line {number}: TYPE repeated or late")
-            family.type = m[2]
-            current = family
-        elif m := _SAMPLE.fullmatch(line):
-            name, labels_text, value_text = m[1], m[2], m[3]
-            pairs = tuple(re.findall(_LABEL, labels_text)) if labels_text else ()
-            labels = tuple((k, _unescape(v, quote=True)) for k, v in pairs)
-            if len({k for k, _ in labels}) != len(labels):
-                raise ExpositionError(f"line {number}: duplicate label name")
-            if current is None or not _belongs(name, current):
-                raise ExpositionError(f"line {number}: {name} outside its family's TYPE")
-            key = (name, labels)
-            if key in current.samples:
-                raise ExpositionError(f"line {number}: duplicate series")
-            current.samples[key] = _float(value_text)
-        else:
-            raise ExpositionError(f"line {number}: not in the grammar: {line!r}")
-    for family in families.values():
-        _check_family(family)
+    assert text.endswith("\n")
+    families: dict[str, Metric] = {}
+    for family in text_string_to_metric_families(text):
+        name = exposed_name(family)
+        assert family.type != "untyped", name
+        assert name not in families, name
+        families[name] = family
     return families
 
 
-def _belongs(sample_name: str, family: Family) -> bool:
-    if family.type == "histogram":
-        return sample_name in {family.name + s for s in _HISTOGRAM_SUFFIXES}
-    return sample_name == family.name
+def value(families: dict[str, Metric], family: str, sample: str, **labels: str) -> float:
+    matches = [s.value for s in families[family].samples if s.name == sample and s.labels == labels]
+    assert len(matches) == 1, (family, sample, labels, matches)
+    return matches[0]
 
 
-def _check_family(family: Family) -> None:
-    if family.type == "counter":
-        if any(not v >= 0 for v in family.samples.values()):
-            raise ExpositionError(f"{family.name}: negative or NaN counter")
-    elif family.type == "histogram":
-        _check_histogram(family)
+def buckets(families: dict[str, Metric], name: str) -> dict[float, float]:
+    """A histogram's cumulative counts by upper bound (``le`` read as a float)."""
+    return {
+        float(s.labels["le"]): s.value for s in families[name].samples if s.name == name + "_bucket"
+    }
 
 
-def _check_histogram(family: Family) -> None:
-    buckets: dict[Labels, list[tuple[float, float]]] = {}
-    for (name, labels), value in family.samples.items():
-        if name == family.name + "_bucket":
-            le = [v for k, v in labels if k == "le"]
-            if len(le) != 1:
-                raise ExpositionError(f"{family.name}: bucket without le")
-            rest = tuple(p for p in labels if p[0] != "le")
-            buckets.setdefault(rest, []).append((_float(le[0]), value))
-    for rest, series in buckets.items():
-        bounds = [b for b, _ in series]
-        counts = [c for _, c in series]
-        if bounds != sorted(set(bounds)) or bounds[-1] != math.inf:
-            raise ExpositionError(f"{family.name}{rest}: le not increasing to +Inf")
-        if counts != sorted(counts):
-            raise ExpositionError(f"{family.name}{rest}: buckets not cumulative")
-        if family.samples.get((family.name + "_count", rest)) != counts[-1]:
-            raise ExpositionError(f"{family.name}{rest}: +Inf bucket differs from _count")
-        if (family.name + "_sum", rest) not in family.samples:
-            raise ExpositionError(f"{family.name}{rest}: no _sum")
-
-
-def value(families: dict[str, Family], family: str, sample: str, **labels: str) -> float:
-    return families[family].samples[(sample, tuple(labels.items()))]
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "# TYPE a counter\na 1",  # no final newline
-        "a 1\n",  # no TYPE
-        "# TYPE a counter\nb 1\n",  # another family
-        "# TYPE a counter\n# TYPE a counter\n",
-        "# TYPE a counter\na 1\n# HELP a late\n",
-        "# HELP a x\n# HELP a x\n",
-        "# TYPE a counter\na 1\n# TYPE b gauge\na 2\n",  # not contiguous
-        "# TYPE a counter\na 1\na 2\n",
-        "# TYPE a counter\na -1\n",
-        "# TYPE a counter\na 1.0.0\n",
-        "# TYPE a counter\na inf\n",
-        "# TYPE a counter\na 1_0\n",
-        '# TYPE a counter\na{x="1",x="2"} 1\n',
-        '# TYPE a counter\na{x="1""} 1\n',
-        '# TYPE a counter\na{x="\\t"} 1\n',
-        "# TYPE a counter\na{} 1\n",
-        "# TYPE a counter\n\n",
-        "# HELP a bad \\t\n",
-        "# TYPE a summary\n",
-        "# TYPE h histogram\nh_bucket 1\n",
-        '# TYPE h histogram\nh_bucket{le="1"} 1\nh_count 1\nh_sum 1\n',  # no +Inf
-        '# TYPE h histogram\nh_bucket{le="+Inf"} 2\nh_bucket{le="1"} 1\nh_count 2\nh_sum 1\n',
-        '# TYPE h histogram\nh_bucket{le="1"} 2\nh_bucket{le="+Inf"} 1\nh_count 1\nh_sum 1\n',
-        '# TYPE h histogram\nh_bucket{le="+Inf"} 2\nh_count 1\nh_sum 1\n',
-        '# TYPE h histogram\nh_bucket{le="+Inf"} 1\nh_count 1\n',
-    ],
-)
-def test_parser_rejects(text: str) -> None:
-    with pytest.raises(ExpositionError):
-        parse(text)
-
-
-def test_parser_accepts_and_unescapes() -> None:
-    text = (
-        "# HELP h a \\\\ b\\nc\n"
-        "# TYPE h histogram\n"
-        'h_bucket{k="q\\"\\\\\\n",le="0.5"} 1\n'
-        'h_bucket{k="q\\"\\\\\\n",le="+Inf"} 2\n'
-        'h_sum{k="q\\"\\\\\\n"} 1e-05\n'
-        'h_count{k="q\\"\\\\\\n"} 2\n'
-        "# TYPE g gauge\n"
-        "g NaN\n"
-    )
-    families = parse(text)
-    assert families["h"].help == "a \\ b\nc"
-    assert value(families, "h", "h_sum", k='q"\\\n') == 1e-05
-    assert math.isnan(value(families, "g", "g"))
-
-
-# ---------------------------------------------------------------------------- primitives
-
-
-def test_counter_without_labels() -> None:
-    counter = Counter("jobs_total", "Jobs done.")
-    counter.inc()
-    counter.inc(2.5)
-    counter.inc(0)
-    assert (
-        counter.render()
-        == "# HELP jobs_total Jobs done.\n# TYPE jobs_total counter\njobs_total 3.5\n"
-    )
-    counter.mirror(7)
-    assert counter.render().endswith("\njobs_total 7\n")
-
-
-def test_counter_with_labels_in_creation_order() -> None:
-    counter = Counter("http_requests_total", "Requests.", ("method", "code"))
-    assert (
-        counter.render()
-        == "# HELP http_requests_total Requests.\n# TYPE http_requests_total counter\n"
-    )
-    counter.labels(code="200", method="post").inc(3)
-    counter.labels(method="get", code="404").inc()
-    counter.labels(method="post", code="200").inc()
-    counter.labels(method="get", code="500").mirror(2)
-    assert counter.render() == (
-        "# HELP http_requests_total Requests.\n"
-        "# TYPE http_requests_total counter\n"
-        'http_requests_total{method="post",code="200"} 4\n'
-        'http_requests_total{method="get",code="404"} 1\n'
-        'http_requests_total{method="get",code="500"} 2\n'
-    )
-
-
-def test_gauge_values() -> None:
-    gauge = Gauge("temperature", "Degrees.")
-    gauge.set(3)
-    gauge.inc()
-    gauge.dec(5.5)
-    assert (
-        gauge.render()
-        == "# HELP temperature Degrees.\n# TYPE temperature gauge\ntemperature -1.5\n"
-    )
-    labelled = Gauge("g", "G.", ["k"])
-    for k, v in [("a", math.inf), ("b", -math.inf), ("c", math.nan), ("d", 1e-05),
-                 ("e", 0.1), ("f", 2.0**53), ("g", -0.0), ("h", 12)]:  # fmt: skip
-        labelled.labels(k=k).set(v)
-    labelled.labels(k="h").inc(0.5)
-    labelled.labels(k="h").dec()
-    assert labelled.render().split("\n")[2:] == [
-        'g{k="a"} +Inf',
-        'g{k="b"} -Inf',
-        'g{k="c"} NaN',
-        'g{k="d"} 1e-05',
-        'g{k="e"} 0.1',
-        'g{k="f"} 9007199254740992.0',
-        'g{k="g"} 0',
-        'g{k="h"} 11.5',
-        "",
-    ]
-
-
-def test_histogram_buckets_are_cumulative() -> None:
-    histogram = Histogram("latency_seconds", "Latency.", buckets=[0.25, 1, 2.5])
-    assert histogram.buckets == (0.25, 1.0, 2.5, math.inf)
-    for observation in (0.1, 1.0, 1.0, 3, 100):
-        histogram.observe(observation)
-    assert histogram.render() == (
-        "# HELP latency_seconds Latency.\n"
-        "# TYPE latency_seconds histogram\n"
-        'latency_seconds_bucket{le="0.25"} 1\n'
-        'latency_seconds_bucket{le="1"} 3\n'  # le is inclusive
-        'latency_seconds_bucket{le="2.5"} 3\n'
-        'latency_seconds_bucket{le="+Inf"} 5\n'
-        "latency_seconds_sum 105.1\n"
-        "latency_seconds_count 5\n"
-    )
-    parse(histogram.render())
-
-
-def test_labelled_histogram_and_inf_bucket_given() -> None:
-    histogram = Histogram("h", "H.", ("route",), buckets=(1, math.inf))
-    histogram.labels(route="/a").observe(math.inf)
-    histogram.labels(route="/b").observe(-math.inf)
-    assert histogram.render() == (
-        "# HELP h H.\n"
-        "# TYPE h histogram\n"
-        'h_bucket{route="/a",le="1"} 0\n'
-        'h_bucket{route="/a",le="+Inf"} 1\n'
-        'h_sum{route="/a"} +Inf\n'
-        'h_count{route="/a"} 1\n'
-        'h_bucket{route="/b",le="1"} 1\n'
-        'h_bucket{route="/b",le="+Inf"} 1\n'
-        'h_sum{route="/b"} -Inf\n'
-        'h_count{route="/b"} 1\n'
-    )
-
-
-def test_histogram_without_buckets_has_only_inf() -> None:
-    histogram = Histogram("h", "H.", buckets=())
-    histogram.observe(2)
-    assert histogram.render().split("\n")[2:] == [
-        'h_bucket{le="+Inf"} 1',
-        "h_sum 2",
-        "h_count 1",
-        "",
-    ]
-
-
-def test_escaping() -> None:
-    counter = Counter("c", 'Help with \\ backslash,\nnewline and "quotes".', ("path",))
-    counter.labels(path='C:\\dir "x"\nnext').inc()
-    assert counter.render() == (
-        '# HELP c Help with \\\\ backslash,\\nnewline and "quotes".\n'
-        "# TYPE c counter\n"
-        'c{path="C:\\\\dir \\"x\\"\\nnext"} 1\n'
-    )
-    families = parse(counter.render())
-    assert families["c"].help == 'Help with \\ backslash,\nnewline and "quotes".'
-    assert value(families, "c", "c", path='C:\\dir "x"\nnext') == 1
-
-
-@pytest.mark.parametrize("name", ["", "1abc", "a-b", "a b", "a\n", "é", "a{b}"])
-def test_invalid_metric_names(name: str) -> None:
-    with pytest.raises(ValueError, match="invalid metric name"):
-        Counter(name, "Help.")
-
-
-def test_valid_metric_names() -> None:
-    for name in ("a", "_a", ":a", "a:b_c9", "A"):
-        assert Gauge(name, "Help.").name == name
-
-
-@pytest.mark.parametrize("label", ["", "1a", "a-b", "__reserved", "a:b", "a\n"])
-def test_invalid_label_names(label: str) -> None:
-    with pytest.raises(ValueError, match="invalid label name"):
-        Counter("c", "Help.", (label,))
-
-
-def test_other_invalid_definitions() -> None:
-    with pytest.raises(ValueError, match="invalid label name"):
-        Histogram("h", "Help.", ("le",))
-    assert Counter("c", "Help.", ("le",)).labelnames == ("le",)
-    with pytest.raises(ValueError, match="duplicate label names"):
-        Counter("c", "Help.", ("a", "a"))
-    with pytest.raises(ValueError, match="needs help text"):
-        Gauge("g", "")
-    with pytest.raises(ValueError, match="increase strictly"):
-        Histogram("h", "Help.", buckets=(1, 1))
-    with pytest.raises(ValueError, match="increase strictly"):
-        Histogram("h", "Help.", buckets=(2, 1))
-    with pytest.raises(ValueError, match="increase strictly"):
-        Histogram("h", "Help.", buckets=(math.nan,))
-
-
-def test_invalid_updates() -> None:
-    counter = Counter("c", "Help.")
-    for bad in (-1.0, math.nan):
-        with pytest.raises(ValueError, match="only goes up"):
-            counter.inc(bad)
-        with pytest.raises(ValueError, match="cannot be"):
-            counter.mirror(bad)
-    with pytest.raises(ValueError, match="cannot observe NaN"):
-        Histogram("h", "Help.").observe(math.nan)
-    labelled = Counter("l", "Help.", ("a", "b"))
-    with pytest.raises(ValueError, match="has labels"):
-        labelled.inc()
-    with pytest.raises(ValueError, match="takes labels"):
-        labelled.labels(a="1")
-    with pytest.raises(ValueError, match="takes labels"):
-        labelled.labels(a="1", b="2", c="3")
-    with pytest.raises(ValueError, match="takes labels"):
-        counter.labels(a="1")
-    assert counter.labels() is counter.labels()  # the unlabelled series
-    with pytest.raises(ValueError, match="has labels"):
-        Gauge("g", "Help.", ("a",)).set(1)
-    with pytest.raises(ValueError, match="has labels"):
-        Histogram("h", "Help.", ("a",)).observe(1)
-
-
-def test_registry_renders_in_order_and_rejects_clashes() -> None:
-    registry = Registry()
-    assert registry.render() == ""
-    gauge = registry.register(Gauge("b", "B."))
-    histogram = registry.register(Histogram("a", "A.", buckets=(1,)))
-    assert gauge.sample_names() == {"b"}
-    assert histogram.sample_names() == {"a_bucket", "a_sum", "a_count"}
-    gauge.set(2)
-    assert registry.render() == gauge.render() + histogram.render()
-    for clash in (Counter("b", "x"), Counter("a_count", "x"), Histogram("b", "x"), Gauge("a", "x")):
-        with pytest.raises(ValueError, match="already registered"):
-            registry.register(clash)
-    registry.register(Counter("b_sum", "Not a histogram's sample here."))
-    parse(registry.render())
-
-
-# ---------------------------------------------------------------------------- ChatMetrics
-
-FAMILIES = {
-    "chatstream_queue_time_seconds": "histogram",
-    "chatstream_time_to_first_token_seconds": "histogram",
-    "chatstream_inter_token_latency_seconds": "histogram",
-    "chatstream_request_duration_seconds": "histogram",
-    "chatstream_generated_tokens_total": "counter",
-    "chatstream_prompt_tokens_total": "counter",
-    "chatstream_requests_total": "counter",
-    "chatstream_rejected_requests_total": "counter",
-    "chatstream_requests_running": "gauge",
-    "chatstream_requests_waiting": "gauge",
-    "chatstream_slots": "gauge",
-    "chatstream_queue_capacity": "gauge",
-    "chatstream_draining": "gauge",
-    "chatstream_model_available": "gauge",
-    "chatstream_steps_total": "counter",
-    "chatstream_engine_cancelled_total": "counter",
-    "chatstream_engine_rejected_total": "counter",
-}
+def hist(families: dict[str, Metric], name: str) -> tuple[float, float]:
+    """A histogram's (sum, count)."""
+    return (value(families, name, name + "_sum"), value(families, name, name + "_count"))
 
 
 def _stats(
@@ -446,33 +146,135 @@ class FakeClock:
         return self.now
 
 
-def test_content_type_and_buckets() -> None:
-    assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
-    for buckets in (LATENCY_BUCKETS, INTER_TOKEN_BUCKETS, DURATION_BUCKETS):
-        assert list(buckets) == sorted(set(buckets))
+# ---------------------------------------------------------------------------- exposition
 
 
-def test_render_declares_every_family_once() -> None:
-    text = ChatMetrics().render(_stats())
-    assert text.endswith("\n")
-    for name, kind in FAMILIES.items():
-        assert text.count(f"# HELP {name} ") == 1
-        assert text.count(f"# TYPE {name} {kind}\n") == 1
-    families = parse(text)
-    assert {name: f.type for name, f in families.items()} == FAMILIES
-    assert all(f.help for f in families.values())
-    # Every labelled series exists from the start, at 0.
-    for outcome in ("finished", "cancelled", "error", "rejected"):
-        assert value(families, "chatstream_requests_total", "chatstream_requests_total",
-                     outcome=outcome) == 0  # fmt: skip
-    for reason in RejectReason:
-        name = "chatstream_rejected_requests_total"
-        assert value(families, name, name, reason=reason.value) == 0
-    assert value(families, "chatstream_model_available", "chatstream_model_available") == 1
+def test_content_type_is_the_0_0_4_text_format() -> None:
+    assert CONTENT_TYPE == CONTENT_TYPE_PLAIN_0_0_4 == "text/plain; version=0.0.4; charset=utf-8"
+    # What the library's own exporters answer a scraper that asks for nothing in particular.
+    assert prometheus_client.exposition.choose_encoder("")[1] == CONTENT_TYPE
 
 
-def _bucket(families: dict[str, Family], name: str, le: str) -> float:
-    return value(families, name, name + "_bucket", le=le)
+def test_the_hand_written_client_is_gone() -> None:
+    assert set(metrics_module.__all__) == {
+        "CONTENT_TYPE",
+        "DURATION_BUCKETS",
+        "INTER_TOKEN_BUCKETS",
+        "LATENCY_BUCKETS",
+        "ChatMetrics",
+        "RequestTimer",
+    }
+    with pytest.raises(ImportError):
+        importlib.import_module("chatstream.adapters.http.prometheus")
+
+
+def test_every_family_with_its_type_help_and_buckets() -> None:
+    families = parse(ChatMetrics().render(_stats()))
+    chatstream = {name: f for name, f in families.items() if name.startswith("chatstream_")}
+    created = {_created_name(name) for name in REQUEST_FAMILIES}
+    assert set(chatstream) == set(FAMILIES) | created
+    for name, (kind, documentation) in FAMILIES.items():
+        assert (families[name].type, families[name].documentation) == (kind, documentation)
+    for name in REQUEST_FAMILIES:
+        created_family = families[_created_name(name)]
+        assert created_family.type == "gauge"
+        assert created_family.documentation == FAMILIES[name][1]
+        assert all(s.value > 1e9 for s in created_family.samples)  # Unix timestamps
+    for name, bounds in [
+        ("chatstream_queue_time_seconds", LATENCY_BUCKETS),
+        ("chatstream_time_to_first_token_seconds", LATENCY_BUCKETS),
+        ("chatstream_inter_token_latency_seconds", INTER_TOKEN_BUCKETS),
+        ("chatstream_request_duration_seconds", DURATION_BUCKETS),
+    ]:
+        assert list(bounds) == sorted(set(bounds))
+        assert list(buckets(families, name)) == [*bounds, math.inf]
+        assert all(count == 0 for count in buckets(families, name).values())
+        assert hist(families, name) == (0, 0)
+
+
+def test_labelled_series_exist_from_the_start_at_zero() -> None:
+    families = parse(ChatMetrics().render(_stats()))
+    requests = "chatstream_requests_total"
+    assert {s.labels["outcome"]: s.value for s in families[requests].samples} == {
+        "finished": 0,
+        "cancelled": 0,
+        "error": 0,
+        "rejected": 0,
+    }
+    rejected = "chatstream_rejected_requests_total"
+    assert {s.labels["reason"]: s.value for s in families[rejected].samples} == {
+        reason.value: 0 for reason in RejectReason
+    }
+    assert {s.labels["reason"] for s in families[_created_name(rejected)].samples} == {
+        reason.value for reason in RejectReason
+    }
+    for name in ("chatstream_generated_tokens_total", "chatstream_prompt_tokens_total"):
+        assert value(families, name, name) == 0
+
+
+def test_process_platform_and_gc_collectors() -> None:
+    families = parse(ChatMetrics().render(_stats()))
+    info = families["python_info"]
+    assert info.type == "gauge"
+    assert [s.labels["implementation"] for s in info.samples] == [platform.python_implementation()]
+    assert [s.labels["major"] for s in info.samples] == [str(sys.version_info.major)]
+    if sys.implementation.name == "cpython":
+        gc_family = "python_gc_collections_total"
+        assert families[gc_family].type == "counter"
+        assert {s.labels["generation"] for s in families[gc_family].samples} >= {"0", "1", "2"}
+        assert "python_gc_objects_collected_total" in families
+    if sys.platform == "linux":
+        memory = "process_resident_memory_bytes"
+        assert families[memory].type == "gauge"
+        assert value(families, memory, memory) > 0
+        cpu = "process_cpu_seconds_total"
+        assert value(families, cpu, cpu) > 0
+        start = "process_start_time_seconds"
+        assert 1e9 < value(families, start, start) <= time.time()
+
+
+def test_families_render_in_order_and_extra_ones_after() -> None:
+    metrics = ChatMetrics()
+    Gauge("app_info", "App.", ("version",), registry=metrics.registry).labels(version="1").set(1)
+    text = metrics.render(_stats())
+    assert text.endswith('# TYPE app_info gauge\napp_info{version="1"} 1.0\n')
+    names = re.findall(r"^# TYPE (\S+) ", text, re.M)
+    own = [name for name in names if name in FAMILIES]
+    assert own == list(FAMILIES)
+    assert names.index("chatstream_engine_rejected_total") < names.index("python_info")
+    assert parse(text)["app_info"].documentation == "App."
+
+
+def test_registry_is_per_instance_and_not_the_global_one() -> None:
+    first, second = ChatMetrics(), ChatMetrics()
+    assert first.registry is not second.registry
+    assert first.registry is not REGISTRY
+    for _ in range(3):
+        RequestTimer(first).rejected("queue_full")
+    second.observe_request(0.5, FinishReason.STOP, 2, 1)
+    a, b = parse(first.render(_stats(steps_total=1))), parse(second.render(_stats(steps_total=9)))
+    requests = "chatstream_requests_total"
+    assert value(a, requests, requests, outcome="rejected") == 3
+    assert value(a, requests, requests, outcome="finished") == 0
+    assert value(b, requests, requests, outcome="rejected") == 0
+    assert value(b, requests, requests, outcome="finished") == 1
+    steps = "chatstream_steps_total"
+    assert (value(a, steps, steps), value(b, steps, steps)) == (1, 9)
+    assert b"chatstream_" not in generate_latest(REGISTRY)
+
+
+def test_engine_family_names_are_claimed_on_the_registry() -> None:
+    metrics = ChatMetrics()
+    # Before any snapshot the engine collector collects nothing...
+    text = generate_latest(metrics.registry).decode()
+    assert not set(ENGINE_FAMILIES) & set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    # ...but it describes its families, so nothing else can take their names.
+    for name in ("chatstream_slots", "chatstream_steps_total", "chatstream_requests_total"):
+        with pytest.raises(ValueError, match="Duplicated timeseries"):
+            Gauge(name, "Clash.", registry=metrics.registry)
+
+
+# ---------------------------------------------------------------------------- behaviour
 
 
 def test_scripted_requests() -> None:
@@ -519,9 +321,7 @@ def test_scripted_requests() -> None:
 
     stats = _stats(running=2, waiting=1, rejected_total=2, cancelled_total=1, steps_total=17,
                    draining=True, lost="CUDA error")  # fmt: skip
-    text = metrics.render(stats)
-    families = parse(text)
-    assert set(families) == set(FAMILIES)
+    families = parse(metrics.render(stats))
 
     def v(name: str, **labels: str) -> float:
         return value(families, name, name, **labels)
@@ -536,23 +336,23 @@ def test_scripted_requests() -> None:
     assert v("chatstream_prompt_tokens_total") == 7 + 4 + 0 + 5 + 1
     assert v("chatstream_generated_tokens_total") == 3 + 0 + 0 + 1 + 1
 
-    def hist(name: str) -> tuple[float, float]:
-        return (value(families, name, name + "_sum"), value(families, name, name + "_count"))
-
     queue = "chatstream_queue_time_seconds"
-    assert hist(queue) == (0.015625, 2)
-    assert [_bucket(families, queue, le) for le in ("0.005", "0.01", "0.025", "+Inf")] == [
-        1, 1, 2, 2
-    ]  # fmt: skip
+    assert hist(families, queue) == (0.015625, 2)
+    assert [buckets(families, queue)[le] for le in (0.005, 0.01, 0.025, math.inf)] == [1, 1, 2, 2]
     ttft = "chatstream_time_to_first_token_seconds"
-    assert hist(ttft) == (0.75, 2)
-    assert [_bucket(families, ttft, le) for le in ("0.1", "0.25", "0.5", "1")] == [0, 1, 2, 2]
+    assert hist(families, ttft) == (0.75, 2)
+    assert [buckets(families, ttft)[le] for le in (0.1, 0.25, 0.5, 1)] == [0, 1, 2, 2]
     itl = "chatstream_inter_token_latency_seconds"
-    assert hist(itl) == (0.09375, 2)
-    assert [_bucket(families, itl, le) for le in ("0.025", "0.05", "0.075")] == [0, 1, 2]
+    assert hist(families, itl) == (0.09375, 2)
+    assert [buckets(families, itl)[le] for le in (0.025, 0.05, 0.075)] == [0, 1, 2]
     duration = "chatstream_request_duration_seconds"
-    assert hist(duration) == (1.0 + 0.25 + 0.5 + 0.125 + 0.25, 5)
-    assert [_bucket(families, duration, le) for le in ("0.1", "0.25", "0.5", "1")] == [0, 3, 4, 5]
+    assert hist(families, duration) == (1.0 + 0.25 + 0.5 + 0.125 + 0.25, 5)
+    assert [buckets(families, duration)[le] for le in (0.1, 0.25, 0.5, 1)] == [0, 3, 4, 5]
+    # le is inclusive, and the counts are cumulative up to +Inf == _count.
+    for name in (queue, ttft, itl, duration):
+        counts = list(buckets(families, name).values())
+        assert counts == sorted(counts)
+        assert counts[-1] == hist(families, name)[1]
 
     assert v("chatstream_requests_running") == 2
     assert v("chatstream_requests_waiting") == 1
@@ -569,16 +369,52 @@ def test_scripted_requests() -> None:
     assert v("chatstream_draining") == 0
     assert v("chatstream_model_available") == 1
     assert v("chatstream_steps_total") == 20
+    assert v("chatstream_engine_cancelled_total") == 0
     assert v("chatstream_requests_running") == 0
     assert v(requests, outcome="finished") == 3
+    assert hist(families, duration)[1] == 5
 
 
-def test_extra_families_render_after() -> None:
+def test_engine_families_follow_successive_snapshots() -> None:
     metrics = ChatMetrics()
-    metrics.registry.register(Gauge("app_info", "App.", ("version",))).labels(version="1").set(1)
-    text = metrics.render(_stats())
-    assert text.endswith('# TYPE app_info gauge\napp_info{version="1"} 1\n')
-    parse(text)
+    snapshots = [
+        _stats(running=1, waiting=0, steps_total=3, rejected_total=0, cancelled_total=0),
+        _stats(running=2, waiting=5, steps_total=10, rejected_total=1, cancelled_total=0),
+        _stats(running=0, waiting=1, steps_total=10, rejected_total=4, cancelled_total=2),
+        _stats(
+            running=0,
+            waiting=0,
+            steps_total=250,
+            rejected_total=4,
+            cancelled_total=3,
+            draining=True,
+            lost="gone",
+        ),
+    ]
+    seen: list[tuple[float, ...]] = []
+    for stats in snapshots:
+        families = parse(metrics.render(stats))
+        row = tuple(value(families, name, name) for name in ENGINE_FAMILIES)
+        seen.append(row)
+        # Mirrored totals carry no _created series of their own.
+        for name in ("chatstream_steps_total", "chatstream_engine_cancelled_total"):
+            assert _created_name(name) not in families
+            assert [s.name for s in families[name].samples] == [name]
+    # running, waiting, slots, queue capacity, draining, available, steps, cancelled, rejected
+    assert seen == [
+        (1, 0, 4, 8, 0, 1, 3, 0, 0),
+        (2, 5, 4, 8, 0, 1, 10, 0, 1),
+        (0, 1, 4, 8, 0, 1, 10, 2, 4),
+        (0, 0, 4, 8, 1, 0, 250, 3, 4),
+    ]
+    # The totals only go up when the engine's do: the values are the engine's, not sums.
+    totals = [row[6:] for row in seen]
+    assert all(
+        all(x <= y for x, y in zip(p, q, strict=True)) for p, q in itertools.pairwise(totals)
+    )
+    # Rendering the same snapshot twice changes nothing.
+    again = parse(metrics.render(snapshots[-1]))
+    assert tuple(value(again, name, name) for name in ENGINE_FAMILIES) == seen[-1]
 
 
 def test_invalid_observations() -> None:
@@ -587,6 +423,8 @@ def test_invalid_observations() -> None:
         metrics.observe_request(1.0, "rejected", 1, 1)
     with pytest.raises(ValueError, match="unknown outcome"):
         metrics.observe_request(1.0, "stopped", 1, 1)
+    with pytest.raises(ValueError, match="negative token counts"):
+        metrics.observe_request(1.0, "finished", -1, 1)
     with pytest.raises(ValueError, match="not a valid RejectReason"):
         metrics.observe_rejected("busy")
     timer = RequestTimer(metrics, FakeClock())
@@ -601,9 +439,14 @@ def test_invalid_observations() -> None:
     name = "chatstream_requests_total"
     assert value(families, name, name, outcome="error") == 1
     assert value(families, name, name, outcome="finished") == 0
+    assert value(families, name, name, outcome="rejected") == 0  # "busy" was not counted
+    duration = "chatstream_request_duration_seconds"
+    assert hist(families, duration)[1] == 1  # the failed calls observed nothing
+    assert value(families, "chatstream_prompt_tokens_total", "chatstream_prompt_tokens_total") == 0
 
 
 def test_default_clock_is_monotonic() -> None:
+    assert inspect.signature(RequestTimer).parameters["clock"].default is time.monotonic
     metrics = ChatMetrics()
     timer = RequestTimer(metrics)
     timer.submitted()

@@ -1,9 +1,20 @@
-"""Prometheus metrics for ``GET /metrics``, in the text exposition format 0.0.4.
+"""Prometheus metrics for ``GET /metrics``, built on :mod:`prometheus_client`.
 
-Built on the small Prometheus client of :mod:`.prometheus` (whose names this module also
-exports). :class:`ChatMetrics` holds the families chatstream exposes; :class:`RequestTimer` feeds it
-from one HTTP request's events. Nothing here is thread-safe: every update happens on the
-event loop.
+:class:`ChatMetrics` holds the families chatstream exposes, on a
+:class:`~prometheus_client.CollectorRegistry` of its own (never the library's global
+``REGISTRY``), so two ``ChatStream`` instances in one process count separately. That registry
+also carries the library's ``ProcessCollector`` (``process_*``, on Linux), ``PlatformCollector``
+(``python_info``) and ``GCCollector`` (``python_gc_*``), like any Python exporter.
+Request-level families are prometheus_client histograms and counters fed by the ``observe_*``
+methods; engine-level families come from a small collector that reads the latest
+:class:`EngineStatistics` snapshot given to :meth:`ChatMetrics.render`. :class:`RequestTimer`
+feeds the request-level families from one HTTP request's events. The updates happen on the
+event loop (and prometheus_client is thread-safe anyway).
+
+:meth:`ChatMetrics.render` writes the classic text format 0.0.4 (``CONTENT_TYPE``, what the
+library's own exporters serve to a scraper that asks for nothing else). Counters and histograms
+made by prometheus_client also expose their ``*_created`` series, as the library does by
+default.
 
 Example::
 
@@ -18,21 +29,21 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from chatstream.core import EngineStatistics, FinishReason, RejectReason, Usage
-
-from .prometheus import (
-    CONTENT_TYPE,
-    DEFAULT_BUCKETS,
-    Counter,
-    CounterChild,
-    Gauge,
-    GaugeChild,
-    Histogram,
-    HistogramChild,
-    Registry,
-)
 
 __all__ = [
     "CONTENT_TYPE",
@@ -40,18 +51,14 @@ __all__ = [
     "INTER_TOKEN_BUCKETS",
     "LATENCY_BUCKETS",
     "ChatMetrics",
-    "Counter",
-    "CounterChild",
-    "Gauge",
-    "GaugeChild",
-    "Histogram",
-    "HistogramChild",
-    "Registry",
     "RequestTimer",
 ]
 
+#: The ``Content-Type`` of :meth:`ChatMetrics.render`: Prometheus' text format 0.0.4.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
 #: Queue time and time to first token (seconds).
-LATENCY_BUCKETS = DEFAULT_BUCKETS
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Time between two text deltas of one request (seconds).
 INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 #: Whole request, submit to terminal event (seconds).
@@ -66,91 +73,129 @@ _OUTCOMES: dict[str, str] = {
     FinishReason.ERROR: "error",
     "finished": "finished",
 }
+_OUTCOME_LABELS = ("finished", "cancelled", "error", "rejected")
+
+# The engine-level families: (name, help, how to read it from a snapshot), in render order.
+_ENGINE_GAUGES: tuple[tuple[str, str, Callable[[EngineStatistics], float]], ...] = (
+    ("chatstream_requests_running", "Requests holding a slot.", lambda s: s.running),
+    ("chatstream_requests_waiting", "Requests waiting for a slot.", lambda s: s.waiting),
+    ("chatstream_slots", "Slots: requests that can run at once.", lambda s: s.capacity),
+    ("chatstream_queue_capacity", "Requests that can wait for a slot.", lambda s: s.max_waiting),
+    ("chatstream_draining", "1 while draining for shutdown, else 0.", lambda s: int(s.draining)),
+    (
+        "chatstream_model_available",
+        "1 while the model can generate, else 0.",
+        lambda s: int(s.lost is None),
+    ),
+)
+_ENGINE_COUNTERS: tuple[tuple[str, str, Callable[[EngineStatistics], float]], ...] = (
+    ("chatstream_steps_total", "Model steps planned by the engine.", lambda s: s.steps_total),
+    (
+        "chatstream_engine_cancelled_total",
+        "Requests cancelled in the engine.",
+        lambda s: s.cancelled_total,
+    ),
+    (
+        "chatstream_engine_rejected_total",
+        "Requests rejected by the engine.",
+        lambda s: s.rejected_total,
+    ),
+)
 
 
-class ChatMetrics:
-    """The metrics chatstream exposes, all named ``chatstream_*``.
+class _EngineCollector:
+    """The engine-level families, read from the latest :class:`EngineStatistics` snapshot.
 
-    Request-level families are fed by the ``observe_*`` methods (or a :class:`RequestTimer`);
-    engine-level ones are taken from an :class:`EngineStatistics` snapshot in :meth:`render`.
-    More families can be added to :attr:`registry`; they are rendered after these.
+    The counters mirror totals the engine keeps (a lower value reads as a reset to Prometheus);
+    before the first snapshot nothing is collected.
     """
 
     def __init__(self) -> None:
-        self.registry = registry = Registry()
-        self._queue_time = registry.register(
-            Histogram(
-                "chatstream_queue_time_seconds",
-                "Time from submission to admission into a slot.",
-                buckets=LATENCY_BUCKETS,
-            )
+        self.stats: EngineStatistics | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples, so the registry knows their names."""
+        for name, documentation, _ in _ENGINE_GAUGES:
+            yield GaugeMetricFamily(name, documentation)
+        for name, documentation, _ in _ENGINE_COUNTERS:
+            yield CounterMetricFamily(name, documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        """The families with their values from :attr:`stats`."""
+        stats = self.stats
+        if stats is None:
+            return
+        for name, documentation, read in _ENGINE_GAUGES:
+            yield GaugeMetricFamily(name, documentation, value=read(stats))
+        for name, documentation, read in _ENGINE_COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=read(stats))
+
+
+class ChatMetrics:
+    """The metrics chatstream exposes, all named ``chatstream_*``, on their own registry.
+
+    Request-level families are fed by the ``observe_*`` methods (or a :class:`RequestTimer`);
+    engine-level ones are taken from an :class:`EngineStatistics` snapshot in :meth:`render`.
+    :attr:`registry` also holds the process, platform and GC collectors of prometheus_client;
+    more families can be added to it (``Gauge(..., registry=metrics.registry)``) and are
+    rendered after these.
+    """
+
+    def __init__(self) -> None:
+        #: This instance's own registry: what :meth:`render` writes.
+        self.registry = registry = CollectorRegistry()
+        self._queue_time = Histogram(
+            "chatstream_queue_time_seconds",
+            "Time from submission to admission into a slot.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
-        self._ttft = registry.register(
-            Histogram(
-                "chatstream_time_to_first_token_seconds",
-                "Time from submission to the first text of the reply.",
-                buckets=LATENCY_BUCKETS,
-            )
+        self._ttft = Histogram(
+            "chatstream_time_to_first_token_seconds",
+            "Time from submission to the first text of the reply.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
-        self._inter_token = registry.register(
-            Histogram(
-                "chatstream_inter_token_latency_seconds",
-                "Time between consecutive text deltas of one request.",
-                buckets=INTER_TOKEN_BUCKETS,
-            )
+        self._inter_token = Histogram(
+            "chatstream_inter_token_latency_seconds",
+            "Time between consecutive text deltas of one request.",
+            buckets=INTER_TOKEN_BUCKETS,
+            registry=registry,
         )
-        self._duration = registry.register(
-            Histogram(
-                "chatstream_request_duration_seconds",
-                "Time from submission to the end of a request that was not rejected.",
-                buckets=DURATION_BUCKETS,
-            )
+        self._duration = Histogram(
+            "chatstream_request_duration_seconds",
+            "Time from submission to the end of a request that was not rejected.",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
         )
-        self._generated = registry.register(
-            Counter("chatstream_generated_tokens_total", "Completion tokens of finished requests.")
+        self._generated = Counter(
+            "chatstream_generated_tokens_total",
+            "Completion tokens of finished requests.",
+            registry=registry,
         )
-        self._prompt = registry.register(
-            Counter("chatstream_prompt_tokens_total", "Prompt tokens of finished requests.")
+        self._prompt = Counter(
+            "chatstream_prompt_tokens_total",
+            "Prompt tokens of finished requests.",
+            registry=registry,
         )
-        self._requests = registry.register(
-            Counter("chatstream_requests_total", "Requests by outcome.", ("outcome",))
+        self._requests = Counter(
+            "chatstream_requests_total", "Requests by outcome.", ("outcome",), registry=registry
         )
-        for outcome in ("finished", "cancelled", "error", "rejected"):
+        for outcome in _OUTCOME_LABELS:
             self._requests.labels(outcome=outcome)
-        self._rejected = registry.register(
-            Counter(
-                "chatstream_rejected_requests_total", "Rejected requests by reason.", ("reason",)
-            )
+        self._rejected = Counter(
+            "chatstream_rejected_requests_total",
+            "Rejected requests by reason.",
+            ("reason",),
+            registry=registry,
         )
         for reason in RejectReason:
             self._rejected.labels(reason=reason.value)
-        self._running = registry.register(
-            Gauge("chatstream_requests_running", "Requests holding a slot.")
-        )
-        self._waiting = registry.register(
-            Gauge("chatstream_requests_waiting", "Requests waiting for a slot.")
-        )
-        self._slots = registry.register(
-            Gauge("chatstream_slots", "Slots: requests that can run at once.")
-        )
-        self._queue_capacity = registry.register(
-            Gauge("chatstream_queue_capacity", "Requests that can wait for a slot.")
-        )
-        self._draining = registry.register(
-            Gauge("chatstream_draining", "1 while draining for shutdown, else 0.")
-        )
-        self._available = registry.register(
-            Gauge("chatstream_model_available", "1 while the model can generate, else 0.")
-        )
-        self._steps = registry.register(
-            Counter("chatstream_steps_total", "Model steps planned by the engine.")
-        )
-        self._engine_cancelled = registry.register(
-            Counter("chatstream_engine_cancelled_total", "Requests cancelled in the engine.")
-        )
-        self._engine_rejected = registry.register(
-            Counter("chatstream_engine_rejected_total", "Requests rejected by the engine.")
-        )
+        self._engine = _EngineCollector()
+        registry.register(self._engine)
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
 
     def observe_queue_time(self, seconds: float) -> None:
         """One request's time from submission to admission."""
@@ -181,11 +226,14 @@ class ChatMetrics:
             completion_tokens: from :class:`Usage`.
 
         Raises:
-            ValueError: an unknown outcome; rejected requests go to :meth:`observe_rejected`.
+            ValueError: an unknown outcome (rejected requests go to :meth:`observe_rejected`),
+                or a negative token count.
         """
         name = _OUTCOMES.get(outcome)
         if name is None:
             raise ValueError(f"unknown outcome {outcome!r} (rejections: observe_rejected)")
+        if prompt_tokens < 0 or completion_tokens < 0:
+            raise ValueError(f"negative token counts: {prompt_tokens}, {completion_tokens}")
         self._duration.observe(duration)
         self._requests.labels(outcome=name).inc()
         self._prompt.inc(prompt_tokens)
@@ -201,17 +249,9 @@ class ChatMetrics:
         self._requests.labels(outcome="rejected").inc()
 
     def render(self, stats: EngineStatistics) -> str:
-        """The whole exposition text, engine families taken from ``stats``."""
-        self._running.set(stats.running)
-        self._waiting.set(stats.waiting)
-        self._slots.set(stats.capacity)
-        self._queue_capacity.set(stats.max_waiting)
-        self._draining.set(int(stats.draining))
-        self._available.set(int(stats.lost is None))
-        self._steps.mirror(stats.steps_total)
-        self._engine_cancelled.mirror(stats.cancelled_total)
-        self._engine_rejected.mirror(stats.rejected_total)
-        return self.registry.render()
+        """The whole registry in the text format 0.0.4, engine families taken from ``stats``."""
+        self._engine.stats = stats
+        return generate_latest(self.registry).decode()
 
 
 class RequestTimer:
