@@ -15,6 +15,8 @@ import logging
 import pathlib
 from typing import Any, Literal
 
+import anyio
+import itsdangerous
 import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -27,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 import chatstream.adapters.http.session_stores as session_stores_module
 import chatstream.adapters.http.sessions as sessions_module
+from chatstream.adapters.http.sessions import CLOCK_SKEW_SECONDS, DEFAULT_SESSION_TTL
 from chatstream.adapters.sessions import (
     SESSION_SCOPE_KEY,
     JSONMemoryStore,
@@ -184,49 +187,101 @@ def test_new_session_ids_are_random_url_safe_and_43_chars() -> None:
         )
 
 
-def test_cookie_value_is_id_dot_unpadded_base64url_hmac_sha256() -> None:
+def test_cookie_value_is_id_timestamp_and_an_itsdangerous_hmac_sha256_signature() -> None:
+    clock = FakeClock()
+    clock.now = 1_800_000_000.5
     session_id = new_session_id()
-    value = SessionCookie(SECRET).sign(session_id)
-    digest = hmac.new(SECRET.encode(), session_id.encode(), hashlib.sha256).digest()
-    expected = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-    assert value == f"{session_id}.{expected}"
+    value = SessionCookie(SECRET, clock=clock).sign(session_id)
+    # The kept library's own signer, configured as documented, verifies it.
+    signer = itsdangerous.TimestampSigner(
+        SECRET, salt="chatstream.session", key_derivation="hmac", digest_method=hashlib.sha256
+    )
+    unsigned, signed_at = signer.unsign(value, return_timestamp=True)
+    assert unsigned.decode() == session_id
+    assert signed_at.timestamp() == 1_800_000_000  # whole seconds
+    got_id, timestamp, signature = value.split(".")
+    assert got_id == session_id
+    # The signature: HMAC-SHA256 over "<id>.<timestamp>", unpadded URL-safe base64.
+    key = hmac.new(SECRET.encode(), b"chatstream.session", hashlib.sha256).digest()
+    digest = hmac.new(key, f"{session_id}.{timestamp}".encode(), hashlib.sha256).digest()
+    assert signature == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
     assert "=" not in value
-    assert SessionCookie(SECRET).unsign(value) == session_id
+    assert len(value) < 100
+    assert SessionCookie(SECRET, clock=clock).unsign(value) == session_id
     # A str key is its UTF-8 bytes.
-    assert SessionCookie(SECRET.encode()).sign(session_id) == value
+    assert SessionCookie(SECRET.encode(), clock=clock).sign(session_id) == value
+
+
+def test_a_cookie_carries_its_age_and_expires_after_the_limit() -> None:
+    clock = FakeClock()
+    clock.now = 1_800_000_000
+    cookie = SessionCookie(SECRET, max_age_seconds=3600, clock=clock)
+    session_id = new_session_id()
+    value = cookie.sign(session_id)
+    clock.now += 3600
+    assert cookie.read(value) == (session_id, 3600.0)
+    clock.now += 1
+    assert cookie.read(value) is None
+    assert cookie.unsign(value) is None
+    # Without a limit, age alone never refuses it.
+    assert SessionCookie(SECRET, clock=clock).unsign(value) == session_id
+
+
+def test_a_cookie_from_a_node_whose_clock_runs_ahead_is_accepted_within_the_skew() -> None:
+    ahead, here = FakeClock(), FakeClock()
+    ahead.now = 1_800_000_000 + CLOCK_SKEW_SECONDS
+    here.now = 1_800_000_000
+    session_id = new_session_id()
+    value = SessionCookie(SECRET, clock=ahead).sign(session_id)
+    assert SessionCookie(SECRET, max_age_seconds=10, clock=here).read(value) == (session_id, 0.0)
+    ahead.now += 1
+    later = SessionCookie(SECRET, clock=ahead).sign(session_id)
+    assert SessionCookie(SECRET, max_age_seconds=10, clock=here).read(later) is None
 
 
 def test_unsign_rejects_anything_not_signed_by_this_key() -> None:
     signer = SessionCookie(SECRET)
     session_id = new_session_id()
     good = signer.sign(session_id)
-    signature = good.rpartition(".")[2]
+    _, timestamp, signature = good.split(".")
     flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
     other_id = new_session_id()
     for value in [
         "",
         ".",
+        "..",
         "garbage",
         f"{session_id}.",
-        f".{signature}",
-        f"{session_id}.{flipped}",
-        f"{other_id}.{signature}",
-        f"{session_id}.{signature}=",
-        f"{session_id}.{signature[:-1]}",
-        f"x.{session_id}.{signature}",
-        f"{'a' * 129}.{signature}",
-        f"{session_id}é.{signature}",
-        f"{session_id}.{signature[:-1]}é",
+        f"{session_id}.{signature}",  # no timestamp
+        f".{timestamp}.{signature}",
+        f"{session_id}.{timestamp}.{flipped}",
+        f"{other_id}.{timestamp}.{signature}",
+        f"{session_id}.{timestamp}x.{signature}",
+        f"{session_id}.{timestamp}.{signature}=",
+        f"{session_id}.{timestamp}.{signature[:-1]}",
+        f"x.{session_id}.{timestamp}.{signature}",
+        f"{'a' * 300}.{timestamp}.{signature}",
+        f"{session_id}é.{timestamp}.{signature}",
+        f"{session_id}.{timestamp}.{signature[:-1]}é",
         "\ud800." + "a" * 43,
         SessionCookie("another key").sign(session_id),
     ]:
         assert signer.unsign(value) is None, value
+    assert signer.unsign(good) == session_id
 
 
 @pytest.mark.parametrize("key", ["", b""])
 def test_empty_secret_key_is_refused(key: str | bytes) -> None:
     with pytest.raises(ConfigError, match="secret_key"):
         SessionCookie(key)
+
+
+@pytest.mark.parametrize("age", [0, -1.0])
+def test_a_cookie_age_limit_must_be_positive(age: float) -> None:
+    with pytest.raises(ConfigError, match="session_ttl"):
+        SessionCookie(SECRET, max_age_seconds=age)
+    with pytest.raises(ConfigError, match="session_ttl"):
+        SessionMiddleware(make_app(), secret_key=SECRET, session_ttl=age)
 
 
 # ---------------------------------------------------------------------- middleware over HTTP
@@ -330,6 +385,99 @@ def test_bad_cookies_mean_no_session_and_a_fresh_one_on_create(backend: Backend)
             assert cookie_value(set_cookie) != value
             client.cookies.clear()
     assert len(store) == 1 + len(bad_values)
+
+
+def test_a_cookie_older_than_the_session_ttl_is_refused_though_the_store_has_it(
+    backend: Backend,
+) -> None:
+    wall, idle = FakeClock(), FakeClock()
+    store = MemoryStore(ttl_seconds=10 * 3600, clock=idle)  # the store would keep it
+    app = make_app(store, session_ttl=3600, clock=wall)
+    with TestClient(app, backend=backend) as client:
+        created = client.post("/create")
+        leaked = cookie_value(session_set_cookies(created)[0])
+        # The leaked cookie, replayed without the refreshes a browser would have taken.
+        client.cookies.clear()
+        wall.now += 3600 + 60  # the TTL, plus the refresh allowance (a minute)
+        assert client.get("/peek", headers=cookie_header(leaked)).json()["found"] is True
+        wall.now += 1
+        assert client.get("/peek", headers=cookie_header(leaked)).json() == {
+            "id": None,
+            "found": False,
+            "role": None,
+        }
+    assert len(store) == 1
+
+
+class _StoreWithoutTTL:
+    async def load(self, session_id: str) -> SessionData | None:
+        return None
+
+    async def save(self, session_id: str, data: SessionData) -> None:
+        pass
+
+    async def delete(self, session_id: str) -> None:
+        pass
+
+
+def test_the_session_ttl_defaults_to_the_stores() -> None:
+    assert SessionMiddleware(make_app(), secret_key=SECRET).session_ttl == DEFAULT_SESSION_TTL
+    store = MemoryStore(ttl_seconds=123)
+    assert SessionMiddleware(make_app(), store=store, secret_key=SECRET).session_ttl == 123
+    no_ttl = SessionMiddleware(make_app(), store=_StoreWithoutTTL(), secret_key=SECRET)
+    assert no_ttl.session_ttl == DEFAULT_SESSION_TTL
+    given = SessionMiddleware(make_app(), store=store, secret_key=SECRET, session_ttl=50)
+    assert given.session_ttl == 50
+
+
+def test_a_session_in_use_gets_a_fresh_cookie_and_lives_past_its_first_ttl(
+    backend: Backend,
+) -> None:
+    wall, idle = FakeClock(), FakeClock()
+    store = MemoryStore(ttl_seconds=3600, clock=idle)
+    with TestClient(make_app(store, clock=wall), backend=backend) as client:
+        created = client.post("/create")
+        session_id = created.json()["id"]
+        first = cookie_value(session_set_cookies(created)[0])
+        # Within a minute of signing: no new cookie.
+        wall.now += 59
+        idle.now += 59
+        assert session_set_cookies(client.get("/peek")) == []
+        # Requests that never look at the session do not refresh it either.
+        wall.now += 1
+        idle.now += 1
+        assert session_set_cookies(client.get("/plain")) == []
+        # A request that finds the session, a minute after signing: signed again, same id.
+        refreshed = session_set_cookies(client.get("/peek"))
+        assert len(refreshed) == 1
+        assert attributes(refreshed[0]) == ["Path=/", "HttpOnly", "SameSite=Lax"]
+        second = cookie_value(refreshed[0])
+        assert second != first
+        assert second.split(".")[0] == session_id
+        # Used every 50 minutes for five hours (five TTLs): still the same session.
+        for _ in range(6):
+            wall.now += 3000
+            idle.now += 3000
+            peek = client.get("/peek")
+            assert peek.json()["id"] == session_id
+            assert len(session_set_cookies(peek)) == 1
+        # The first cookie, replayed, is long expired.
+        client.cookies.clear()
+        stale = client.get("/peek", headers=cookie_header(first)).json()
+        assert stale["found"] is False
+
+
+def test_an_unknown_session_is_not_refreshed(backend: Backend) -> None:
+    wall = FakeClock()
+    store = MemoryStore()
+    with TestClient(make_app(store, clock=wall), backend=backend) as client:
+        value = cookie_value(session_set_cookies(client.post("/create"))[0])
+        session_id = value.split(".")[0]
+        anyio.run(store.delete, session_id)
+        wall.now += 120
+        response = client.get("/peek")
+        assert response.json()["found"] is False
+        assert session_set_cookies(response) == []
 
 
 def test_a_validly_signed_cookie_for_an_expired_session_is_no_session(backend: Backend) -> None:

@@ -147,7 +147,16 @@ def session_middleware(opts: Mapping[str, Any] | None) -> list[Middleware]:
     origins = session_opts.pop("cors_origins", ["http://localhost:3000", "http://127.0.0.1:3000"])
     if session_opts.get("max_age") == 0:
         session_opts["max_age"] = None  # fastsession's "until the browser closes"
-    allowed = {"secret_key", "store", "secure", "same_site", "cookie_name", "max_age", "path"}
+    allowed = {
+        "secret_key",
+        "store",
+        "secure",
+        "same_site",
+        "cookie_name",
+        "max_age",
+        "path",
+        "session_ttl",
+    }
     unknown = sorted(set(session_opts) - allowed)
     if unknown:
         raise ValueError(f"unknown middleware options {unknown}; known: {sorted(allowed)}")

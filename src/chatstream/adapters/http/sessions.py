@@ -2,8 +2,14 @@
 
 The state of a session (:class:`SessionData`: the conversation, per-session generation
 params, the client role) lives in a :class:`SessionStore` (see :mod:`.session_stores`), keyed
-by a random session id. The
-browser only holds ``<session_id>.<signature>`` in an HttpOnly cookie, signed with HMAC-SHA256.
+by a random session id. The browser only holds ``<session_id>.<timestamp>.<signature>`` in an
+HttpOnly cookie, signed with itsdangerous' timestamped signer (HMAC-SHA256): a cookie older
+than the session TTL is refused even if it leaked, and one in use is signed again as it ages.
+
+Written here rather than taken from a library: Starlette's ``SessionMiddleware`` keeps the
+whole state in the cookie (a conversation does not fit in 4 KB, and the server must own it),
+and it sets the cookie on every response; this one keeps the state on the server and sets a
+cookie only when a session is created, refreshed or cleared.
 
 :class:`SessionMiddleware` is a plain ASGI middleware. It gives each HTTP request a
 :class:`Session` (read it with :func:`get_session`) and creates nothing by itself: a session
@@ -18,15 +24,15 @@ the history kept per session is bounded.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import logging
 import re
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+from itsdangerous import BadSignature, TimestampSigner
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatstream.core import ConfigError
@@ -34,6 +40,8 @@ from chatstream.core import ConfigError
 from .session_stores import MemoryStore, SessionData, SessionStore
 
 __all__ = [
+    "CLOCK_SKEW_SECONDS",
+    "DEFAULT_SESSION_TTL",
     "SESSION_SCOPE_KEY",
     "Session",
     "SessionCookie",
@@ -50,11 +58,17 @@ logger = logging.getLogger("chatstream")
 
 # ---------------------------------------------------------------------- cookies
 
-# A session id is url-safe base64; a signature is 32 bytes of HMAC-SHA256 in unpadded
-# url-safe base64 (43 characters). Anything else is not ours.
-_COOKIE_VALUE = re.compile(r"([A-Za-z0-9_-]{1,128})\.([A-Za-z0-9_-]{43})")
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _COOKIE_PATH = re.compile(r"/[\x20-\x3a\x3c-\x7e]*")
+# A signed value is ``<id>.<timestamp>.<signature>``, each part unpadded url-safe base64 (the
+# signature: 32 bytes of HMAC-SHA256). Anything else is not ours and is refused before any
+# hashing, also the padded spellings itsdangerous would accept.
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{1,128}\.[A-Za-z0-9_-]{1,12}\.[A-Za-z0-9_-]{43}")
+#: Seconds a cookie's issue time may lie in the future: the clocks of several nodes differ a
+#: little, and a cookie issued by one must work on the next.
+CLOCK_SKEW_SECONDS = 60.0
+#: Sessions live this long without use when the store does not say (24 hours).
+DEFAULT_SESSION_TTL = 24 * 60 * 60.0
 
 
 def new_session_id() -> str:
@@ -62,43 +76,77 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(32)
 
 
-class SessionCookie:
-    """Signs session ids into cookie values and checks them.
+class _ClockedSigner(TimestampSigner):
+    """itsdangerous' timestamped signer, reading the time from a given clock."""
 
-    The value is ``<session_id>.<signature>``, where the signature is
-    ``base64url(HMAC-SHA256(secret_key, session_id))`` without padding.
+    def __init__(self, key: bytes, clock: Callable[[], float]) -> None:
+        super().__init__(
+            key, salt="chatstream.session", key_derivation="hmac", digest_method=hashlib.sha256
+        )
+        self._clock = clock
+
+    def get_timestamp(self) -> int:
+        return int(self._clock())
+
+
+class SessionCookie:
+    """Signs session ids, with the time of signing, into cookie values, and checks them.
+
+    Built on :class:`itsdangerous.TimestampSigner` (HMAC-SHA256, key derived with HMAC and
+    the salt ``chatstream.session``): the value is ``<session_id>.<timestamp>.<signature>``.
+    A value is refused when it is malformed, badly signed, or older than ``max_age_seconds``
+    (the age is checked here rather than by itsdangerous, which also refuses a timestamp one
+    second in the future: see :data:`CLOCK_SKEW_SECONDS`).
 
     Args:
         secret_key: the signing key; a str is encoded as UTF-8. Every process that serves
             the same sessions needs the same key.
+        max_age_seconds: refuse values signed longer ago than this (None: never).
+        clock: wall-clock seconds (cookies cross processes and restarts, so not monotonic).
 
     Raises:
-        ConfigError: the key is empty.
+        ConfigError: the key is empty, or the age is not positive.
     """
 
-    def __init__(self, secret_key: str | bytes) -> None:
+    def __init__(
+        self,
+        secret_key: str | bytes,
+        *,
+        max_age_seconds: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         key = secret_key.encode() if isinstance(secret_key, str) else bytes(secret_key)
         if not key:
             raise ConfigError("secret_key", "must not be empty")
-        self._key = key
+        if max_age_seconds is not None and not max_age_seconds > 0:
+            raise ConfigError("session_ttl", f"must be positive, got {max_age_seconds!r}")
+        self.max_age_seconds = max_age_seconds
+        self._clock = clock
+        self._signer = _ClockedSigner(key, clock)
 
     def sign(self, session_id: str) -> str:
-        """The cookie value for this session id."""
-        return f"{session_id}.{self._signature(session_id)}"
+        """The cookie value for this session id, signed now."""
+        return self._signer.sign(session_id).decode("ascii")
 
     def unsign(self, value: str) -> str | None:
-        """The session id in a cookie value, or None if it is malformed or badly signed."""
-        match = _COOKIE_VALUE.fullmatch(value)
-        if match is None:
-            return None
-        session_id, signature = match.groups()
-        if not hmac.compare_digest(signature, self._signature(session_id)):
-            return None
-        return session_id
+        """The session id in a cookie value, or None if it is malformed, badly signed or
+        too old."""
+        read = self.read(value)
+        return None if read is None else read[0]
 
-    def _signature(self, session_id: str) -> str:
-        digest = hmac.new(self._key, session_id.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    def read(self, value: str) -> tuple[str, float] | None:
+        """``(session_id, age_seconds)`` of a valid cookie value, else None."""
+        if not _COOKIE_VALUE.fullmatch(value):
+            return None
+        try:
+            session_id, signed_at = self._signer.unsign(value, return_timestamp=True)
+        except BadSignature:  # also a bad or missing timestamp
+            return None
+        age = self._clock() - signed_at.timestamp()
+        too_old = self.max_age_seconds is not None and age > self.max_age_seconds
+        if too_old or age < -CLOCK_SKEW_SECONDS:
+            return None
+        return session_id.decode("ascii"), max(age, 0.0)
 
 
 # ---------------------------------------------------------------------- per request
@@ -111,10 +159,19 @@ class Session:
     Nothing is created until :meth:`load_or_create` is called.
     """
 
-    def __init__(self, store: SessionStore, *, session_id: str | None, had_cookie: bool) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        session_id: str | None,
+        had_cookie: bool,
+        cookie_age: float | None = None,
+    ) -> None:
         self._store = store
         self._id = session_id
         self._had_cookie = had_cookie
+        #: Seconds since the request's valid cookie was signed (None without one).
+        self.cookie_age = cookie_age
         self._data: SessionData | None = None
         self._loaded = False
         self._is_new = False
@@ -222,12 +279,20 @@ class SessionMiddleware:
         secure: send the cookie over HTTPS only (``Secure``). Set it in production.
         same_site: the cookie's ``SameSite`` attribute.
         path: the cookie's ``Path``.
-        max_age: the cookie's lifetime in seconds from the session's creation; None makes a
-            browser-session cookie. The store's idle expiry applies either way.
+        max_age: the cookie's ``Max-Age`` in the browser, in seconds from when it was last
+            set; None makes a browser-session cookie. The server-side limit is
+            ``session_ttl``.
+        session_ttl: how long a session lives without use, in seconds; a cookie signed longer
+            ago than that is refused whatever the store says. Default: the store's
+            ``ttl_seconds`` (24 hours for a store without one). A cookie in use is signed
+            again once it is a minute old (or a tenth of the TTL, if less), so an active
+            session keeps a fresh cookie.
+        clock: wall-clock seconds, for the cookie's issue time (tests give a fake one).
 
     Raises:
-        ConfigError: an invalid cookie name, path, ``same_site``, ``max_age`` or an empty
-            key; ``same_site="none"`` without ``secure`` (browsers refuse it).
+        ConfigError: an invalid cookie name, path, ``same_site``, ``max_age``,
+            ``session_ttl`` or an empty key; ``same_site="none"`` without ``secure``
+            (browsers refuse it).
     """
 
     def __init__(
@@ -241,6 +306,8 @@ class SessionMiddleware:
         same_site: Literal["lax", "strict", "none"] = "lax",
         path: str = "/",
         max_age: int | None = None,
+        session_ttl: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not _COOKIE_NAME.fullmatch(cookie_name):
             raise ConfigError("cookie_name", f"not a valid cookie name: {cookie_name!r}")
@@ -262,7 +329,18 @@ class SessionMiddleware:
         self.app = app
         self.store: SessionStore = MemoryStore() if store is None else store
         self.cookie_name = cookie_name
-        self._cookie = SessionCookie(secret_key)
+        ttl = session_ttl
+        if ttl is None:
+            ttl = float(getattr(self.store, "ttl_seconds", DEFAULT_SESSION_TTL))
+        if not ttl > 0:
+            raise ConfigError("session_ttl", f"must be positive, got {ttl!r}")
+        self.session_ttl = ttl
+        # A cookie used within `_refresh_after` of its signing is not signed again, so it may
+        # be that much older than the session's last use: the limit allows for it.
+        self._refresh_after = min(60.0, ttl / 10)
+        self._cookie = SessionCookie(
+            secret_key, max_age_seconds=ttl + self._refresh_after, clock=clock
+        )
         attributes = [f"Path={path}", "HttpOnly", f"SameSite={same_site.capitalize()}"]
         if secure:
             attributes.append("Secure")
@@ -273,8 +351,8 @@ class SessionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        session_id, had_cookie = self._read_cookie(scope)
-        session = Session(self.store, session_id=session_id, had_cookie=had_cookie)
+        session_id, age, had_cookie = self._read_cookie(scope)
+        session = Session(self.store, session_id=session_id, had_cookie=had_cookie, cookie_age=age)
         scope[SESSION_SCOPE_KEY] = session
 
         async def send_with_cookie(message: Message) -> None:
@@ -289,7 +367,7 @@ class SessionMiddleware:
 
         await self.app(scope, receive, send_with_cookie)
 
-    def _read_cookie(self, scope: Scope) -> tuple[str | None, bool]:
+    def _read_cookie(self, scope: Scope) -> tuple[str | None, float | None, bool]:
         # Every cookie of this name counts (several Cookie headers, or one per path): the
         # first validly signed one wins. Malformed ones are no session, never an error.
         found = False
@@ -301,13 +379,13 @@ class SessionMiddleware:
                 if not sep or key != self.cookie_name:
                     continue
                 found = True
-                session_id = self._cookie.unsign(cookie_value)
-                if session_id is not None:
-                    return session_id, True
-        return None, found
+                read = self._cookie.read(cookie_value)
+                if read is not None:
+                    return read[0], read[1], True
+        return None, None, found
 
     def _set_cookie_header(self, session: Session) -> bytes | None:
-        if session._cookie_action == "set":
+        if session._cookie_action == "set" or self._needs_refresh(session):
             assert session.id is not None
             value = f"{self.cookie_name}={self._cookie.sign(session.id)}; {self._attributes}"
             if self._max_age is not None:
@@ -320,3 +398,13 @@ class SessionMiddleware:
         else:
             return None
         return value.encode("latin-1")
+
+    def _needs_refresh(self, session: Session) -> bool:
+        # A session this request found (and so kept alive in the store) gets a newly signed
+        # cookie once its cookie is old enough to matter.
+        return (
+            session._cookie_action is None
+            and session._data is not None
+            and session.cookie_age is not None
+            and session.cookie_age >= self._refresh_after
+        )
