@@ -3,8 +3,9 @@
 A model load is one long call with no progress of its own, so the bar advances with time
 against an estimate: the duration of the previous load of the same thing (kept in
 ``<cache>/load-times.json``), or a given first guess. It never claims 100% before the load
-returns. On a terminal it redraws one line; elsewhere (CI logs) it prints a start line and an
-end line only.
+returns. The bar is a :mod:`tqdm` bar, so the bars that libraries draw during the load (the
+GGUF conversion's, for one) stack under it instead of overwriting it. On a terminal it is
+redrawn in place; elsewhere (CI logs) a start line and an end line are printed instead.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, NoReturn
+
+from tqdm import tqdm
 
 __all__ = ["LoadProgress", "cache_dir"]
 
-_WIDTH = 28
+#: Seconds between two redraws of the bar.
+_REFRESH = 0.2
+#: The bar waits here until the load returns, however long past the estimate it takes.
+_CAP = 0.99
 
 
 def cache_dir() -> Path:
@@ -59,13 +65,15 @@ class LoadProgress:
         self.expected = self._stored() or expected
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+        self._bar: tqdm[NoReturn] | None = None
         self._started = 0.0
         self.elapsed = 0.0
 
     def __enter__(self) -> LoadProgress:
         self._started = time.monotonic()
         if self.stream.isatty():
-            self._thread = threading.Thread(target=self._draw_until_done, daemon=True)
+            self._bar = self._make_bar()
+            self._thread = threading.Thread(target=self._advance_until_done, daemon=True)
             self._thread.start()
         else:
             guess = f" (about {self.expected:.2g} s)" if self.expected else ""
@@ -82,26 +90,38 @@ class LoadProgress:
         self._done.set()
         if self._thread is not None:
             self._thread.join()
-            self.stream.write("\r\033[K")
+        if self._bar is not None:
+            self._bar.close()
         outcome = "failed" if exc_type is not None else "done"
         print(f"{self.label}: {outcome} in {self.elapsed:.1f} s", file=self.stream, flush=True)
         if exc_type is None:
             self._store(self.elapsed)
 
-    def line(self, elapsed: float) -> str:
-        """The bar as drawn after ``elapsed`` seconds."""
+    def position(self, elapsed: float) -> float:
+        """Where the bar stands after ``elapsed`` seconds: seconds against the estimate,
+        held just short of it until the load returns."""
         if not self.expected:
-            spin = "|/-\\"[int(elapsed * 5) % 4]
-            return f"{self.label} {spin} {elapsed:.1f} s"
-        fraction = min(elapsed / self.expected, 0.99)
-        filled = int(fraction * _WIDTH)
-        bar = "#" * filled + "." * (_WIDTH - filled)
-        return f"{self.label} [{bar}] {fraction:4.0%} {elapsed:.1f}/~{self.expected:.0f} s"
+            return elapsed
+        return min(elapsed, self.expected * _CAP)
 
-    def _draw_until_done(self) -> None:
-        while not self._done.wait(0.2):
-            self.stream.write("\r\033[K" + self.line(time.monotonic() - self._started))
-            self.stream.flush()
+    def _make_bar(self) -> tqdm[NoReturn]:
+        if self.expected:
+            # Seconds as the unit: tqdm's own rate (1 s/s) then gives the time remaining.
+            return tqdm(
+                total=self.expected,
+                desc=self.label,
+                file=self.stream,
+                leave=False,
+                bar_format="{desc} |{bar}| {percentage:3.0f}% {elapsed}<~{remaining}",
+            )
+        return tqdm(desc=self.label, file=self.stream, leave=False, bar_format="{desc} {elapsed}")
+
+    def _advance_until_done(self) -> None:
+        bar = self._bar
+        assert bar is not None
+        while not self._done.wait(_REFRESH):
+            bar.n = self.position(time.monotonic() - self._started)
+            bar.refresh()
 
     def _path(self) -> Path:
         return cache_dir() / "load-times.json"
