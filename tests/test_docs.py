@@ -9,15 +9,18 @@ import sys
 ROOT = pathlib.Path(__file__).parent.parent
 
 
-def test_admission_diagram_is_current() -> None:
+def _generated_page_is_current(script: str, page: str) -> str:
+    """Run a docs generator; the page it prints must be the committed one. Returns it."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "docs" / "make_admission_diagram.py")],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, str(ROOT / "docs" / script)], capture_output=True, text=True, check=True
     )
-    committed = (ROOT / "docs" / "admission-diagram.md").read_text(encoding="utf-8")
-    assert result.stdout == committed, "run: python docs/make_admission_diagram.py > docs/..."
+    committed = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    assert result.stdout == committed, f"stale: regenerate docs/{page} with docs/{script}"
+    return committed
+
+
+def test_admission_diagram_is_current() -> None:
+    committed = _generated_page_is_current("make_admission_diagram.py", "admission-diagram.md")
     # The diagram shows the whole life of a request.
     for edge in (
         "new --> rejected: submit / Rejected",
@@ -26,6 +29,20 @@ def test_admission_diagram_is_current() -> None:
         "running --> cancelled: own cancel",
     ):
         assert edge in committed
+
+
+def test_architecture_page_is_current() -> None:
+    committed = _generated_page_is_current("make_architecture_diagram.py", "architecture.md")
+    # The generated part shows the layering the rules require.
+    for line in (
+        "adapters_http --> adapters_service",
+        "facade --> adapters_http",
+        "adapters_driver --> adapters_model",
+        "| 4 | adapters.http | `chatstream/adapters/http/original_api.py` |",
+    ):
+        assert line in committed
+    assert "adapters_http --> facade" not in committed
+    assert "adapters_model --> adapters_http" not in committed
 
 
 def test_sync_engine_example_runs() -> None:

@@ -1,1 +1,2 @@
-"""The bundled web UI (static files served by ``chatstream.adapters.starlette``)."""
+"""The bundled web UI: static files and vendored libraries, served by
+:mod:`chatstream.adapters.http.web_ui`."""

@@ -1,4 +1,10 @@
-"""What every chatstream HTTP endpoint shares: options, JSON errors, bodies, roles, sessions."""
+"""What every chatstream HTTP endpoint shares: options, JSON errors, bodies, roles, sessions.
+
+The body reader is written here rather than taken from Starlette: ``Request.json()`` reads the
+whole body first, whatever its size, while :func:`read_json_object` refuses a declared or
+streamed body past ``max_body_bytes`` as soon as it knows, and answers in chatstream's JSON
+error shape.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,10 @@ per-session generation params, the client role). Two in-memory stores ship: :cla
 keeps the objects themselves, :class:`JSONMemoryStore` their JSON, as a shared store (Redis, a
 database) would. Both are bounded (least recently used out first), expire idle sessions and
 bound the history each session keeps. :mod:`.sessions` ties them to cookies and requests.
+
+Written here because no kept library stores this: the data is live chat state (a
+:class:`~chatstream.core.Conversation` with a turn in flight), and a session library would keep
+a dict in a signed cookie or in its own backend; a cache library would not bound the history.
 """
 
 from __future__ import annotations
