@@ -17,6 +17,7 @@ CORE_MODULES = [
     "engine",
     "errors",
     "events",
+    "isolation",
     "prompts",
     "roles",
     "scheduler",

@@ -294,6 +294,7 @@ class ChatStream(HttpMethods):
         else:
             if user_input is None:
                 raise ConfigError("user_input", "is required unless regenerating")
+            _check_text("user_input", user_input)
             conversation.start_turn(user_input, user_message_id=_new_id(), reply_id=_new_id())
         try:
             prompt = await anyio.to_thread.run_sync(self._render, conversation)
@@ -338,6 +339,8 @@ class ChatStream(HttpMethods):
         """
         self._apply_drain()
         params = self.config.generation_params(generation_params)
+        for index, message in enumerate(messages):
+            _check_text(f"messages[{index}].content", message.get("content", ""))
         users = [m["content"] for m in messages if m.get("role") == "user"]
         if not messages or messages[-1].get("role") != "user":
             raise ConfigError("messages", "must end with a user message")
@@ -374,7 +377,7 @@ class ChatStream(HttpMethods):
             text = self.tokenizer.apply_chat_template(
                 [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
             )
-            ids = backend.encode(str(text), add_special_tokens=False)
+            ids = _encode(backend, str(text), add_special_tokens=False)
             return tuple(ids), (), (), True
         prompt = self.chat_prompt_clazz()
         prompt.build_initial_prompt(prompt)
@@ -392,7 +395,7 @@ class ChatStream(HttpMethods):
         add_special = self.config.add_special_tokens
         if add_special is None:
             add_special = prompt.add_special_tokens
-        ids = backend.encode(prompt.create_prompt(), add_special_tokens=add_special)
+        ids = _encode(backend, prompt.create_prompt(), add_special_tokens=add_special)
         return (
             tuple(ids),
             tuple(prompt.get_stop_strs()),
@@ -508,7 +511,7 @@ class ChatStream(HttpMethods):
             add_special = self.chat_prompt_clazz.add_special_tokens
 
         def encode(text: str) -> list[int]:
-            return backend.encode(text, add_special_tokens=add_special)
+            return _encode(backend, text, add_special_tokens=add_special)
 
         return conversation.render(
             self.chat_prompt_clazz,
@@ -584,6 +587,26 @@ class ChatStream(HttpMethods):
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _check_text(option: str, text: str) -> None:
+    """Refuse lone surrogates (``"\\ud800"``): no tokenizer, store or JSON can take them."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(option, "holds a lone surrogate, which is not a character") from None
+
+
+def _encode(backend: Backend, text: str, *, add_special_tokens: bool | None) -> list[int]:
+    # What the client wrote is what a tokenizer refuses (a TypeError or ValueError from the
+    # Rust side): a 400 for that request, not a 500 or a failed step.
+    try:
+        return backend.encode(text, add_special_tokens=add_special_tokens)
+    except (TypeError, ValueError, UnicodeError) as error:
+        raise ConfigError(
+            "user_input", f"the tokenizer cannot encode this text ({type(error).__name__})"
+        ) from None
 
 
 def _count_gpus(models: list[Any], devices: list[Any], num_gpus: int | None, mock: bool) -> int:

@@ -20,7 +20,6 @@ from chatstream.core import (
     ChatStreamError,
     ConfigError,
     Conversation,
-    FinishReason,
     MessageStatus,
     Queued,
     QueuePositionChanged,
@@ -286,41 +285,64 @@ async def test_tiny_model_chat_matches_generate(tiny_model: tuple[Any, Any]) -> 
 
 
 async def test_model_error_in_one_request_leaves_the_others_streaming(
-    tiny_model: tuple[Any, Any],
+    tiny_model: tuple[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     model, tokenizer = tiny_model
     poison = "絵文字🙂"
 
     def refuse(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        text = tokenizer.decode(kwargs["input_ids"][0])
-        if poison in text:
-            raise RuntimeError("poisoned prompt")
+        # A forward with the poisoned prompt in any of its rows fails as a whole, as a real
+        # model error in a batched forward would.
+        for row in kwargs["input_ids"].tolist():
+            if poison in tokenizer.decode(row):
+                raise RuntimeError("poisoned prompt: other rows " + repr(kwargs["input_ids"]))
 
+    questions = ["hello world", "the quick brown fox", poison, "テスト", "one more"]
+
+    async def chat_all(chat_stream: ChatStream) -> dict[str, object]:
+        results: dict[str, object] = {}
+
+        async def run(text: str) -> None:
+            try:
+                results[text] = "".join(await reply(chat_stream, Conversation(), text))
+            except ChatStreamError as error:
+                results[text] = error
+
+        async with anyio.create_task_group() as tg:
+            for text in questions:
+                tg.start_soon(run, text)
+        return results
+
+    def make() -> ChatStream:
+        return ChatStream(
+            model=model,
+            tokenizer=tokenizer,
+            num_of_concurrent_executions=5,
+            temperature=0.0,
+            max_new_tokens=8,
+            context_len=256,
+        )
+
+    async with make() as chat_stream:
+        expected = await chat_all(chat_stream)
     hook = model.register_forward_pre_hook(refuse, with_kwargs=True)
     try:
-        async with ChatStream(
-            model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=8, context_len=256
-        ) as chat_stream:
-            good, bad = chat_stream.new_conversation(), chat_stream.new_conversation()
-            results: dict[str, object] = {}
-
-            async def run(name: str, conversation: Conversation, text: str) -> None:
-                try:
-                    results[name] = "".join(await reply(chat_stream, conversation, text))
-                except ChatStreamError as error:
-                    results[name] = error
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(run, "bad", bad, poison)
-                tg.start_soon(run, "good", good, "hello world")
-            assert isinstance(results["bad"], ChatStreamError)
-            assert "poisoned prompt" in str(results["bad"])
-            assert isinstance(results["good"], str)
-            assert bad.messages[-1].status is MessageStatus.ERROR
-            assert good.messages[-1].finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
-            assert chat_stream.statistics().running == 0
+        with caplog.at_level(logging.WARNING, logger="chatstream"):
+            async with make() as chat_stream:
+                results = await chat_all(chat_stream)
+                assert chat_stream.statistics().running == 0
     finally:
         hook.remove()
+    assert isinstance(results[poison], ChatStreamError)
+    assert "the model failed on this request (RuntimeError)" in str(results[poison])
+    for text in questions:
+        if text != poison:
+            # The others: the very reply they get without the poisoned one among them.
+            assert results[text] == expected[text], text
+    # Nobody's message quotes the exception (which names other rows' input).
+    assert "other rows" not in str(results[poison])
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "failed: the model failed on this request" in errors[0].message
 
 
 async def test_event_loop_stays_responsive_during_prefill_and_decode(
@@ -383,3 +405,43 @@ async def test_options_are_validated_and_instances_share_nothing() -> None:
         with pytest.raises(RuntimeError, match="already running"):
             await first.__aenter__()
     assert not first.running
+
+
+def test_health_says_degraded_while_the_model_fails_everything(
+    tiny_model: tuple[Any, Any], anyio_backend: str
+) -> None:
+    import copy
+
+    import torch
+    from starlette.testclient import TestClient
+
+    from chatstream.adapters.starlette import HttpOptions, create_app
+
+    model, tokenizer = tiny_model
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.get_output_embeddings().weight.fill_(float("nan"))
+    chat_stream = ChatStream(
+        model=broken, tokenizer=tokenizer, temperature=0.0, max_new_tokens=4, context_len=128
+    )
+    app = create_app(
+        chat_stream, secret_key="x", http_options=HttpOptions(degraded_after_failures=3)
+    )
+    with TestClient(app, backend=anyio_backend) as client:  # type: ignore[arg-type]
+        assert client.get("/health").json()["status"] == "ok"
+        for attempt in range(3):
+            client.cookies.clear()
+            text = client.post("/chat_stream", json={"user_input": f"hi {attempt}"}).text
+            assert text == "<::ERROR::>the model produced NaN logits<::EOS::>"
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json() == {
+            "status": "degraded",
+            "detail": "the last 3 requests failed in the model",
+        }
+        # Mended (here: the weights put back), the next success clears it.
+        with torch.no_grad():
+            broken.get_output_embeddings().weight.copy_(model.get_output_embeddings().weight)
+        client.cookies.clear()
+        assert "<::ERROR::>" not in client.post("/chat_stream", json={"user_input": "hi"}).text
+        assert client.get("/health").json()["status"] == "ok"

@@ -12,6 +12,10 @@ from hypothesis import strategies as st
 
 from chatstream.core.config import (
     GREEDY_TEMPERATURE,
+    MAX_SEED,
+    MAX_STOP_LENGTH,
+    MAX_STOP_STRINGS,
+    MAX_TOP_K,
     ChatStreamConfig,
     GenerationParams,
     MockParams,
@@ -229,6 +233,16 @@ def test_config_error_is_a_value_error_and_a_chatstream_error() -> None:
     assert "got 256" in str(caught.value)
 
 
+def test_the_largest_values_allowed_are_allowed() -> None:
+    params = GenerationParams(
+        seed=MAX_SEED,
+        top_k=MAX_TOP_K,
+        stop=tuple("z" * MAX_STOP_LENGTH for _ in range(MAX_STOP_STRINGS)),
+    )
+    assert params.seed == 2**63 - 1
+    assert len(params.stop) == MAX_STOP_STRINGS
+
+
 def test_huge_integer_is_a_config_error_not_an_overflow() -> None:
     # Regression: float(10**400) raised OverflowError (a 500), not a ConfigError (a 400).
     with pytest.raises(ConfigError, match="too large") as caught:
@@ -240,9 +254,16 @@ INVALID_GENERATION: list[Any] = [
     ({"seed": -1}, "seed"),
     ({"seed": True}, "seed"),
     ({"seed": 1.5}, "seed"),
-    ({"stop": ""}, "stop"),
-    ({"stop": [""]}, "stop"),
-    ({"stop": ["ok", 1]}, "stop"),
+    # Past what a generator takes (it raised "Overflow when unpacking long long" in the model
+    # thread and failed the whole batch).
+    ({"seed": 2**63}, "seed"),
+    ({"seed": 18446744073709551616}, "seed"),
+    ({"top_k": 2**31}, "top_k"),
+    ({"stop": ""}, "stop[0]"),
+    ({"stop": [""]}, "stop[0]"),
+    ({"stop": ["ok", 1]}, "stop[1]"),
+    ({"stop": ["x"] * (MAX_STOP_STRINGS + 1)}, "stop"),
+    ({"stop": ["ok", "y" * (MAX_STOP_LENGTH + 1)]}, "stop[1]"),
     ({"stop": 5}, "stop"),
     ({"stop": None}, "stop"),
     ({"stop": {"a": 1}}, "stop"),
@@ -348,7 +369,8 @@ def test_stop_override_single_string() -> None:
         ({"repetition_penalty": 0}, "repetition_penalty"),
         ({"repetition_penalty_method": "both"}, "repetition_penalty_method"),
         ({"seed": -3}, "seed"),
-        ({"stop": [""]}, "stop"),
+        ({"seed": MAX_SEED + 1}, "seed"),
+        ({"stop": [""]}, "stop[0]"),
     ],
 )
 def test_overrides_meet_the_same_checks(overrides: dict[str, object], option: str) -> None:

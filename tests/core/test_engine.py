@@ -243,6 +243,24 @@ def test_model_error_fails_one_request_and_others_go_on() -> None:
     assert engine.is_active(1)
 
 
+def test_failures_are_counted_and_a_success_ends_a_run_of_them() -> None:
+    engine = make_engine(num_of_concurrent_executions=2, max_queue_size=2)
+    for request_id in range(3):
+        submit(engine, request_id, max_new_tokens=1)
+    plan = only_plan(engine)
+    engine.send(StepCompleted(step=plan.step, errors={0: "NaN logits", 1: "NaN logits"}))
+    # A cancelled request is not a success.
+    submit(engine, 3, max_new_tokens=1)
+    engine.send(Cancel(request_id=3))
+    (plan,) = plans(drain(engine))  # request 2's prefill
+    stats = engine.statistics()
+    assert (stats.failed_total, stats.consecutive_failures) == (2, 2)
+    engine.send(answer(plan))
+    drain(engine)
+    stats = engine.statistics()
+    assert (stats.failed_total, stats.consecutive_failures) == (2, 0)
+
+
 def test_missing_token_fails_that_request() -> None:
     engine = make_engine()
     submit(engine, 0)

@@ -95,6 +95,77 @@ def test_bad_feedback_and_params_change_nothing(start_server: ServerFactory) -> 
         assert (params["temperature"], params["top_k_value"]) == (1.0, 50)
 
 
+JSON_ROUTES = ["/chat_stream", "/set_generation_params", "/set_feedback", "/v1/chat/completions"]
+
+
+def _code_of(path: str, response: httpx.Response) -> str:
+    assert response.status_code == 400, (path, response.status_code, response.text)
+    body = response.json()
+    # The OpenAI route answers in OpenAI's error shape.
+    return str(body["error"]["code"] if path.startswith("/v1/") else error_of(response)["error"])
+
+
+def test_deep_nesting_is_400_on_every_json_route(start_server: ServerFactory) -> None:
+    # ~970 levels raised RecursionError in the JSON parser: a 500 on every route.
+    server = start_server(options={"client_roles": ALL_ROLES})
+    with server.client() as client:
+        for depth in (33, 970, 5000):
+            body = b'{"a": ' + b"[" * depth + b"]" * depth + b"}"
+            for path in JSON_ROUTES:
+                response = client.post(
+                    path, content=body, headers={"content-type": "application/json"}
+                )
+                assert _code_of(path, response) == "json_too_deep"
+        # 32 levels is fine (and then refused for what it is, not for its depth).
+        shallow = b'{"user_input": "x", "generation_params": {"stop": ' + b"[" * 30
+        shallow += b"]" * 30 + b"}}"
+        response = client.post(
+            "/chat_stream", content=shallow, headers={"content-type": "application/json"}
+        )
+        assert error_of(response)["error"] == "invalid_generation_params"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/set_generation_params", {"\ud800": 1}, "a key of the body"),
+        ("/set_generation_params", {"stop": ["ok", "\udfff"]}, "'stop[1]'"),
+        ("/chat_stream", {"user_input": "x", "generation_params": {"\ud800": 1}}, "a key of"),
+        ("/chat_stream", {"user_input": "a\udfffb"}, "'user_input'"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi \ud83d"}]},
+            "'messages[0].content'",
+        ),
+        # On a real reply it returned 200, and every /get_history after it was a 500.
+        ("/set_feedback", {"message_id": "<reply>", "form_data": "\udfff"}, "'form_data'"),
+    ],
+)
+def test_lone_surrogates_are_400_naming_the_field(
+    start_server: ServerFactory, path: str, body: dict[str, Any], field: str
+) -> None:
+    server = start_server(options={"client_roles": ALL_ROLES})
+    with server.client() as client:
+        with client.stream("POST", "/chat_stream", json={"user_input": "hi"}) as first:
+            first.read()
+        history = client.get("/get_history").json()["messages"]
+        if body.get("message_id") == "<reply>":
+            body = {**body, "message_id": history[-1]["id"]}
+        # json.dumps writes a lone surrogate as its \\u escape: valid JSON that parses back.
+        response = client.post(path, content=json.dumps(body).encode())
+        assert _code_of(path, response) == "invalid_code_point"
+        message = (
+            response.json()["error"]["message"]
+            if path.startswith("/v1/")
+            else (response.json()["message"])
+        )
+        assert field in message
+        # Nothing was stored: every later read still renders.
+        assert client.get("/get_history").json()["messages"] == history
+        assert client.get("/get_generation_params").status_code == 200
+        assert client.get("/get_prompt").status_code == 200
+
+
 def test_regenerate_with_no_history_is_400(start_server: ServerFactory) -> None:
     server = start_server()
     with server.client() as client:
@@ -110,11 +181,11 @@ def test_prompt_longer_than_the_context(start_server: ServerFactory) -> None:
         assert error_of(response)["error"] == "prompt_too_long"
 
 
+# Text with every code point, lone surrogates included (what JSON's \\u escapes can carry).
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=20)
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
+    st.none() | st.booleans() | st.integers() | st.floats() | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ANY_TEXT, inner, max_size=3),
     max_leaves=8,
 )
 FIELDS = st.sampled_from(

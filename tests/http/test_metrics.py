@@ -62,6 +62,10 @@ FAMILIES = {
     "chatstream_steps_total": ("counter", "Model steps planned by the engine."),
     "chatstream_engine_cancelled_total": ("counter", "Requests cancelled in the engine."),
     "chatstream_engine_rejected_total": ("counter", "Requests rejected by the engine."),
+    "chatstream_engine_failed_total": (
+        "counter",
+        "Requests that ended in an error of the model.",
+    ),
 }
 # Families made by prometheus_client's Counter/Histogram: each has a ``*_created`` gauge.
 REQUEST_FAMILIES = list(FAMILIES)[:8]
@@ -118,6 +122,7 @@ def _stats(
     rejected_total: int = 0,
     cancelled_total: int = 0,
     steps_total: int = 0,
+    failed_total: int = 0,
     draining: bool = False,
     lost: str | None = None,
 ) -> EngineStatistics:
@@ -132,6 +137,7 @@ def _stats(
         finished_total=3,
         generated_tokens_total=5,
         steps_total=steps_total,
+        failed_total=failed_total,
         step_in_flight=True,
         draining=draining,
         lost=lost,
@@ -387,6 +393,7 @@ def test_engine_families_follow_successive_snapshots() -> None:
             steps_total=250,
             rejected_total=4,
             cancelled_total=3,
+            failed_total=6,
             draining=True,
             lost="gone",
         ),
@@ -400,12 +407,13 @@ def test_engine_families_follow_successive_snapshots() -> None:
         for name in ("chatstream_steps_total", "chatstream_engine_cancelled_total"):
             assert _created_name(name) not in families
             assert [s.name for s in families[name].samples] == [name]
-    # running, waiting, slots, queue capacity, draining, available, steps, cancelled, rejected
+    # running, waiting, slots, queue capacity, draining, available, steps, cancelled, rejected,
+    # failed
     assert seen == [
-        (1, 0, 4, 8, 0, 1, 3, 0, 0),
-        (2, 5, 4, 8, 0, 1, 10, 0, 1),
-        (0, 1, 4, 8, 0, 1, 10, 2, 4),
-        (0, 0, 4, 8, 1, 0, 250, 3, 4),
+        (1, 0, 4, 8, 0, 1, 3, 0, 0, 0),
+        (2, 5, 4, 8, 0, 1, 10, 0, 1, 0),
+        (0, 1, 4, 8, 0, 1, 10, 2, 4, 0),
+        (0, 0, 4, 8, 1, 0, 250, 3, 4, 6),
     ]
     # The totals only go up when the engine's do: the values are the engine's, not sums.
     totals = [row[6:] for row in seen]

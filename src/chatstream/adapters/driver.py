@@ -16,6 +16,7 @@ closed stream) cancels the request in the engine, and its slot is free before th
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from chatstream.core import (
     Engine,
     EngineStatistics,
     Finished,
+    FinishReason,
     GenerationParams,
     Queued,
     QueuePositionChanged,
@@ -44,6 +46,8 @@ from chatstream.core import (
 from .model.model_thread import StepDone, StepResult
 
 __all__ = ["EngineDriver", "RequestEvent", "RequestHandle", "StepRunner"]
+
+logger = logging.getLogger("chatstream")
 
 #: What a request's handle yields: every core output except step plans.
 RequestEvent = Queued | QueuePositionChanged | Admitted | Rejected | TextDelta | Finished
@@ -231,6 +235,10 @@ class EngineDriver:
             if isinstance(event, StepPlan):
                 self._runner.start_step(event, self._step_done)
                 continue
+            if isinstance(event, Finished) and event.reason is FinishReason.ERROR:
+                # The one log line of a failed request (its step's traceback, if any, was
+                # logged by the model thread).
+                logger.error("request %d failed: %s", event.request_id, event.error)
             self._route(event)
 
     def _route(self, event: RequestEvent) -> None:

@@ -9,6 +9,10 @@ from __future__ import annotations
 from .admission import Admission, AdmissionEvent, AdmissionStatistics
 from .config import (
     GREEDY_TEMPERATURE,
+    MAX_SEED,
+    MAX_STOP_LENGTH,
+    MAX_STOP_STRINGS,
+    MAX_TOP_K,
     ChatStreamConfig,
     GenerationParams,
     MockParams,
@@ -63,6 +67,7 @@ from .events import (
     TextDelta,
     Usage,
 )
+from .isolation import SHED_MESSAGE, IsolatedStep, run_isolated, step_rows
 from .prompts import (
     AbstractChatPrompt,
     ChatContent,
@@ -78,7 +83,12 @@ __all__ = [
     "API_NAMES",
     "AUTH_METHODS",
     "GREEDY_TEMPERATURE",
+    "MAX_SEED",
+    "MAX_STOP_LENGTH",
+    "MAX_STOP_STRINGS",
+    "MAX_TOP_K",
     "NEED_INPUT",
+    "SHED_MESSAGE",
     "AbstractChatPrompt",
     "Admission",
     "AdmissionEvent",
@@ -109,6 +119,7 @@ __all__ = [
     "GenerationParams",
     "IncrementalDecoder",
     "Input",
+    "IsolatedStep",
     "LocalProtocolError",
     "Message",
     "MessageStatus",
@@ -144,4 +155,6 @@ __all__ = [
     "UnknownMessageError",
     "Usage",
     "apply_replacements",
+    "run_isolated",
+    "step_rows",
 ]

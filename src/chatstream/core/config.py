@@ -22,6 +22,10 @@ from .errors import ConfigError
 
 __all__ = [
     "GREEDY_TEMPERATURE",
+    "MAX_SEED",
+    "MAX_STOP_LENGTH",
+    "MAX_STOP_STRINGS",
+    "MAX_TOP_K",
     "ChatStreamConfig",
     "GenerationParams",
     "MockParams",
@@ -34,14 +38,25 @@ MockType = Literal["round", "long", "echo"]
 
 #: Below this temperature sampling is greedy (argmax), as in the original.
 GREEDY_TEMPERATURE: Final = 1e-4
+#: The largest seed: generators take a signed 64-bit integer.
+MAX_SEED: Final = 2**63 - 1
+#: Stop strings one request may add (OpenAI allows 4), and the length of each in characters:
+#: every delta is matched against them on the event loop, so a client must not choose how long
+#: that takes.
+MAX_STOP_STRINGS: Final = 16
+MAX_STOP_LENGTH: Final = 256
+#: Past any vocabulary: a larger top-k means the same as this one.
+MAX_TOP_K: Final = 2**31 - 1
 
 
-def _int(option: str, value: object, *, minimum: int) -> int:
+def _int(option: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
     # bool is an int subclass; `true` in a JSON body is not a size.
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(option, f"must be an integer, got {value!r}")
     if value < minimum:
         raise ConfigError(option, f"must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(option, f"must be at most {maximum}, got {value}")
     return value
 
 
@@ -97,9 +112,11 @@ class GenerationParams:
     #: "multiplicative" (CTRL/HF: divide positive logits, multiply negative ones) or
     #: "subtractive" (subtract from the logit); once per distinct token already seen.
     repetition_penalty_method: PenaltyMethod = "multiplicative"
-    #: Seed of this request's random generator; None draws from the backend's generator.
+    #: Seed of this request's random generator, in [0, 2**63); None draws from the backend's
+    #: generator.
     seed: int | None = None
-    #: Extra stop strings for this request, on top of the prompt class's.
+    #: Extra stop strings for this request, on top of the prompt class's: at most
+    #: :data:`MAX_STOP_STRINGS`, each at most :data:`MAX_STOP_LENGTH` characters.
     stop: tuple[str, ...] = ()
     #: Keep generating past the end-of-sequence tokens, up to ``max_new_tokens`` (for
     #: benchmarks that need replies of a fixed length).
@@ -112,7 +129,7 @@ class GenerationParams:
             raise ConfigError("temperature", f"must not be negative, got {self.temperature}")
         _set(self, "temperature", temperature)
         if self.top_k is not None:
-            _int("top_k", self.top_k, minimum=1)
+            _int("top_k", self.top_k, minimum=1, maximum=MAX_TOP_K)
         top_p = _float("top_p", self.top_p)
         if not 0 < top_p <= 1:
             raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}")
@@ -131,13 +148,22 @@ class GenerationParams:
                 )
             _set(self, "repetition_penalty", penalty)
         if self.seed is not None:
-            _int("seed", self.seed, minimum=0)
+            _int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         _bool("ignore_eos", self.ignore_eos)
         stop: object = self.stop
         if isinstance(stop, str):
             stop = (stop,)
-        if not isinstance(stop, tuple | list) or not all(isinstance(s, str) and s for s in stop):
+        if not isinstance(stop, tuple | list):
             raise ConfigError("stop", f"must be a list of non-empty strings, got {self.stop!r}")
+        if len(stop) > MAX_STOP_STRINGS:
+            raise ConfigError("stop", f"at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
+        for index, string in enumerate(stop):
+            if not isinstance(string, str) or not string:
+                raise ConfigError(f"stop[{index}]", f"must be a non-empty string, got {string!r}")
+            if len(string) > MAX_STOP_LENGTH:
+                raise ConfigError(
+                    f"stop[{index}]", f"at most {MAX_STOP_LENGTH} characters, got {len(string)}"
+                )
         _set(self, "stop", tuple(stop))
 
     @property

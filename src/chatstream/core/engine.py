@@ -64,6 +64,11 @@ class EngineStatistics(AdmissionStatistics):
     draining: bool
     #: Set when the model is gone (:class:`ModelLost`); every request is then refused.
     lost: str | None
+    #: Requests that ended in an error of the model so far.
+    failed_total: int = 0
+    #: Requests that ended in an error of the model since the last one that ended well: a
+    #: model that fails everything (NaN weights, a broken device) shows here.
+    consecutive_failures: int = 0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -102,6 +107,8 @@ class Engine:
         self._in_flight: StepPlan | None = None
         self._next_step = 0
         self._generated_total = 0
+        self._failed_total = 0
+        self._consecutive_failures = 0
         self._draining = False
         self._lost: str | None = None
 
@@ -153,6 +160,8 @@ class Engine:
             step_in_flight=self._in_flight is not None,
             draining=self._draining,
             lost=self._lost,
+            failed_total=self._failed_total,
+            consecutive_failures=self._consecutive_failures,
         )
 
     @property
@@ -270,9 +279,13 @@ class Engine:
 
     def _fail(self, request_id: RequestId, message: str) -> None:
         if request_id in self._requests:
+            self._failed_total += 1
+            self._consecutive_failures += 1
             self._end(request_id, FinishReason.ERROR, error=message)
 
     def _end(self, request_id: RequestId, reason: FinishReason, error: str | None = None) -> None:
+        if reason in (FinishReason.STOP, FinishReason.LENGTH):
+            self._consecutive_failures = 0
         request = self._requests.pop(request_id)
         self._scheduler.remove(request_id)
         admission_events = self._admission.finish(request_id)

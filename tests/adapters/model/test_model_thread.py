@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 
@@ -11,12 +12,14 @@ import pytest
 from chatstream.adapters.driver import EngineDriver
 from chatstream.adapters.model.model_thread import ModelThread, ModelThreadDied, StepResult
 from chatstream.core import (
+    SHED_MESSAGE,
     ChatStreamConfig,
     DecodingOptions,
     Engine,
     Finished,
     FinishReason,
     GenerationParams,
+    PrefillChunk,
     Rejected,
     RejectReason,
     StepCompleted,
@@ -25,6 +28,8 @@ from chatstream.core import (
 )
 
 pytestmark = pytest.mark.anyio
+
+PARAMS = GenerationParams()
 
 
 class Fatal(BaseException):
@@ -38,9 +43,16 @@ class ScriptedBackend:
     stop_token_ids: frozenset[int] = frozenset({0})
     max_context: int | None = None
 
-    def __init__(self, fail_steps: Sequence[int] = (), die_at: int | None = None) -> None:
+    def __init__(
+        self,
+        fail_steps: Sequence[int] = (),
+        die_at: int | None = None,
+        poison: Sequence[int] = (),
+    ) -> None:
         self.threads: set[int] = {threading.get_ident()}
         self.fail_steps = set(fail_steps)
+        self.poison = set(poison)
+        self.runs: list[StepPlan] = []
         self.die_at = die_at
         self.closed_in: int | None = None
 
@@ -52,6 +64,9 @@ class ScriptedBackend:
 
     def run_step(self, plan: StepPlan) -> StepCompleted:
         self.threads.add(threading.get_ident())
+        self.runs.append(plan)
+        if self.poison & {c.request_id for c in plan.prefill}:
+            raise ValueError("a poisoned prompt")
         if plan.step == self.die_at:
             raise Fatal("the thread is going down")
         if plan.step in self.fail_steps:
@@ -117,13 +132,49 @@ async def test_a_plan_handed_over_at_shutdown_is_answered_as_lost() -> None:
     assert answers == []
 
 
-async def test_an_exception_fails_the_step_and_the_thread_goes_on() -> None:
-    async with ModelThread(lambda: ScriptedBackend(fail_steps=[1])) as model_thread:
-        assert await model_thread.run(plan(0)) == StepCompleted(step=0)
-        failed = await model_thread.run(plan(1))
-        assert isinstance(failed, StepFailed)
-        assert "MemoryError: out of memory in this step" in failed.message
-        assert await model_thread.run(plan(2)) == StepCompleted(step=2)
+def prefill_plan(step: int, request_ids: Sequence[int]) -> StepPlan:
+    return StepPlan(
+        step=step,
+        prefill=tuple(
+            PrefillChunk(request_id=r, slot=r, token_ids=(1,), start=0, last=True, params=PARAMS)
+            for r in request_ids
+        ),
+    )
+
+
+async def test_a_poisoned_request_fails_alone_and_the_thread_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = ScriptedBackend(poison=[2])
+    with caplog.at_level(logging.WARNING, logger="chatstream"):
+        async with ModelThread(lambda: backend) as model_thread:
+            result = await model_thread.run(prefill_plan(0, [0, 1, 2, 3]))
+            assert isinstance(result, StepCompleted)
+            assert result.tokens == {r: (ord("x"),) for r in (0, 1, 3)}
+            # Its own message, which says nothing the exception said.
+            assert result.errors == {2: "the model failed on this request (ValueError)"}
+            assert await model_thread.run(plan(1)) == StepCompleted(step=1)
+    # The whole step ran, then again, then halves until the poisoned row stood alone.
+    assert len(backend.runs) > 2
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and all(
+        "step 0 failed (ValueError: a poisoned prompt)" in r.message for r in warnings
+    )
+    assert all(r.exc_info is not None for r in warnings)  # with the traceback
+
+
+async def test_a_step_that_always_runs_out_of_memory_sheds_its_rows_newest_first() -> None:
+    backend = ScriptedBackend(fail_steps=[0])
+    async with ModelThread(lambda: backend) as model_thread:
+        result = await model_thread.run(prefill_plan(0, [0, 1, 2, 3]))
+        assert isinstance(result, StepCompleted)
+        assert result.tokens == {}
+        assert set(result.errors) == {0, 1, 2, 3}
+        assert result.errors[0] == "the model failed on this request (MemoryError)"
+        assert result.errors[3] == SHED_MESSAGE
+        # No plain retry of an out-of-memory step: the newest half goes first.
+        assert [len(p.prefill) for p in backend.runs] == [4, 2, 1]
+        assert await model_thread.run(plan(1)) == StepCompleted(step=1)
 
 
 async def test_a_load_failure_is_reported_at_start() -> None:

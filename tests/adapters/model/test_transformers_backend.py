@@ -18,8 +18,10 @@ from chatstream.core import (
     Finished,
     FinishReason,
     GenerationParams,
+    StepCompleted,
     StepPlan,
     Submit,
+    run_isolated,
 )
 
 GREEDY = GenerationParams(max_new_tokens=12, temperature=0.0)
@@ -74,6 +76,8 @@ class Harness:
         self.text: dict[int, str] = {}
         self.finished: dict[int, Finished] = {}
         self.next_id = 0
+        #: What runs a step plan (a test may wrap the backend's).
+        self.run_step: Callable[[StepPlan], StepCompleted] = self.backend.run_step
 
     def submit(self, ids: tuple[int, ...], params: GenerationParams = GREEDY) -> int:
         request_id = self.next_id
@@ -94,7 +98,7 @@ class Harness:
         """Run every pending event and at most one model step; False when idle."""
         while (event := self.engine.next_event()) is not NEED_INPUT:
             if isinstance(event, StepPlan):
-                result = self.backend.run_step(event)
+                result = self.run_step(event)
                 for request_id, token_ids in result.tokens.items():
                     if request_id not in self.finished:
                         self.tokens[request_id].extend(token_ids)
@@ -196,7 +200,7 @@ def test_prefill_exception_fails_only_that_request(tiny_model: tuple[Any, Any]) 
     finally:
         handle.remove()
     assert harness.finished[bad].reason is FinishReason.ERROR
-    assert "cannot process this prompt" in str(harness.finished[bad].error)
+    assert harness.finished[bad].error == "the model failed on this request (RuntimeError)"
     assert harness.tokens[good] == reference(model, tokenizer, encode(tokenizer, PROMPTS[0]), 12)
 
 
@@ -413,6 +417,38 @@ def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     tolerance = 1024 * torch.finfo(expected.dtype).eps
     scale = max(1.0, float(expected.abs().max()))
     torch.testing.assert_close(actual, expected, atol=tolerance * scale, rtol=tolerance)
+
+
+def test_a_step_narrowed_after_a_late_failure_gives_the_others_the_same_tokens(
+    tiny_model: tuple[Any, Any],
+) -> None:
+    # A step that fails after the backend did all its work (KV written, masks opened, tokens
+    # sampled) is run again, then in parts: writing the same positions twice must change
+    # nothing for the rows that did not fail.
+    model, tokenizer = tiny_model
+    harness = Harness(model, tokenizer)
+    prompts = [encode(tokenizer, p) for p in PROMPTS[:4]]
+    ids = [harness.submit(p, LONG_RUN) for p in prompts]
+    poisoned = ids[2]
+    runs: list[StepPlan] = []
+
+    def fails_late(plan: StepPlan) -> StepCompleted:
+        runs.append(plan)
+        result = harness.backend.run_step(plan)
+        decoding = {d.request_id for d in plan.decode}
+        if poisoned in decoding and len(harness.tokens[ids[0]]) >= 4:
+            raise RuntimeError("fails after the work is done")
+        return result
+
+    harness.run_step = lambda plan: run_isolated(plan, fails_late).result
+    harness.run()
+    assert harness.finished[poisoned].reason is FinishReason.ERROR
+    assert len(runs) > harness.config.max_new_tokens  # some steps ran several times
+    for request_id, prompt in zip(ids, prompts, strict=True):
+        if request_id != poisoned:
+            assert harness.tokens[request_id] == reference_ignoring_eos(
+                model, tokenizer, prompt, 12
+            )
 
 
 def run_watching_forwards(

@@ -26,6 +26,7 @@ __all__ = [
     "BadRequest",
     "HttpOptions",
     "RequestContext",
+    "check_json_value",
     "error_response",
     "forbidden",
     "read_json_object",
@@ -47,6 +48,11 @@ class HttpOptions:
     keepalive_sec: float = 15.0
     #: Seconds that running streams get to finish when the server drains for shutdown.
     drain_timeout_sec: float = 30.0
+    #: Deepest nesting of arrays and objects accepted in a JSON body; deeper is a 400.
+    max_json_depth: int = 32
+    #: ``/health`` says 503 "degraded" after this many requests in a row failed in the model
+    #: (with no request ending well in between).
+    degraded_after_failures: int = 8
 
 
 class BadRequest(Exception):
@@ -118,9 +124,58 @@ async def read_json_object(
         parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        # The parser's own recursion limit, far deeper than ours.
+        raise _too_deep(options) from None
     if not isinstance(parsed, dict):
         raise BadRequest(400, "invalid_json", "the body must be a JSON object")
+    check_json_value(parsed, options)
     return parsed
+
+
+def check_json_value(value: object, options: HttpOptions) -> None:
+    """Refuse what JSON allows but nothing downstream can hold: nesting deeper than
+    ``max_json_depth``, and strings (keys included) with lone surrogates (``"\\ud800"``
+    parses, but no tokenizer, store or JSON response can encode it).
+
+    Raises:
+        BadRequest: 400 ``json_too_deep`` or ``invalid_code_point``, naming the field.
+    """
+    # Iterative: a recursive walk would be its own RecursionError.
+    stack: list[tuple[str, object, int]] = [("", value, 0)]
+    while stack:
+        path, item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(f"the field {path!a}", item)
+        elif isinstance(item, dict | list):
+            if depth >= options.max_json_depth:
+                raise _too_deep(options)
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in pairs:
+                if isinstance(key, str):
+                    _check_text(f"a key of {path!a}" if path else "a key of the body", key)
+                    where = f"{path}.{key}" if path else key
+                else:
+                    where = f"{path}[{key}]"
+                stack.append((where, child, depth + 1))
+
+
+def _check_text(where: str, text: str) -> None:
+    # `where` names the field with ascii(): the name itself may hold the surrogate.
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(
+            400, "invalid_code_point", f"{where} holds a lone surrogate, which is not a character"
+        ) from None
+
+
+def _too_deep(options: HttpOptions) -> BadRequest:
+    return BadRequest(
+        400, "json_too_deep", f"the body nests deeper than {options.max_json_depth} levels"
+    )
 
 
 def _too_large(options: HttpOptions) -> BadRequest:

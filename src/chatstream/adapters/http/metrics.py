@@ -100,6 +100,11 @@ _ENGINE_COUNTERS: tuple[tuple[str, str, Callable[[EngineStatistics], float]], ..
         "Requests rejected by the engine.",
         lambda s: s.rejected_total,
     ),
+    (
+        "chatstream_engine_failed_total",
+        "Requests that ended in an error of the model.",
+        lambda s: s.failed_total,
+    ),
 )
 
 

@@ -467,7 +467,8 @@ class HttpApi:
         return JSONResponse({"success": True, "message": "success", "memory_usage": [usage]})
 
     async def handle_health_request(self, request: Request) -> Response:
-        """``GET /health``: 200 when serving, 503 while loading, draining or broken."""
+        """``GET /health``: 200 when serving, 503 while loading, draining, degraded (the
+        model failed every recent request) or gone."""
         cs = self.service
         if not cs.running:
             return JSONResponse({"status": "loading"}, status_code=503)
@@ -476,6 +477,16 @@ class HttpApi:
             return JSONResponse({"status": "unavailable", "detail": stats.lost}, status_code=503)
         if stats.draining or cs.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
+        if stats.consecutive_failures >= self.options.degraded_after_failures:
+            # The model fails whatever it is given (NaN weights, a broken device): a
+            # balancer should send the traffic elsewhere until a request succeeds again.
+            return JSONResponse(
+                {
+                    "status": "degraded",
+                    "detail": f"the last {stats.consecutive_failures} requests failed in the model",
+                },
+                status_code=503,
+            )
         return JSONResponse(
             {
                 "status": "ok",

@@ -15,8 +15,10 @@ The handoff is built for the time between two steps, when the model waits on the
   finds its next plan waiting: a step's turnaround is one wake-up of the loop plus the
   engine's own work, not a queue of HTTP tasks.
 
-A failing step becomes :class:`~chatstream.core.StepFailed` and the thread serves the next
-one. If the thread itself dies (the backend raised something that is not an ``Exception``,
+A failing step is retried once, then narrowed down to the requests that cause it
+(:func:`~chatstream.core.run_isolated`): those fail, each with a message about its own
+failure, and the others get their tokens; each failure is logged (logger ``chatstream``) with
+its traceback. If the thread itself dies (the backend raised something that is not an ``Exception``,
 or failed to load), every step in flight and every later one is answered with
 :class:`~chatstream.core.ModelLost`; nothing waits on a dead thread.
 """
@@ -24,6 +26,7 @@ or failed to load), every step in flight and every later one is answered with
 from __future__ import annotations
 
 import collections
+import logging
 import queue
 import traceback
 from collections.abc import Callable
@@ -33,7 +36,7 @@ from typing import Generic, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
-from chatstream.core import ModelLost, StepCompleted, StepFailed, StepPlan
+from chatstream.core import ModelLost, StepCompleted, StepFailed, StepPlan, run_isolated
 
 from .backend import Backend
 
@@ -47,6 +50,8 @@ StepResult = StepCompleted | StepFailed | ModelLost
 StepDone = Callable[[StepResult], None]
 
 _STOPPED = "the model thread stopped"
+
+logger = logging.getLogger("chatstream")
 
 
 class ModelThreadDied(RuntimeError):
@@ -173,6 +178,8 @@ class ModelThread(Generic[B]):
     def _die(self, message: str) -> None:
         if self._dead is None:
             self._dead = message
+            if message != _STOPPED:
+                logger.error("%s", message)
         while self._waiting:
             self._waiting.popleft()(ModelLost(message=self._dead))
         assert self._loaded is not None
@@ -198,9 +205,7 @@ class ModelThread(Generic[B]):
                 return
             while (plan := self._inbox.get()) is not None:
                 try:
-                    result: StepCompleted | StepFailed = backend.run_step(plan)
-                except Exception as error:
-                    result = StepFailed(step=plan.step, message=_describe(error))
+                    result: StepCompleted | StepFailed = _run_isolated(backend, plan)
                 except BaseException as error:
                     in_loop(self._die, f"the model thread died: {_describe(error)}")
                     return
@@ -231,6 +236,25 @@ async def run_step(
     if isinstance(result, ModelLost):
         raise ModelThreadDied(result.message)
     return result
+
+
+def _run_isolated(backend: Backend, plan: StepPlan) -> StepCompleted:
+    isolated = run_isolated(plan, backend.run_step, out_of_memory=_out_of_memory)
+    for error in isolated.step_errors:
+        # Once per failed run, with the traceback; each request that fails of it is logged
+        # again, once, by the driver (with its request id).
+        logger.warning(
+            "step %d failed (%s); narrowing it down to the requests that cause it",
+            plan.step,
+            _describe(error),
+            exc_info=error,
+        )
+    return isolated.result
+
+
+def _out_of_memory(error: Exception) -> bool:
+    # torch.OutOfMemoryError (CUDA, MPS) or a host MemoryError; no torch import here.
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
 
 
 def _describe(error: BaseException) -> str:

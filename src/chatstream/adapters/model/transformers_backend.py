@@ -13,7 +13,7 @@ The forward keyword for the cache is ``cache`` from transformers 5.24 and
 from __future__ import annotations
 
 import inspect
-import sys
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +34,8 @@ from .slot_cache import SCRATCH_COLUMN, SlotKVCache
 from .split_attention import RowGroup, plan_split, split_attention, splittable
 
 __all__ = ["TransformersBackend", "resolve_device"]
+
+logger = logging.getLogger("chatstream")
 
 
 def resolve_device(device: str | torch.device | None, model: torch.nn.Module) -> torch.device:
@@ -190,10 +192,13 @@ class TransformersBackend:
                 self._seen[chunk.slot] = False
         try:
             return list(zip(chunks, self._prefill(chunks), strict=True))
-        except Exception:
+        except Exception as error:
             if len(chunks) == 1:
-                error = sys.exc_info()[1]
-                errors[chunks[0].request_id] = f"prefill failed: {type(error).__name__}: {error}"
+                # Its own failure only, in words that quote nothing of the model's internals;
+                # the traceback goes to the log.
+                request_id = chunks[0].request_id
+                logger.warning("the prompt of request %d failed", request_id, exc_info=error)
+                errors[request_id] = f"the model failed on this request ({type(error).__name__})"
                 return []
         done = []
         for chunk in chunks:
