@@ -3,6 +3,7 @@ nothing: no leaked slot, no corrupted history, no dead worker, never a 500."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -258,3 +259,85 @@ def shared_server(start_server: ServerFactory) -> Any:
             }
         )
     return _servers[key]
+
+
+def test_a_poisoned_seed_is_refused_and_the_running_streams_never_notice(
+    start_server: ServerFactory,
+) -> None:
+    # A seed past 2**63 once reached the model thread and failed the whole batch: all four
+    # streams ended with "Overflow when unpacking long long" (a 500 on the OpenAI route).
+    server = start_server(
+        options={
+            "num_of_concurrent_executions": 4,
+            "mock_params": {"type": "long", "time_per_token_sec": 0.01},
+        }
+    )
+    huge = 18446744073709551616
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(server.client()) for _ in range(4)]
+        *streaming, poisoner = clients
+        responses = [
+            stack.enter_context(client.stream("POST", "/chat_stream", json={"user_input": "hi"}))
+            for client in streaming
+        ]
+        refused = poisoner.post(
+            "/chat_stream", json={"user_input": "x", "generation_params": {"seed": huge}}
+        )
+        assert error_of(refused)["error"] == "invalid_generation_params"
+        assert "seed" in refused.json()["message"]
+        openai = poisoner.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "x"}], "seed": huge},
+        )
+        assert openai.status_code == 400
+        assert "seed" in openai.json()["error"]["message"]
+        for response in responses:
+            body = response.read().decode()
+            assert "<::ERROR::>" not in body
+            assert body.endswith("<::EOS::>")
+
+
+def test_only_an_accepted_request_creates_a_session(start_server: ServerFactory) -> None:
+    server = start_server(
+        options={
+            "num_of_concurrent_executions": 1,
+            "max_queue_size": 0,
+            "too_many_request_as_http_error": True,
+            "mock_params": {"type": "long", "time_per_token_sec": 0.02},
+        }
+    )
+
+    def cookie_of(response: httpx.Response) -> str | None:
+        cookie: str | None = response.headers.get("set-cookie")
+        return cookie
+
+    with server.client() as first, server.client() as other:
+        assert cookie_of(first.post("/chat_stream", json={})) is None  # 400
+        bad_params = first.post("/set_generation_params", json={"top_p": 7})
+        assert bad_params.status_code == 400 and cookie_of(bad_params) is None
+        with first.stream("POST", "/chat_stream", json={"user_input": "hi"}) as running:
+            assert running.status_code == 200
+            assert cookie_of(running) is not None
+            # The slot is taken and there is no waiting room: a 429, and no session for it.
+            refused = other.post("/chat_stream", json={"user_input": "me too"})
+            assert refused.status_code == 429 and cookie_of(refused) is None
+            running.read()
+        assert other.get("/get_history").json()["messages"] == []
+        good_params = other.post("/set_generation_params", json={"top_p": 0.5})
+        assert good_params.status_code == 200 and cookie_of(good_params) is not None
+
+
+def test_feedback_data_is_bounded(start_server: ServerFactory) -> None:
+    server = start_server()
+    with server.client() as client:
+        client.post("/chat_stream", json={"user_input": "hi"})
+        reply = client.get("/get_history").json()["messages"][-1]["id"]
+        big = {"message_id": reply, "is_like": True, "form_data": {"note": "n" * 5000}}
+        refused = client.post("/set_feedback", json=big)
+        assert error_of(refused)["error"] == "feedback_too_large"
+        assert "4096" in refused.json()["message"]
+        assert "feedback" not in client.get("/get_history").json()["messages"][-1]
+        fine = {"message_id": reply, "is_like": True, "form_data": {"note": "good"}}
+        assert client.post("/set_feedback", json=fine).json()["success"] is True
+        stored = client.get("/get_history").json()["messages"][-1]["feedback"]
+        assert stored == {"is_like": True, "data": {"note": "good"}}

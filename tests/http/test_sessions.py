@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 import chatstream.adapters.http.session_stores as session_stores_module
 import chatstream.adapters.http.sessions as sessions_module
+from chatstream.adapters.http.session_stores import session_bytes
 from chatstream.adapters.http.sessions import CLOCK_SKEW_SECONDS, DEFAULT_SESSION_TTL
 from chatstream.adapters.sessions import (
     SESSION_SCOPE_KEY,
@@ -900,6 +901,88 @@ async def test_memory_store_sees_turns_started_after_the_save() -> None:
     assert list(store._entries) == ["a", "c"]
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("store_class", STORES)
+async def test_a_flood_of_new_sessions_never_evicts_a_conversation(
+    store_class: type[MemoryStore],
+) -> None:
+    # 10,050 cookie-less requests once evicted another user's conversation.
+    store = store_class(max_sessions=10, max_new_sessions=3)
+    for name in ("alice", "bob"):
+        await store.save(name, SessionData(conversation=finished_conversation(2)))
+    for n in range(1000):
+        await store.save(f"flood-{n}", SessionData(generation_params={"temperature": 0.5}))
+    assert len(store) == 2 + 3
+    assert list(store._new) == ["flood-997", "flood-998", "flood-999"]
+    for name in ("alice", "bob"):
+        loaded = await store.load(name)
+        assert loaded is not None and len(loaded.conversation.messages) == 4
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("store_class", STORES)
+async def test_new_sessions_go_before_conversations_when_the_store_is_full(
+    store_class: type[MemoryStore],
+) -> None:
+    store = store_class(max_sessions=3, max_new_sessions=3)
+    await store.save("talk-1", SessionData(conversation=finished_conversation(1)))
+    await store.save("new-1", SessionData())
+    await store.save("talk-2", SessionData(conversation=finished_conversation(1)))
+    # Full: a new conversation takes the new session's place, not the oldest conversation's.
+    await store.save("talk-3", SessionData(conversation=finished_conversation(1)))
+    assert sorted(store._entries) == ["talk-1", "talk-2", "talk-3"]
+    # With no new session left, the least recently used conversation goes.
+    await store.save("talk-4", SessionData(conversation=finished_conversation(1)))
+    assert sorted(store._entries) == ["talk-2", "talk-3", "talk-4"]
+    # A new session whose first turn completes is a conversation from then on.
+    first = SessionData()
+    await store.save("becomes-talk", first)
+    assert "becomes-talk" in store._new
+    first.conversation = finished_conversation(1)
+    await store.save("becomes-talk", first)
+    assert "becomes-talk" not in store._new
+    # Expiry and deletion forget it in both orders.
+    await store.delete("becomes-talk")
+    await store.save("new-2", SessionData())
+    await store.delete("new-2")
+    assert list(store._new) == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("store_class", STORES)
+async def test_a_session_is_kept_within_its_byte_limit(store_class: type[MemoryStore]) -> None:
+    store = store_class(max_session_bytes=16 * 1024, max_history_messages=None)
+    conversation = Conversation()
+    for n in range(40):
+        conversation.start_turn(
+            f"question {n} " + "長" * 300, user_message_id=f"u{n}", reply_id=f"a{n}"
+        )
+        conversation.append_reply(f"answer {n} " + "x" * 200)
+        conversation.finish_reply("stop")
+    data = SessionData(conversation=conversation, generation_params={"stop": ["a" * 256] * 16})
+    data.conversation.set_feedback("a39", is_like=True, data={"note": "n" * 1000})
+    assert session_bytes(data) > 16 * 1024
+    await store.save("s", data)
+    loaded = await store.load("s")
+    assert loaded is not None
+    assert session_bytes(loaded) <= 16 * 1024
+    messages = loaded.conversation.messages
+    # Whole exchanges, oldest first: the newest stays, with its feedback.
+    assert messages[-1].id == "a39" and messages[-1].feedback is not None
+    assert messages[0].role is Role.USER
+    assert len(messages) % 2 == 0 and len(messages) < 80
+
+
+@pytest.mark.anyio
+async def test_the_last_exchange_is_never_trimmed_away() -> None:
+    store = MemoryStore(max_session_bytes=1024)
+    data = SessionData(conversation=finished_conversation(1))
+    data.conversation.messages[0].content = "y" * 5000
+    await store.save("s", data)
+    loaded = await store.load("s")
+    assert loaded is not None and len(loaded.conversation.messages) == 2
+
+
 @pytest.mark.parametrize(
     ("options", "option"),
     [
@@ -908,6 +991,8 @@ async def test_memory_store_sees_turns_started_after_the_save() -> None:
         ({"ttl_seconds": float("nan")}, "ttl_seconds"),
         ({"max_sessions": 0}, "max_sessions"),
         ({"max_history_messages": 0}, "max_history_messages"),
+        ({"max_new_sessions": 0}, "max_new_sessions"),
+        ({"max_session_bytes": 1023}, "max_session_bytes"),
     ],
 )
 def test_invalid_store_options_are_refused(options: dict[str, Any], option: str) -> None:
@@ -921,6 +1006,9 @@ def test_store_defaults() -> None:
     assert store.ttl_seconds == 24 * 60 * 60
     assert store.max_sessions == 10_000
     assert store.max_history_messages == 200
+    assert store.max_new_sessions == 1_000
+    assert store.max_session_bytes == 256 * 1024
+    assert MemoryStore(max_sessions=10).max_new_sessions == 10
 
 
 # ---------------------------------------------------------------------- history trimming
@@ -1016,3 +1104,18 @@ def test_memory_stores_satisfy_the_protocol() -> None:
     for store in stores:
         for name in ("load", "save", "delete"):
             assert callable(getattr(store, name))
+
+
+def test_a_signature_spelled_another_way_is_refused() -> None:
+    # The last character of 32 bytes in base64 has two unused bits: flipping them spells
+    # the same bytes, which itsdangerous' decoder would accept.
+    signer = SessionCookie(SECRET)
+    for _ in range(50):
+        good = signer.sign(new_session_id())
+        head, last = good[:-1], good[-1]
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        index = alphabet.index(last)
+        assert index % 4 == 0
+        for spare in (1, 2, 3):
+            assert signer.unsign(head + alphabet[index + spare]) is None
+        assert signer.unsign(good) is not None

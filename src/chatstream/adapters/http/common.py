@@ -50,6 +50,8 @@ class HttpOptions:
     drain_timeout_sec: float = 30.0
     #: Deepest nesting of arrays and objects accepted in a JSON body; deeper is a 400.
     max_json_depth: int = 32
+    #: Largest ``form_data`` of one ``/set_feedback``, in bytes of its JSON; more is a 400.
+    max_feedback_bytes: int = 4096
     #: ``/health`` says 503 "degraded" after this many requests in a row failed in the model
     #: (with no request ending well in between).
     degraded_after_failures: int = 8

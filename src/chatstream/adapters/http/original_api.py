@@ -10,6 +10,7 @@ response, so hand-written routes can call them as they called the original's.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import urllib.parse
 import weakref
@@ -125,8 +126,9 @@ class HttpApi:
                 granted.role = promoted.name
                 await context.session.save()
                 return self._role_granted(promoted.name, promoted.enable_dev_tool, request, body)
-            data = await context.data_for_writing()
-            conversation = data.conversation if data is not None else Conversation()
+            # A browser without a session yet gets one only once its turn is accepted: a
+            # refused request (a 400, a full queue) stores nothing and creates nothing.
+            conversation = context.data.conversation if context.data is not None else Conversation()
             # One turn per session at a time, also with stores that serialize sessions (whose
             # copies would not see each other's turn in flight).
             if context.session is not None and context.session.id is not None:
@@ -140,6 +142,16 @@ class HttpApi:
             turn = await cs.start_turn(
                 conversation, user_input, regenerate=regenerate, generation_params=params
             )
+            if context.data is None and context.session is not None:
+                try:
+                    data = await context.data_for_writing()
+                except BaseException:
+                    turn.close()
+                    raise
+                assert data is not None and context.session.id is not None
+                data.conversation = conversation
+                busy = context.session.id
+                self._busy_sessions.add(busy)
         except BaseException as error:
             if busy is not None:
                 self._busy_sessions.discard(busy)
@@ -350,18 +362,22 @@ class HttpApi:
             body = await read_json_object(request, None, self.options)
         except BadRequest as error:
             return error.response()
-        context = await RequestContext.of(request, self.roles, create_session=True)
+        context = await RequestContext.of(request, self.roles, create_session=False)
         if not context.allows("set_generation_params"):
             return forbidden(_session_hint(context))
-        if context.data is None or context.session is None:
+        if context.session is None:
             return JSONResponse({"success": False, "message": "no session"})
-        merged = {**context.data.generation_params, **_canonical(body)}
+        earlier = context.data.generation_params if context.data is not None else {}
+        merged = {**earlier, **_canonical(body)}
         try:
             self.service.config.generation_params(merged)
         except ConfigError as error:
             return error_response(400, "invalid_generation_params", str(error))
+        # Valid: only now is a session created, if there is none yet.
+        data = await context.data_for_writing()
+        assert data is not None
         # Incremental: what is not in this request keeps its earlier value.
-        context.data.generation_params = merged
+        data.generation_params = merged
         await context.session.save()
         return JSONResponse(
             {
@@ -412,13 +428,20 @@ class HttpApi:
             return error_response(400, "missing_message_id", "'message_id' must be a string")
         if not isinstance(is_like, bool):
             return error_response(400, "invalid_field", "'is_like' must be true or false")
+        form_data = body.get("form_data", "")
+        size = len(json.dumps(form_data, ensure_ascii=False).encode())
+        if size > self.options.max_feedback_bytes:
+            return error_response(
+                400,
+                "feedback_too_large",
+                f"'form_data' takes {size} bytes as JSON; at most "
+                f"{self.options.max_feedback_bytes} are kept",
+            )
         if context.data is None or context.session is None:
             return error_response(404, "unknown_message_id", "no conversation in this session")
         conversation = context.data.conversation
         try:
-            message = conversation.set_feedback(
-                message_id, is_like=is_like, data=body.get("form_data", "")
-            )
+            message = conversation.set_feedback(message_id, is_like=is_like, data=form_data)
         except UnknownMessageError:
             return error_response(404, "unknown_message_id", f"no message {message_id!r}")
         await context.session.save()
@@ -430,7 +453,7 @@ class HttpApi:
                 handler,
                 {
                     "is_like": is_like,
-                    "form_data": body.get("form_data", ""),
+                    "form_data": form_data,
                     "prompt": [m.to_json() for m in history],
                     "target_message_id": message_id,
                     "target_message": message.content,

@@ -24,7 +24,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from chatstream.core import ConfigError, Conversation, LocalProtocolError, Role
 
-__all__ = ["JSONMemoryStore", "MemoryStore", "SessionData", "SessionStore"]
+__all__ = ["JSONMemoryStore", "MemoryStore", "SessionData", "SessionStore", "session_bytes"]
 
 #: Version of the JSON layout written by :meth:`SessionData.to_json`.
 _JSON_VERSION = 1
@@ -111,7 +111,10 @@ class _BoundedMemoryStore(abc.ABC, Generic[_V]):
 
     Entries are kept in last-use order, which is also expiry order (the idle time allowed is
     the same for all), so expired entries are always at the front: a sweep pops them from
-    there, and each entry is popped at most once (amortized O(1) per call).
+    there, and each entry is popped at most once (amortized O(1) per call). Sessions with no
+    reply yet ("new" ones: a first turn, parameters set) are also kept in an order of their
+    own, so that they are capped and evicted apart from conversations: a flood of cheap
+    requests only ever evicts sessions like its own.
     """
 
     def __init__(
@@ -119,7 +122,9 @@ class _BoundedMemoryStore(abc.ABC, Generic[_V]):
         *,
         ttl_seconds: float = 24 * 60 * 60,
         max_sessions: int = 10_000,
+        max_new_sessions: int = 1_000,
         max_history_messages: int | None = 200,
+        max_session_bytes: int | None = 256 * 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not ttl_seconds > 0:
@@ -130,11 +135,21 @@ class _BoundedMemoryStore(abc.ABC, Generic[_V]):
             raise ConfigError(
                 "max_history_messages", f"must be at least 1 or None, got {max_history_messages!r}"
             )
+        if max_new_sessions < 1:
+            raise ConfigError("max_new_sessions", f"must be at least 1, got {max_new_sessions!r}")
+        if max_session_bytes is not None and max_session_bytes < 1024:
+            raise ConfigError(
+                "max_session_bytes", f"must be at least 1024 or None, got {max_session_bytes!r}"
+            )
         self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
+        self.max_new_sessions = min(max_new_sessions, max_sessions)
         self.max_history_messages = max_history_messages
+        self.max_session_bytes = max_session_bytes
         self._clock = clock
         self._entries: OrderedDict[str, _Entry[_V]] = OrderedDict()
+        # The new sessions among the entries, in the same last-use order.
+        self._new: OrderedDict[str, None] = OrderedDict()
 
     def __len__(self) -> int:
         """The number of live sessions (expired ones are swept first)."""
@@ -148,10 +163,12 @@ class _BoundedMemoryStore(abc.ABC, Generic[_V]):
             return None
         now = self._clock()
         if now - entry.touched >= self.ttl_seconds:
-            del self._entries[session_id]
+            self._forget(session_id)
             return None
         entry.touched = now
         self._entries.move_to_end(session_id)
+        if session_id in self._new:
+            self._new.move_to_end(session_id)
         return self._unpack(entry.value)
 
     async def save(self, session_id: str, data: SessionData) -> None:
@@ -160,34 +177,55 @@ class _BoundedMemoryStore(abc.ABC, Generic[_V]):
         self._sweep(now)
         if self.max_history_messages is not None:
             _trim_history(data.conversation, self.max_history_messages)
+        if self.max_session_bytes is not None:
+            _trim_to_bytes(data, self.max_session_bytes)
+        is_new = not _has_reply(data.conversation)
         entry = self._entries.get(session_id)
         if entry is None:
+            if is_new and len(self._new) >= self.max_new_sessions:
+                self._evict_one(new_only=True)
             if len(self._entries) >= self.max_sessions:
-                self._evict_one()
+                self._evict_one(new_only=False)
             self._entries[session_id] = _Entry(self._pack(data), now)
         else:
             entry.value, entry.touched = self._pack(data), now
             self._entries.move_to_end(session_id)
+        if is_new:
+            self._new[session_id] = None
+            self._new.move_to_end(session_id)
+        else:
+            self._new.pop(session_id, None)
 
     async def delete(self, session_id: str) -> None:
         """Forget the session, if it exists."""
+        self._forget(session_id)
+
+    def _forget(self, session_id: str) -> None:
         self._entries.pop(session_id, None)
+        self._new.pop(session_id, None)
 
     def _sweep(self, now: float) -> None:
         while self._entries:
             oldest = next(iter(self._entries.values()))
             if now - oldest.touched < self.ttl_seconds:
                 return
-            self._entries.popitem(last=False)
+            session_id, _ = self._entries.popitem(last=False)
+            self._new.pop(session_id, None)
 
-    def _evict_one(self) -> None:
-        # The scan passes only sessions with a turn in flight, which the engine's concurrency
-        # and queue limits keep few.
-        victim = next(
-            (sid for sid, e in self._entries.items() if not self._in_flight(e.value)),
-            next(iter(self._entries)),
-        )
-        del self._entries[victim]
+    def _evict_one(self, *, new_only: bool) -> None:
+        # New sessions go first, the least recently used of them; a conversation only when
+        # there is no new session left. The scans pass only sessions with a turn in flight,
+        # which the engine's concurrency and queue limits keep few.
+        idle_new = (sid for sid in self._new if not self._in_flight(self._entries[sid].value))
+        victim = next(idle_new, None)
+        if victim is None and new_only:
+            victim = next(iter(self._new))
+        if victim is None:
+            victim = next(
+                (sid for sid, e in self._entries.items() if not self._in_flight(e.value)),
+                next(iter(self._entries)),
+            )
+        self._forget(victim)
 
     @abc.abstractmethod
     def _pack(self, data: SessionData) -> _V: ...
@@ -209,8 +247,17 @@ class MemoryStore(_BoundedMemoryStore[SessionData]):
 
     Args:
         ttl_seconds: a session not loaded or saved for this long is gone.
-        max_sessions: when a new session would exceed this, the least recently used one is
-            evicted; sessions with a turn in flight are spared unless every session has one.
+        max_sessions: when a new session would exceed this, one is evicted: the least
+            recently used session with no reply yet if there is one, else the least recently
+            used conversation; sessions with a turn in flight are spared unless every session
+            has one.
+        max_new_sessions: sessions with no reply yet (a first turn, parameters set) are
+            capped apart: past this many, the least recently used of them goes, so that a
+            flood of cheap requests never evicts a conversation.
+        max_session_bytes: on save, the oldest exchanges are dropped until what the session
+            holds (:func:`session_bytes`: messages, feedback data, parameters) fits; never the
+            last exchange, never while a turn is in flight. None: no limit. The memory a
+            store may hold is about ``max_sessions * max_session_bytes``.
         max_history_messages: on save, the oldest messages are dropped (from the saved
             object itself) in whole exchanges, a user message with its replies, until at most
             this many remain; never while a turn is in flight. Replies archived by regenerate
@@ -255,6 +302,34 @@ class JSONMemoryStore(_BoundedMemoryStore[_Frozen]):
 
     def _in_flight(self, value: _Frozen) -> bool:
         return value.in_flight
+
+
+def _has_reply(conversation: Conversation) -> bool:
+    return any(m.role is Role.ASSISTANT for m in conversation.messages)
+
+
+def session_bytes(data: SessionData) -> int:
+    """What a session holds, in bytes of UTF-8: its messages (archived replies included),
+    their feedback data, and its generation parameters."""
+    conversation = data.conversation
+    size = len(json.dumps(data.generation_params, ensure_ascii=False).encode())
+    for message in (*conversation.messages, *conversation.archived):
+        size += len(message.content.encode()) + 64  # the id, role and status around it
+        if message.feedback is not None:
+            size += len(json.dumps(message.feedback.data, ensure_ascii=False).encode())
+    return size
+
+
+def _trim_to_bytes(data: SessionData, limit: int) -> None:
+    # Whole exchanges, oldest first, as the history limit does; never while a turn is in
+    # flight, and never the last exchange (the HTTP limits on input and feedback keep that
+    # far below any sensible limit).
+    conversation = data.conversation
+    while not conversation.in_flight and session_bytes(data) > limit:
+        users = [i for i, m in enumerate(conversation.messages) if m.role is Role.USER]
+        if len(users) < 2:
+            return
+        _trim_history(conversation, len(conversation.messages) - users[1])
 
 
 def _trim_history(conversation: Conversation, limit: int) -> None:

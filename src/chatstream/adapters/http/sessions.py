@@ -61,9 +61,12 @@ logger = logging.getLogger("chatstream")
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _COOKIE_PATH = re.compile(r"/[\x20-\x3a\x3c-\x7e]*")
 # A signed value is ``<id>.<timestamp>.<signature>``, each part unpadded url-safe base64 (the
-# signature: 32 bytes of HMAC-SHA256). Anything else is not ours and is refused before any
-# hashing, also the padded spellings itsdangerous would accept.
-_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{1,128}\.[A-Za-z0-9_-]{1,12}\.[A-Za-z0-9_-]{43}")
+# signature: 32 bytes of HMAC-SHA256, whose 43rd character carries 2 unused bits that must be
+# 0). Anything else is not ours and is refused before any hashing: also the other spellings of
+# the same signature that itsdangerous' lenient base64 decoding would accept.
+_COOKIE_VALUE = re.compile(
+    r"[A-Za-z0-9_-]{1,128}\.[A-Za-z0-9_-]{1,12}\.[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]"
+)
 #: Seconds a cookie's issue time may lie in the future: the clocks of several nodes differ a
 #: little, and a cookie issued by one must work on the next.
 CLOCK_SKEW_SECONDS = 60.0
