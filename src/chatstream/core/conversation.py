@@ -276,7 +276,8 @@ class Conversation:
         """
         reply = self.reply
         turns = self._turns_for_model(self.messages[:-2])
-        for dropped in range(len(turns) + 1):
+
+        def attempt(dropped: int) -> tuple[AbstractChatPrompt, str, tuple[int, ...]]:
             prompt = prompt_factory()
             prompt.build_initial_prompt(prompt)
             if prompt.is_chat_mode_enabled():
@@ -287,22 +288,37 @@ class Conversation:
             else:
                 prompt.add_requester_msg(self.find(reply.in_reply_to or "").content)
             text = prompt.create_prompt()
-            token_ids = tuple(encode(text))
-            if len(token_ids) <= budget:
-                return RenderedPrompt(
-                    text=text,
-                    token_ids=token_ids,
-                    dropped_turns=dropped,
-                    stop_strings=tuple(prompt.get_stop_strs()),
-                    replacements=tuple(prompt.get_replacement_when_output() or ()),
-                    strip_reply=prompt.strip_reply,
-                    add_special_tokens=prompt.add_special_tokens,
-                )
-            if not prompt.is_chat_mode_enabled():
-                break
-        raise PromptTooLongError(
-            f"the prompt needs {len(token_ids)} tokens even without older turns; "
-            f"the limit is {budget}"
+            return prompt, text, tuple(encode(text))
+
+        best = attempt(0)
+        if len(best[2]) > budget:
+            if not best[0].is_chat_mode_enabled() or not turns:
+                raise _too_long(len(best[2]), budget)
+            # The fewest oldest turns to drop, by bisection: the prompt only shrinks as
+            # turns go, and a long history would otherwise be encoded once per turn.
+            best = attempt(len(turns))
+            if len(best[2]) > budget:
+                raise _too_long(len(best[2]), budget)
+            fits, too_long = len(turns), 0
+            while fits - too_long > 1:
+                middle = (fits + too_long) // 2
+                candidate = attempt(middle)
+                if len(candidate[2]) <= budget:
+                    fits, best = middle, candidate
+                else:
+                    too_long = middle
+            dropped = fits
+        else:
+            dropped = 0
+        prompt, text, token_ids = best
+        return RenderedPrompt(
+            text=text,
+            token_ids=token_ids,
+            dropped_turns=dropped,
+            stop_strings=tuple(prompt.get_stop_strs()),
+            replacements=tuple(prompt.get_replacement_when_output() or ()),
+            strip_reply=prompt.strip_reply,
+            add_special_tokens=prompt.add_special_tokens,
         )
 
     # ------------------------------------------------------------------ JSON
@@ -396,3 +412,9 @@ def _shown_to_model(reply: Message) -> bool:
     if reply.status is MessageStatus.COMPLETE:
         return True
     return reply.status is MessageStatus.CANCELLED and bool(reply.content)
+
+
+def _too_long(tokens: int, budget: int) -> PromptTooLongError:
+    return PromptTooLongError(
+        f"the prompt needs {tokens} tokens even without older turns; the limit is {budget}"
+    )
