@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
@@ -54,6 +55,7 @@ from .adapters.driver import EngineDriver, RequestHandle
 from .adapters.model.backend import Backend
 from .adapters.model.chat_template import chat_template_prompt_class, has_chat_template
 from .adapters.model.pool import ModelPool
+from .adapters.service import SHUTDOWN_ERROR
 from .adapters.turn import RequestRejected, Turn
 from .chat_stream_http import HttpMethods
 from .log_messages import resolve_locale, text
@@ -65,6 +67,9 @@ __all__ = ["BackendFactory", "ChatStream", "RequestRejected", "Turn"]
 
 #: Builds a backend for a number of slots; called in the model thread.
 BackendFactory = Callable[[int], Backend]
+
+#: Seconds between two log lines about rejected requests (the ones between are counted).
+REJECTION_LOG_INTERVAL = 10.0
 
 
 class ChatStream(HttpMethods):
@@ -176,6 +181,8 @@ class ChatStream(HttpMethods):
         self._drain_requested = False
         self._driver: EngineDriver | None = None
         self._console = Conversation()
+        self._rejections_logged_at = float("-inf")
+        self._rejections_unlogged = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -491,9 +498,18 @@ class ChatStream(HttpMethods):
 
     async def drain(self, timeout: float) -> bool:
         """Graceful shutdown: :meth:`start_drain`, then let work finish for up to
-        ``timeout`` seconds. Whatever still runs is cancelled when the ChatStream stops."""
+        ``timeout`` seconds. Whatever still runs or waits then ends with
+        :data:`~chatstream.adapters.service.SHUTDOWN_ERROR`, which its client is told.
+        True if everything finished in time."""
         self.start_drain()
-        return await self.wait_idle(timeout)
+        if self._driver is not None:
+            self._apply_drain()  # the waiting room shuts now, not at the next admission
+        if await self.wait_idle(timeout):
+            return True
+        if self._driver is not None:
+            cut = self._driver.cancel_all(error=SHUTDOWN_ERROR)
+            self.logger.warning("shutdown: %d requests cut after a %g s drain", cut, timeout)
+        return False
 
     def render_history(self, conversation: Conversation) -> str | None:
         """The conversation as the prompt class renders it (for ``get_prompt``)."""
@@ -571,6 +587,16 @@ class ChatStream(HttpMethods):
         return name.rstrip("/").rsplit("/", 1)[-1]
 
     def _log_rejection(self, reason: RejectReason) -> None:
+        # A burst of rejections is one line, then a count per interval, not a line each.
+        now = time.monotonic()
+        if now - self._rejections_logged_at < REJECTION_LOG_INTERVAL:
+            self._rejections_unlogged += 1
+            return
+        if self._rejections_unlogged:
+            seconds = now - self._rejections_logged_at
+            count = self._rejections_unlogged
+            self.logger.warning(text(self.locale, "rejected_since", count=count, seconds=seconds))
+        self._rejections_logged_at, self._rejections_unlogged = now, 0
         stats = self.driver.statistics()
         self.logger.warning(
             text(

@@ -38,6 +38,9 @@ _DEFAULTS: dict[str, Any] = {
     "secret_key": None,
     "too_many_requests_as_429": True,
     "drain_timeout": 30.0,
+    "header_timeout": 10.0,
+    "body_timeout": 30.0,
+    "max_connections": 1000,
     "torch_threads": None,
     "system": None,
     "lang": None,
@@ -110,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument(
         "--drain-timeout", type=float, metavar="SEC", help="seconds streams get at shutdown (30)"
+    )
+    server.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SEC",
+        help="seconds a client gets to send a request's headers; then it is closed (10)",
+    )
+    server.add_argument(
+        "--body-timeout",
+        type=float,
+        metavar="SEC",
+        help="seconds a client gets to send a request's body; then 408 (30)",
+    )
+    server.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="open connections at once (asyncio); more get 503 (1000, below the fd limit)",
     )
     server.add_argument("--lang", choices=["en", "ja"], help="web UI language (the browser's)")
 
@@ -222,7 +243,9 @@ def serve(options: dict[str, Any]) -> None:
     app = create_app(
         chat_stream,
         secret_key=options["secret_key"],
-        http_options=HttpOptions(drain_timeout_sec=options["drain_timeout"]),
+        http_options=HttpOptions(
+            drain_timeout_sec=options["drain_timeout"], body_timeout_sec=options["body_timeout"]
+        ),
         web_ui_params=ui,
         on_ready=lambda: print(
             f"chatstream: serving {chat_stream.model_id} ({options['loop']}); "
@@ -237,6 +260,8 @@ def serve(options: dict[str, Any]) -> None:
         port=options["port"],
         loop=options["loop"],
         drain_timeout=options["drain_timeout"],
+        header_timeout=options["header_timeout"],
+        max_connections=options["max_connections"],
     )
 
 

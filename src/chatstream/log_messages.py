@@ -30,6 +30,10 @@ _MESSAGES: Final[dict[str, dict[Locale, str]]] = {
         "ja": "リクエストを拒否しました ({reason}): 生成中 {running}/{capacity}、"
         "待機中 {waiting}/{max_waiting}",
     },
+    "rejected_since": {
+        "en": "{count} more requests rejected in the last {seconds:.0f} s",
+        "ja": "直近 {seconds:.0f} 秒にさらに {count} 件のリクエストを拒否しました",
+    },
     "stopped": {
         "en": "stopped: {finished} replies finished, {cancelled} cancelled, {rejected} rejected",
         "ja": "停止しました: 完了 {finished}、キャンセル {cancelled}、拒否 {rejected}",

@@ -156,6 +156,26 @@ def test_cancel_during_step_ignores_its_result_and_releases_slot() -> None:
     assert engine.is_active(1) and not engine.is_active(0)
 
 
+def test_cancel_with_an_error_ends_the_request_with_it_and_is_no_model_failure() -> None:
+    engine = make_engine(num_of_concurrent_executions=1, max_queue_size=1)
+    submit(engine, 0)
+    submit(engine, 1)
+    plan = only_plan(engine)
+    engine.send(answer(plan))
+    drain(engine)
+    for request_id in (0, 1):  # the running one and the waiting one
+        engine.send(Cancel(request_id=request_id, error="shutdown"))
+    finished = [e for e in drain(engine) if isinstance(e, Finished)]
+    assert [(e.request_id, e.reason, e.error) for e in finished] == [
+        (0, FinishReason.ERROR, "shutdown"),
+        (1, FinishReason.ERROR, "shutdown"),
+    ]
+    assert finished[0].usage.completion_tokens == 1
+    stats = engine.statistics()
+    assert stats.failed_total == 0 and stats.consecutive_failures == 0
+    assert stats.running == 0 and stats.waiting == 0
+
+
 def test_cancel_unknown_request_is_ignored() -> None:
     engine = make_engine()
     engine.send(Cancel(request_id=42))

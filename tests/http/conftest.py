@@ -9,8 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -26,10 +27,21 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen[bytes], base_url: str, loop: str) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], base_url: str, loop: str, log: pathlib.Path
+    ) -> None:
         self.process = process
         self.base_url = base_url
         self.loop = loop
+        #: What the process wrote to stderr (its log).
+        self.log = log
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.process.poll() is None:
@@ -58,9 +70,12 @@ def launch_server(
     env: dict[str, str],
     drain_timeout: float = 10.0,
     health_path: str = "/health",
+    server_args: Sequence[str] = (),
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Server:
     """``python -m chatstream.server`` serving ``factory`` on a free port, with ``env`` added
-    to the environment; returns once ``health_path`` answers."""
+    to the environment and ``server_args`` to its command line; returns once ``health_path``
+    answers. Its stderr goes to a file (``Server.log``)."""
     port = free_port()
     command = [
         sys.executable,
@@ -74,11 +89,18 @@ def launch_server(
         str(port),
         "--drain-timeout",
         str(drain_timeout),
+        *server_args,
     ]
-    process = subprocess.Popen(
-        command, env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, cwd=ROOT
-    )
-    server = Server(process, f"http://127.0.0.1:{port}", loop)
+    log = pathlib.Path(tempfile.mkstemp(prefix="chatstream-server-", suffix=".log")[1])
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            stderr=stderr,
+            preexec_fn=preexec_fn,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", loop, log)
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
@@ -108,15 +130,25 @@ def start_server(loop: str) -> Iterator[ServerFactory]:
         options: dict[str, Any] | None = None,
         http: dict[str, Any] | None = None,
         drain_timeout: float = 10.0,
+        server_args: Sequence[str] = (),
+        preexec_fn: Callable[[], None] | None = None,
     ) -> Server:
         env = {
             "CHATSTREAM_TEST_OPTIONS": json.dumps(options or {}),
             "CHATSTREAM_TEST_HTTP": json.dumps(http or {}),
         }
-        server = launch_server(factory=factory, loop=loop, env=env, drain_timeout=drain_timeout)
+        server = launch_server(
+            factory=factory,
+            loop=loop,
+            env=env,
+            drain_timeout=drain_timeout,
+            server_args=server_args,
+            preexec_fn=preexec_fn,
+        )
         servers.append(server)
         return server
 
     yield start
     for server in servers:
         server.stop()
+        server.log.unlink(missing_ok=True)

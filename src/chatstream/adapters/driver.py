@@ -163,6 +163,8 @@ class EngineDriver:
         self._ids = itertools.count()
         self._streams: dict[int, MemoryObjectSendStream[RequestEvent]] = {}
         self._running = False
+        # Requests being cut by cancel_all: their ends are no failures to log.
+        self._cutting: set[int] = set()
         config = engine.config
         # Every event a request can produce, so that routing never blocks: the admission
         # outcome, queue moves, one delta per token, and the terminal event.
@@ -218,10 +220,18 @@ class EngineDriver:
             self.engine.send(Cancel(request_id=request_id))
             self._flush()
 
-    def cancel_all(self) -> None:
-        for request_id in list(self._streams):
-            self.engine.send(Cancel(request_id=request_id))
-        self._flush()
+    def cancel_all(self, error: str | None = None) -> int:
+        """Cancel every request; with ``error``, each ends with it as its error (a shutdown
+        deadline), which its client is told. Returns how many were cut."""
+        cut = [request_id for request_id in self._streams if self.engine.is_active(request_id)]
+        self._cutting.update(cut)
+        try:
+            for request_id in cut:
+                self.engine.send(Cancel(request_id=request_id, error=error))
+            self._flush()
+        finally:
+            self._cutting.clear()
+        return len(cut)
 
     def drain(self) -> None:
         """Admit nothing new; what was accepted goes on."""
@@ -235,7 +245,11 @@ class EngineDriver:
             if isinstance(event, StepPlan):
                 self._runner.start_step(event, self._step_done)
                 continue
-            if isinstance(event, Finished) and event.reason is FinishReason.ERROR:
+            if (
+                isinstance(event, Finished)
+                and event.reason is FinishReason.ERROR
+                and event.request_id not in self._cutting
+            ):
                 # The one log line of a failed request (its step's traceback, if any, was
                 # logged by the model thread).
                 logger.error("request %d failed: %s", event.request_id, event.error)

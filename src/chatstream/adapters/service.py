@@ -19,7 +19,12 @@ from chatstream.core.roles import ClientRoles
 from .driver import RequestHandle
 from .turn import Turn
 
-__all__ = ["ChatService"]
+__all__ = ["SHUTDOWN_ERROR", "ChatService"]
+
+#: The error a request still running at the end of the shutdown drain ends with; each stream
+#: format turns it into its final event (SSE ``error`` with reason ``shutdown``, an OpenAI
+#: error chunk, the original's error mark).
+SHUTDOWN_ERROR = "the server is shutting down"
 
 
 class ChatService(Protocol):
@@ -97,8 +102,8 @@ class ChatService(Protocol):
         ...
 
     async def drain(self, timeout: float) -> bool:
-        """Admit nothing new and wait up to ``timeout`` seconds for work to end; True if
-        everything ended."""
+        """Admit nothing new and wait up to ``timeout`` seconds for work to end; what is
+        left then ends with :data:`SHUTDOWN_ERROR`. True if everything ended in time."""
         ...
 
     async def __aenter__(self) -> object: ...

@@ -124,8 +124,8 @@ class Engine:
         match event:
             case Submit():
                 self._submit(event)
-            case Cancel(request_id=request_id):
-                self._cancel(request_id)
+            case Cancel(request_id=request_id, error=error):
+                self._cancel(request_id, error)
             case StepCompleted():
                 self._step_completed(event)
             case StepFailed(step=step, message=message):
@@ -217,14 +217,15 @@ class Engine:
             del self._requests[request_id]
         self._emit_admission([outcome])
 
-    def _cancel(self, request_id: RequestId) -> None:
+    def _cancel(self, request_id: RequestId, error: str | None) -> None:
         request = self._requests.pop(request_id, None)
         if request is None:
             return
         if self._admission.slot_of(request_id) is not None:
             self._scheduler.remove(request_id)
         admission_events = self._admission.cancel(request_id)
-        self._outbox.append(self._finished(request, FinishReason.CANCELLED))
+        reason = FinishReason.CANCELLED if error is None else FinishReason.ERROR
+        self._outbox.append(self._finished(request, reason, error))
         self._emit_admission(admission_events)
 
     def _step_completed(self, event: StepCompleted) -> None:

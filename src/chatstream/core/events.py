@@ -10,7 +10,7 @@ Per request, the outputs always follow this grammar::
 
     Rejected
   | [Queued QueuePositionChanged*] Admitted TextDelta* Finished
-  | Queued QueuePositionChanged* Finished(reason=cancelled)
+  | Queued QueuePositionChanged* Finished(reason=cancelled | error)
 
 Exactly one terminal event (:class:`Rejected` or :class:`Finished`) per submitted request,
 and nothing for that request after it.
@@ -116,9 +116,15 @@ class Submit(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Cancel(Event):
-    """Stop a request, waiting or running. Unknown or finished ids are ignored."""
+    """Stop a request, waiting or running. Unknown or finished ids are ignored.
+
+    With ``error``, the request ends as ``Finished(reason=error, error=error)`` instead of
+    ``cancelled``: the server cutting work short (a shutdown deadline) must tell the client
+    why, whereas a client that left needs nothing. It is not counted as a model failure.
+    """
 
     request_id: RequestId
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

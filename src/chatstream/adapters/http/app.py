@@ -30,6 +30,7 @@ from chatstream.adapters.service import ChatService
 from .common import HttpOptions
 from .openai_api import OpenAIApi
 from .original_api import configure_http, http_api_of
+from .request_body import RequestBodyGuard
 from .session_stores import SessionStore
 from .sessions import SessionMiddleware
 from .web_ui import index_page, script
@@ -179,6 +180,10 @@ def session_middleware(opts: Mapping[str, Any] | None) -> list[Middleware]:
     return middleware
 
 
+def _body_guard(chat_stream: ChatService) -> Middleware:
+    return Middleware(RequestBodyGuard, options=lambda: http_api_of(chat_stream).options)
+
+
 def append_middlewares(app: Starlette, opts: Mapping[str, Any] | None = None) -> None:
     """Add the session middleware (and CORS in ``develop_mode``) to an app."""
     for middleware in reversed(session_middleware(opts)):
@@ -203,28 +208,44 @@ def create_app(
         configure_http(chat_stream, http_options)
     drain_timeout = http_api_of(chat_stream).options.drain_timeout_sec
 
+    async def drain_when_asked(app: Starlette) -> None:
+        # start_drain may come from a signal handler, which can only set a flag: look at it
+        # often. The server keeps listening meanwhile, so that new requests get an honest
+        # 503 rather than a refused connection; it is told to stop once the drain is over.
+        while not chat_stream.draining:  # noqa: ASYNC110 (no Event can be set from a signal)
+            await anyio.sleep(0.1)
+        await chat_stream.drain(app.state.drain_timeout)
+        on_drained = getattr(app.state, "on_drained", None)
+        if on_drained is not None:
+            on_drained()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with chat_stream:
+        async with chat_stream, anyio.create_task_group() as watcher:
+            watcher.start_soon(drain_when_asked, app)
             if on_ready is not None:
                 on_ready()
             try:
                 yield
             finally:
+                watcher.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
-                    await chat_stream.drain(drain_timeout)
+                    await chat_stream.drain(app.state.drain_timeout)
 
-    middleware = session_middleware(
-        {"secret_key": secret_key, "store": store, "secure": secure_cookies}
-    )
+    middleware = [
+        _body_guard(chat_stream),
+        *session_middleware({"secret_key": secret_key, "store": store, "secure": secure_cookies}),
+    ]
     selection: dict[str, Any] = dict(apis) if apis is not None else {"all": True}
     if web_ui_params:
         selection["web_ui_params"] = dict(web_ui_params)
     app = Starlette(
         debug=debug, routes=routes(chat_stream, selection), middleware=middleware, lifespan=lifespan
     )
-    # The server runner finds it here to start draining on SIGTERM.
+    # The server runner finds it here to start draining on SIGTERM, may change the drain
+    # timeout, and sets ``app.state.on_drained`` to be told when the drain is over.
     app.state.chat_stream = chat_stream
+    app.state.drain_timeout = drain_timeout
     return app
 
 
@@ -239,7 +260,8 @@ def mountable_app(
     """The routes and sessions of ``create_app`` without a lifespan, for ``Mount`` or
     FastAPI's ``app.mount(...)``: the host app runs ``async with chat_stream:`` in its own
     lifespan."""
-    middleware = session_middleware(
-        {"secret_key": secret_key, "store": store, "secure": secure_cookies}
-    )
+    middleware = [
+        _body_guard(chat_stream),
+        *session_middleware({"secret_key": secret_key, "store": store, "secure": secure_cookies}),
+    ]
     return Starlette(routes=routes(chat_stream, apis), middleware=middleware)

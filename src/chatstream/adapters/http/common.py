@@ -48,6 +48,9 @@ class HttpOptions:
     keepalive_sec: float = 15.0
     #: Seconds that running streams get to finish when the server drains for shutdown.
     drain_timeout_sec: float = 30.0
+    #: Seconds a request body may take, from its first byte read to its last; more is a
+    #: 408 and the connection is closed (a body trickled in a byte at a time).
+    body_timeout_sec: float = 30.0
     #: Deepest nesting of arrays and objects accepted in a JSON body; deeper is a 400.
     max_json_depth: int = 32
     #: Largest ``form_data`` of one ``/set_feedback``, in bytes of its JSON; more is a 400.

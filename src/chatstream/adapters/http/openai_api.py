@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from chatstream.adapters.driver import RequestEvent, RequestHandle
+from chatstream.adapters.service import SHUTDOWN_ERROR
 from chatstream.adapters.turn import RequestRejected
 from chatstream.core import (
     Admitted,
@@ -95,7 +96,9 @@ class OpenAIApi:
                 response = _error(429, "too many requests; retry later", "rate_limit_exceeded")
                 response.headers["Retry-After"] = "1"
                 return response
-            return _error(503, f"not taking requests ({error.reason})", "server_error")
+            response = _error(503, f"not taking requests ({error.reason})", "server_error")
+            response.headers["Retry-After"] = "5"
+            return response
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if stream:
@@ -118,6 +121,10 @@ class OpenAIApi:
                 text.append(event.text)
             elif isinstance(event, Finished):
                 finished = event
+        if finished is not None and finished.error == SHUTDOWN_ERROR:
+            response = _error(503, SHUTDOWN_ERROR, "server_error", "shutdown")
+            response.headers["Retry-After"] = "5"
+            return response
         if finished is None or finished.reason is FinishReason.ERROR:
             detail = finished.error if finished is not None else "the request was cancelled"
             return _error(500, f"generation failed: {detail}", "server_error")
@@ -159,7 +166,10 @@ class OpenAIApi:
             if isinstance(event, TextDelta):
                 yield chunk({"content": event.text}, None)
             elif isinstance(event, Finished):
-                if event.reason is FinishReason.ERROR:
+                if event.error == SHUTDOWN_ERROR:
+                    error = {"message": SHUTDOWN_ERROR, "type": "server_error", "code": "shutdown"}
+                    yield f"data: {json.dumps({'error': error})}\n\n".encode()
+                elif event.reason is FinishReason.ERROR:
                     error = {"message": f"generation failed: {event.error}", "type": "server_error"}
                     yield f"data: {json.dumps({'error': error})}\n\n".encode()
                 else:

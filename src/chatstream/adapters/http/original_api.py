@@ -21,7 +21,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from chatstream.adapters.service import ChatService
+from chatstream.adapters.service import SHUTDOWN_ERROR, ChatService
 from chatstream.adapters.turn import RequestRejected, Turn
 from chatstream.core import (
     Admitted,
@@ -249,7 +249,9 @@ class HttpApi:
                 case TextDelta(text=text):
                     yield sse_event("delta", {"text": text})
                 case Finished(reason=FinishReason.ERROR, error=error):
-                    yield sse_event("error", {"message": error or "generation failed"})
+                    reason = "shutdown" if error == SHUTDOWN_ERROR else "error"
+                    message = error or "generation failed"
+                    yield sse_event("error", {"message": message, "reason": reason})
                 case Finished(reason=reason, usage=usage):
                     yield sse_event(
                         "done",
