@@ -61,6 +61,22 @@ def reference_cut(raw: str, stops: Sequence[str]) -> int | None:
     return min(starts) if starts else None
 
 
+def reference_emitted(received: str, stops: Sequence[str]) -> str:
+    """What a matcher may have emitted after receiving ``received``: everything before the
+    earliest point where a stop string occurs or could still begin."""
+    cut = reference_cut(received, stops)
+    # Whole tails of the text that are proper prefixes of a stop string could still grow.
+    open_starts = [
+        i
+        for i in range(len(received))
+        if any(len(s) > len(received) - i and s.startswith(received[i:]) for s in stops)
+    ]
+    hold = min(open_starts, default=len(received))
+    if cut is not None and cut <= hold:
+        return received[:cut]
+    return received[:hold]
+
+
 @dataclass(frozen=True)
 class Expected:
     text: str
@@ -295,6 +311,8 @@ def test_stop_string_matcher_any_chunking(data: st.DataObject) -> None:
     for a, b in itertools.pairwise([0, *cuts, len(text)]):
         out += matcher.push(text[a:b])
         assert expected.startswith(out), (out, expected)
+        # It holds back no more than it must.
+        assert out == reference_emitted(text[:b], stops), (text[:b], stops)
     out += matcher.flush()
     assert out == expected
     assert matcher.stopped is (cut is not None)
@@ -417,6 +435,27 @@ def test_stop_string_matcher_stops_as_soon_as_the_cut_is_certain() -> None:
     assert matcher.push("xab") == "x"  # "abc" could still follow, but it would cut there too
     assert matcher.stopped
     assert matcher.flush() == ""
+
+
+def test_many_long_stop_strings_sharing_prefixes() -> None:
+    # 16 stop strings of 256 characters, all but the last character alike: the text holds
+    # one of them after a near miss of each of the others.
+    stem = "x" * 255
+    stops = tuple(stem + chr(ord("a") + i) for i in range(16))
+    near_misses = "".join(stem + "?" for _ in range(16))
+    text = "hello " + near_misses + stops[9] + " after"
+    matcher = StopStringMatcher(stops)
+    out = "".join(matcher.push(text[i : i + 3]) for i in range(0, len(text), 3))
+    assert matcher.stopped
+    assert out == "hello " + near_misses
+
+
+def test_empty_stop_strings_are_no_stop() -> None:
+    matcher = StopStringMatcher(("", "end"))
+    assert matcher.push("a") == "a"
+    assert matcher.push("b en") == "b "
+    assert matcher.flush() == "en"
+    assert not matcher.stopped
 
 
 def test_stop_string_found_only_at_finish_sets_stopped() -> None:

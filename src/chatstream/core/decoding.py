@@ -18,6 +18,7 @@ chunked: feeding them one at a time or all at once gives the same text.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -141,54 +142,129 @@ class _TokenWindow:
         return delta
 
 
-def _longest_pending_prefix(text: str, candidates: tuple[str, ...], limit: int) -> int:
-    """Length of the longest tail of ``text`` that is a proper prefix of a candidate."""
-    for size in range(min(len(text), limit), 0, -1):
-        tail = text[-size:]
-        if any(c.startswith(tail) and len(c) > size for c in candidates):
-            return size
-    return 0
+@dataclass(frozen=True, slots=True)
+class _StopAutomaton:
+    """An Aho-Corasick automaton over the stop strings: a trie whose states are the
+    prefixes of stop strings, with failure links to the longest proper suffix that is also
+    such a prefix.
+
+    Written here rather than taken from ``pyahocorasick``: the core imports only the
+    standard library, and it needs what that library does not expose per character: the
+    depth of the current state (how much of the text could still grow into a stop string,
+    which is what must be held back) alongside each match.
+    """
+
+    #: ``goto[state][char]``: the trie's edges.
+    goto: tuple[dict[str, int], ...]
+    #: ``fail[state]``: the state of the longest proper suffix that is a trie prefix.
+    fail: tuple[int, ...]
+    #: ``depth[state]``: the length of the prefix the state stands for.
+    depth: tuple[int, ...]
+    #: ``match[state]``: the length of the longest stop string ending at this state
+    #: (itself or through its failure links), 0 for none.
+    match: tuple[int, ...]
+
+    @classmethod
+    def build(cls, stop_strings: Iterable[str]) -> _StopAutomaton:
+        goto: list[dict[str, int]] = [{}]
+        depth = [0]
+        match = [0]
+        for string in stop_strings:
+            state = 0
+            for char in string:
+                child = goto[state].get(char)
+                if child is None:
+                    child = goto[state][char] = len(goto)
+                    goto.append({})
+                    depth.append(depth[state] + 1)
+                    match.append(0)
+                state = child
+            match[state] = len(string)
+        fail = [0] * len(goto)
+        # Breadth first, so that a state's failure link is complete before its children's
+        # (the root's children fail to the root).
+        queue = list(goto[0].values())
+        for state in queue:
+            for char, child in goto[state].items():
+                link = fail[state]
+                while link and char not in goto[link]:
+                    link = fail[link]
+                fail[child] = goto[link].get(char, 0)
+                # The longest stop string ending here is this state's own, else its link's.
+                match[child] = match[child] or match[fail[child]]
+                queue.append(child)
+        return cls(tuple(goto), tuple(fail), tuple(depth), tuple(match))
+
+    def step(self, state: int, char: str) -> int:
+        goto, fail = self.goto, self.fail
+        while state and char not in goto[state]:
+            state = fail[state]
+        return goto[state].get(char, 0)
 
 
 class StopStringMatcher:
-    """Cuts a text stream at the first stop string; never emits any part of one."""
+    """Cuts a text stream at the first stop string; never emits any part of one.
 
-    __slots__ = ("_limit", "_pending", "_stops", "stopped")
+    "First" is the earliest start: with stops ``"<bot>"`` and ``"bo"``, ``"x<bot>"`` is cut
+    before ``<``. Each character costs amortized constant time whatever the number and
+    length of the stop strings (an Aho-Corasick automaton), and only the tail that could
+    still grow into a stop string is held back (at most the longest one, less a character).
+    """
+
+    __slots__ = ("_automaton", "_cut", "_pending", "_state", "stopped")
 
     def __init__(self, stop_strings: tuple[str, ...]) -> None:
-        self._stops = stop_strings
-        self._limit = max((len(s) for s in stop_strings), default=1) - 1
+        # An empty stop string would end every reply before it began: it is no stop.
+        self._automaton = _automaton_of(tuple(s for s in stop_strings if s))
+        self._state = 0
+        #: Text received but not emitted yet: it may still be part of a stop string.
         self._pending = ""
+        #: Where in the pending text the earliest complete stop string starts, if one did.
+        self._cut: int | None = None
         #: True once a stop string was seen; everything after it is discarded.
         self.stopped = False
 
     def push(self, text: str) -> str:
         if self.stopped:
             return ""
+        automaton = self._automaton
+        if len(automaton.goto) == 1:  # no stop strings: nothing to hold back
+            return text
         pending = self._pending + text
-        cut = self._first_hit(pending)
-        # The earliest position from which the tail could still grow into a stop string.
-        hold_from = len(pending) - _longest_pending_prefix(pending, self._stops, self._limit)
-        if cut is not None and cut <= hold_from:
-            self.stopped = True
-            self._pending = ""
-            return pending[:cut]
-        # Either no stop string yet, or one was found but a longer one that starts earlier
-        # could still complete (stops "<bot>" and "bo" on "<bo"): the cut is not known yet.
+        state, cut = self._state, self._cut
+        position = len(self._pending)
+        for char in text:
+            state = automaton.step(state, char)
+            position += 1
+            found = automaton.match[state]
+            if found and (cut is None or position - found < cut):
+                cut = position - found
+            if cut is not None and cut <= position - automaton.depth[state]:
+                # No stop string still in progress starts before the cut: it is final.
+                self.stopped = True
+                self._pending, self._cut = "", None
+                return pending[:cut]
+        # Hold back from where the longest stop string still in progress starts (a found
+        # one included: "<bo" with stops "<bot>" and "bo" waits to see which wins).
+        hold_from = len(pending) - automaton.depth[state]
+        self._state = state
         self._pending = pending[hold_from:]
+        self._cut = None if cut is None else cut - hold_from
         return pending[:hold_from]
 
     def flush(self) -> str:
-        pending, self._pending = self._pending, ""
-        cut = self._first_hit(pending)
+        pending, cut = self._pending, self._cut
+        self._pending, self._cut, self._state = "", None, 0
         if cut is not None:
             self.stopped = True
             return pending[:cut]
         return pending
 
-    def _first_hit(self, text: str) -> int | None:
-        """Where the earliest stop string occurrence in ``text`` starts, if any."""
-        return min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=None)
+
+@functools.lru_cache(maxsize=64)
+def _automaton_of(stop_strings: tuple[str, ...]) -> _StopAutomaton:
+    # Most requests share the prompt's stop strings: build their automaton once.
+    return _StopAutomaton.build(stop_strings)
 
 
 class StreamReplacer:
