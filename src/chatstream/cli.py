@@ -41,6 +41,8 @@ _DEFAULTS: dict[str, Any] = {
     "header_timeout": 10.0,
     "body_timeout": 30.0,
     "max_connections": 1000,
+    "rate_limit_per_address": None,
+    "rate_limit_per_session": None,
     "torch_threads": None,
     "system": None,
     "lang": None,
@@ -131,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="open connections at once (asyncio); more get 503 (1000, below the fd limit)",
+    )
+    server.add_argument(
+        "--rate-limit-per-address",
+        metavar="RATE",
+        help="requests one client address may make, e.g. '60/minute' or '5/second;300/hour'; "
+        "more get 429 (none)",
+    )
+    server.add_argument(
+        "--rate-limit-per-session",
+        metavar="RATE",
+        help="the same budget for each browser session (none)",
     )
     server.add_argument("--lang", choices=["en", "ja"], help="web UI language (the browser's)")
 
@@ -235,17 +248,25 @@ def _with_system(tokenizer: Any, system: str) -> Any:
 def serve(options: dict[str, Any]) -> None:
     from chatstream.adapters.http.app import create_app
     from chatstream.adapters.http.common import HttpOptions
+    from chatstream.core import ConfigError
     from chatstream.server import serve as run_server
 
+    try:  # before the model loads: a typo must not cost a minute
+        http_options = HttpOptions(
+            drain_timeout_sec=options["drain_timeout"],
+            body_timeout_sec=options["body_timeout"],
+            rate_limit_per_address=options["rate_limit_per_address"],
+            rate_limit_per_session=options["rate_limit_per_session"],
+        )
+    except ConfigError as error:
+        raise SystemExit(f"chatstream serve: {error}") from None
     chat_stream = build_chat_stream(options)
     url = f"http://{options['host']}:{options['port']}/"
     ui = {"lang": options["lang"]} if options["lang"] else None
     app = create_app(
         chat_stream,
         secret_key=options["secret_key"],
-        http_options=HttpOptions(
-            drain_timeout_sec=options["drain_timeout"], body_timeout_sec=options["body_timeout"]
-        ),
+        http_options=http_options,
         web_ui_params=ui,
         on_ready=lambda: print(
             f"chatstream: serving {chat_stream.model_id} ({options['loop']}); "

@@ -93,6 +93,23 @@ def test_multi_turn_with_the_session_cookie(start_server: ServerFactory) -> None
         assert load["chatstream_workers"][0]["processing"] == 0
 
 
+def test_a_reply_a_stop_string_empties_still_ends_with_the_mark(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server()
+    opening = mock_texts.ROUND_EN[0][:5]
+    with (
+        server.client() as client,
+        client.stream(
+            "POST",
+            "/chat_stream",
+            json={"user_input": "hi", "generation_params": {"stop": [opening]}},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        assert response.read().decode() == EOS
+
+
 def test_default_roles_let_the_ui_work_and_keep_dev_apis_closed(
     start_server: ServerFactory,
 ) -> None:

@@ -30,6 +30,7 @@ from chatstream.adapters.service import ChatService
 from .common import HttpOptions
 from .openai_api import OpenAIApi
 from .original_api import configure_http, http_api_of
+from .rate_limit import RateLimitMiddleware
 from .request_body import RequestBodyGuard
 from .session_stores import SessionStore
 from .sessions import SessionMiddleware
@@ -180,8 +181,23 @@ def session_middleware(opts: Mapping[str, Any] | None) -> list[Middleware]:
     return middleware
 
 
-def _body_guard(chat_stream: ChatService) -> Middleware:
-    return Middleware(RequestBodyGuard, options=lambda: http_api_of(chat_stream).options)
+def _middleware(
+    chat_stream: ChatService,
+    store: SessionStore | None,
+    secret_key: str | bytes | None,
+    secure: bool,
+) -> list[Middleware]:
+    """The body deadline outside, then sessions, then the rate limit (which reads the
+    session), around the routes."""
+
+    def options() -> HttpOptions:  # read per request: a later configure_http applies
+        return http_api_of(chat_stream).options
+
+    return [
+        Middleware(RequestBodyGuard, options=options),
+        *session_middleware({"secret_key": secret_key, "store": store, "secure": secure}),
+        Middleware(RateLimitMiddleware, options=options),
+    ]
 
 
 def append_middlewares(app: Starlette, opts: Mapping[str, Any] | None = None) -> None:
@@ -232,10 +248,7 @@ def create_app(
                 with anyio.CancelScope(shield=True):
                     await chat_stream.drain(app.state.drain_timeout)
 
-    middleware = [
-        _body_guard(chat_stream),
-        *session_middleware({"secret_key": secret_key, "store": store, "secure": secure_cookies}),
-    ]
+    middleware = _middleware(chat_stream, store, secret_key, secure_cookies)
     selection: dict[str, Any] = dict(apis) if apis is not None else {"all": True}
     if web_ui_params:
         selection["web_ui_params"] = dict(web_ui_params)
@@ -260,8 +273,5 @@ def mountable_app(
     """The routes and sessions of ``create_app`` without a lifespan, for ``Mount`` or
     FastAPI's ``app.mount(...)``: the host app runs ``async with chat_stream:`` in its own
     lifespan."""
-    middleware = [
-        _body_guard(chat_stream),
-        *session_middleware({"secret_key": secret_key, "store": store, "secure": secure_cookies}),
-    ]
+    middleware = _middleware(chat_stream, store, secret_key, secure_cookies)
     return Starlette(routes=routes(chat_stream, apis), middleware=middleware)

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from limits import RateLimitItem, parse_many
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from chatstream.core import ConfigError
 from chatstream.core.roles import ClientRole, ClientRoles
 
 from .session_stores import SessionData
@@ -29,6 +31,7 @@ __all__ = [
     "check_json_value",
     "error_response",
     "forbidden",
+    "parse_rate_limit",
     "read_json_object",
 ]
 
@@ -58,6 +61,35 @@ class HttpOptions:
     #: ``/health`` says 503 "degraded" after this many requests in a row failed in the model
     #: (with no request ending well in between).
     degraded_after_failures: int = 8
+    #: Requests one client address may make, as a rate (``"60/minute"``, several joined
+    #: with ``;``); more is a 429 with ``Retry-After``. None: no limit.
+    rate_limit_per_address: str | None = None
+    #: The same budget for each session (each browser); None: no limit.
+    rate_limit_per_session: str | None = None
+
+    def __post_init__(self) -> None:
+        parse_rate_limit(self.rate_limit_per_address, "rate_limit_per_address")
+        parse_rate_limit(self.rate_limit_per_session, "rate_limit_per_session")
+
+
+def parse_rate_limit(value: str | None, field: str) -> tuple[RateLimitItem, ...]:
+    """The limits of a rate string (``"60/minute"``, ``"10/second;300/hour"``); none for
+    None or "".
+
+    Raises:
+        ConfigError: not a rate string; the message names ``field``.
+    """
+    if not value:
+        return ()
+    try:
+        items = tuple(parse_many(value))
+    except ValueError:
+        items = ()
+    if not items or any(item.amount < 1 for item in items):
+        raise ConfigError(
+            field, f"must be a rate such as '60/minute' or '10/second;300/hour', not {value!r}"
+        )
+    return items
 
 
 class BadRequest(Exception):

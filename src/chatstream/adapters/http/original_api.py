@@ -277,6 +277,10 @@ class HttpApi:
                 yield (text + EOS).encode()
             elif isinstance(event, Finished) and event.reason is FinishReason.ERROR:
                 yield f"{ERROR_MARK}{event.error or 'generation failed'}{EOS}".encode()
+            elif isinstance(event, Finished) and not text:
+                # An empty reply (a stop string at its very start) still ends with the mark,
+                # so that the client knows it is whole.
+                yield EOS.encode()
 
     def _role_granted(
         self, role: str, dev_tool: bool, request: Request, body: Mapping[str, Any]
