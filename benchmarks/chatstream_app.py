@@ -17,6 +17,7 @@ Environment (all optional):
 ``BENCH_TORCH_THREADS``    torch threads of the model thread (default 1)
 ``BENCH_LAG_INTERVAL_MS``  the probe's sleep (default 5)
 ``BENCH_SPLIT_ATTENTION``  ``0``: decode attention in one group, never split by length
+``BENCH_PREFIX_CACHE``     ``0``: no prefix reuse (``prefix_cache=False``)
 =========================  ==============================================================
 
 Sampling is greedy (``temperature=0``). Besides every chatstream route the app answers
@@ -56,6 +57,7 @@ def settings() -> dict[str, Any]:
         "torch_threads": int(env("BENCH_TORCH_THREADS", "1")),
         "lag_interval": float(env("BENCH_LAG_INTERVAL_MS", "5")) / 1000.0,
         "split_attention": env("BENCH_SPLIT_ATTENTION", "1") != "0",
+        "prefix_cache": env("BENCH_PREFIX_CACHE", "1") != "0",
     }
 
 
@@ -83,6 +85,7 @@ def app_factory() -> Starlette:
         max_new_tokens=s["max_new_tokens"],
         temperature=0.0,
         torch_threads=s["torch_threads"],
+        prefix_cache=s["prefix_cache"],
         **extra,
     )
     app = create_app(chat_stream, secret_key="benchmark secret")

@@ -18,6 +18,7 @@ CORE_MODULES = [
     "errors",
     "events",
     "isolation",
+    "prefix_cache",
     "prompts",
     "roles",
     "scheduler",

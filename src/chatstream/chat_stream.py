@@ -107,6 +107,7 @@ class ChatStream(HttpMethods):
         locale: str | None = None,
         client_roles: Mapping[str, Any] | None = None,
         max_tokens_per_step: int = 512,
+        prefix_cache: bool = True,
         torch_threads: int | None = None,
         backend: BackendFactory | Sequence[BackendFactory] | None = None,
     ) -> None:
@@ -127,6 +128,7 @@ class ChatStream(HttpMethods):
             repetition_penalty_method=repetition_penalty_method,
             add_special_tokens=add_special_tokens,
             max_tokens_per_step=max_tokens_per_step,
+            prefix_cache=prefix_cache,
         )
         # A custom backend (one factory per model copy) replaces the mock and transformers.
         self._backend_factories: list[BackendFactory] = (
@@ -204,7 +206,15 @@ class ChatStream(HttpMethods):
         try:
             backend = pool.backends[0]
             config = self._fit_context(pool.backends)
-            engine = Engine(config, backend, slot_groups=copies)
+            if not all(getattr(b, "reuses_prefixes", False) for b in pool.backends):
+                # A custom backend that knows nothing of reused prefixes prefills them all.
+                config = dataclasses.replace(config, prefix_cache=False)
+            engine = Engine(
+                config,
+                backend,
+                slot_groups=copies,
+                kv_bytes_per_token=int(getattr(backend, "kv_bytes_per_token", 0)),
+            )
             driver = EngineDriver(engine, pool)
             await driver.__aenter__()
         except BaseException:

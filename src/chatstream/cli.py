@@ -43,6 +43,7 @@ _DEFAULTS: dict[str, Any] = {
     "max_connections": 1000,
     "rate_limit_per_address": None,
     "rate_limit_per_session": None,
+    "prefix_cache": True,
     "torch_threads": None,
     "system": None,
     "lang": None,
@@ -69,6 +70,14 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="cpu, cuda, cuda:N or mps (cpu)")
     group.add_argument(
         "--torch-threads", type=int, metavar="N", help="torch threads in the model thread"
+    )
+    group.add_argument(
+        "--no-prefix-cache",
+        dest="prefix_cache",
+        action="store_false",
+        default=None,
+        help="prefill every prompt whole instead of reusing the KV that slots keep of "
+        "earlier turns",
     )
     gen = parser.add_argument_group("generation defaults")
     gen.add_argument("--max-new-tokens", type=int, metavar="N", help="tokens per reply (256)")
@@ -161,7 +170,7 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
     for name, value in vars(args).items():
         if name not in ("command", "config") and value not in (None, False):
             options[name] = value
-        elif name == "too_many_requests_as_429" and value is False:
+        elif name in ("too_many_requests_as_429", "prefix_cache") and value is False:
             options[name] = False
     return options
 
@@ -194,6 +203,7 @@ def build_chat_stream(options: dict[str, Any]) -> Any:
         "top_p": options["top_p"],
         "repetition_penalty": options["repetition_penalty"],
         "torch_threads": options["torch_threads"],
+        "prefix_cache": options["prefix_cache"],
     }
     if options["mock"]:
         mock_params = {

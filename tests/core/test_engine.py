@@ -353,6 +353,20 @@ def test_pool_slot_groups_fill_the_least_loaded_copy_first() -> None:
     assert admission.submit(9) == Admitted(request_id=9, slot=2)
 
 
+def test_admission_takes_the_slot_its_chooser_picks() -> None:
+    admission = Admission(
+        capacity=4, max_waiting=0, groups=2, choose_slot=lambda request_id, free: free[0][-1]
+    )
+    assert admission.submit(1) == Admitted(request_id=1, slot=1)
+    assert admission.submit(2) == Admitted(request_id=2, slot=0)
+    admission.finish(1)
+    assert admission.submit(3) == Admitted(request_id=3, slot=1)
+    picky = Admission(capacity=2, max_waiting=0, choose_slot=lambda request_id, free: 1)
+    picky.submit(1)
+    with pytest.raises(LocalProtocolError, match="slot 1 is not free"):
+        picky.submit(2)
+
+
 def test_admission_refuses_misuse() -> None:
     with pytest.raises(LocalProtocolError):
         Admission(capacity=0, max_waiting=0)

@@ -4,12 +4,19 @@ Invariants checked after every input: running <= N, waiting <= M, first come fir
 exactly one terminal event per request and nothing after it, queue positions contiguous,
 no slot ever lost or shared, plans within the token budget, and the text streamed for a
 request equal to what its tokens decode to.
+
+With prefix reuse on, the test keeps what each slot's KV holds as a model would (a failed
+row or step writes garbage), and every reused prefix must be exactly what the slot holds
+and what the prompt begins with. Prompts often continue an earlier request's prompt and
+reply, as the next turn of a conversation does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
+from hypothesis import event as note_event
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -66,7 +73,13 @@ class EngineMachine(RuleBasedStateMachine):
         )
         self.tokenizer = LetterTokenizer()
         self.groups = data.draw(st.integers(1, capacity), label="slot groups")
+        self.prefix_cache = data.draw(st.booleans(), label="prefix cache")
+        self.config = dataclasses.replace(self.config, prefix_cache=self.prefix_cache)
         self.engine = Engine(self.config, self.tokenizer, slot_groups=self.groups)
+        #: What each slot's KV holds, position by position (None: garbage).
+        self.kv: dict[int, list[int | None]] = defaultdict(list)
+        self.prompts: dict[int, tuple[int, ...]] = {}
+        self.reused: dict[int, int] = {}
         self.next_id = 0
         self.plan: StepPlan | None = None
         self.terminal: dict[int, object] = {}
@@ -81,15 +94,26 @@ class EngineMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ rules
 
-    @rule(prompt_len=st.integers(1, 45), max_new=st.integers(1, 6))
-    def submit(self, prompt_len: int, max_new: int) -> None:
+    @rule(prompt_len=st.integers(1, 45), max_new=st.integers(1, 6), data=st.data())
+    def submit(self, prompt_len: int, max_new: int, data: st.DataObject) -> None:
         request_id = self.next_id
         self.next_id += 1
+        prompt = tuple(range(2, 2 + prompt_len))
+        continues: bool = data.draw(st.booleans(), label="continue a conversation")
+        if self.prompts and continues:
+            # An earlier prompt and its reply (or part of it), then the next turn's ids.
+            earlier = data.draw(st.sampled_from(sorted(self.prompts)), label="earlier")
+            reply = [t for t in self.tokens.get(earlier, []) if t != LetterTokenizer.STOP]
+            kept = data.draw(st.integers(0, len(self.prompts[earlier]) + len(reply)))
+            turn = data.draw(st.lists(st.integers(2, 9), min_size=1, max_size=8))
+            prompt = (*self.prompts[earlier], *reply)[:kept] + tuple(turn)
+        prompt_len = len(prompt)
+        self.prompts[request_id] = prompt
         self.prompt_len[request_id] = prompt_len
         self.engine.send(
             Submit(
                 request_id=request_id,
-                prompt_token_ids=tuple(range(2, 2 + prompt_len)),
+                prompt_token_ids=prompt,
                 params=GenerationParams(max_new_tokens=max_new),
                 decoding=DecodingOptions(stop_token_ids=frozenset({LetterTokenizer.STOP})),
             )
@@ -129,9 +153,14 @@ class EngineMachine(RuleBasedStateMachine):
             else:
                 token = LetterTokenizer.STOP if outcome == "stop" else data.draw(st.integers(1, 30))
                 tokens[request_id] = (token,)
+        if data.draw(st.booleans(), label="the prefill rows fail"):
+            errors.update(dict.fromkeys((c.request_id for c in plan.prefill), "bad prompt"))
+            for request_id in errors:
+                tokens.pop(request_id, None)
         for request_id, token_ids in tokens.items():
             if request_id not in self.terminal:
                 self.tokens[request_id].extend(token_ids)
+        self.write_kv(plan, set(errors))
         self.engine.send(StepCompleted(step=plan.step, tokens=tokens, errors=errors))
         self.absorb()
         for request_id in errors:
@@ -143,6 +172,8 @@ class EngineMachine(RuleBasedStateMachine):
         plan = self.plan
         assert plan is not None
         self.plan = None
+        items: list[PrefillChunk | DecodeItem] = [*plan.prefill, *plan.decode]
+        self.write_kv(plan, {i.request_id for i in items})
         self.engine.send(StepFailed(step=plan.step, message="out of memory"))
         self.absorb()
         for chunk in plan.prefill:
@@ -163,6 +194,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.lost = True
         self.plan = None
         self.engine.send(ModelLost(message="thread died"))
+        self.kv.clear()  # the model's memory is gone
         self.absorb()
         assert not self.running
         assert not self.waiting
@@ -190,7 +222,8 @@ class EngineMachine(RuleBasedStateMachine):
                         self.waiting.remove(rid)
                     assert slot not in self.running.values()
                     assert 0 <= slot < self.config.num_of_concurrent_executions
-                    self.check_least_loaded(slot)
+                    if not self.prefix_cache:
+                        self.check_least_loaded(slot)
                     self.running[rid] = slot
                 case Rejected(request_id=rid, reason=reason):
                     assert rid not in self.running and rid not in self.waiting
@@ -214,6 +247,11 @@ class EngineMachine(RuleBasedStateMachine):
                     produced = self.tokens.get(rid, [])
                     assert usage.completion_tokens == len(produced)
                     assert usage.prompt_tokens == self.prompt_len[rid]
+                    assert 0 <= usage.cached_tokens < max(usage.prompt_tokens, 1)
+                    if rid in self.reused:
+                        assert usage.cached_tokens == self.reused[rid]
+                    if not self.prefix_cache:
+                        assert usage.cached_tokens == 0
                     generated = produced
                     if LetterTokenizer.STOP in produced:
                         assert reason is FinishReason.STOP
@@ -249,6 +287,31 @@ class EngineMachine(RuleBasedStateMachine):
             assert self.running[item.request_id] == item.slot
         for release in plan.release:
             assert release.request_id in self.terminal
+        for chunk in plan.prefill:
+            prompt = self.prompts[chunk.request_id]
+            assert chunk.token_ids == prompt[chunk.start : chunk.start + len(chunk.token_ids)]
+            if chunk.first:
+                self.reused[chunk.request_id] = chunk.start
+                # Never reuse KV of other token ids: the slot holds exactly the reused ids,
+                # and they are the prompt's beginning.
+                assert chunk.reused_ids == prompt[: chunk.start]
+                assert self.kv[chunk.slot][: chunk.start] == list(chunk.reused_ids)
+                assert chunk.start < len(prompt)
+                if chunk.start:
+                    note_event("a prompt reused a slot's prefix")
+                if not self.prefix_cache:
+                    assert chunk.start == 0
+
+    def write_kv(self, plan: StepPlan, broken: set[int]) -> None:
+        """What a model's KV holds after running ``plan``: the fed ids at their positions,
+        garbage where a row failed."""
+        writes = [(c.request_id, c.slot, c.start, list(c.token_ids)) for c in plan.prefill]
+        writes += [(d.request_id, d.slot, d.position, [d.token_id]) for d in plan.decode]
+        for request_id, slot, start, ids in writes:
+            column = self.kv[slot]
+            column.extend([None] * (start + len(ids) - len(column)))
+            values: list[int | None] = [None] * len(ids) if request_id in broken else list(ids)
+            column[start : start + len(ids)] = values
 
     # ------------------------------------------------------------------ invariants
 

@@ -28,7 +28,7 @@ from chatstream.adapters.http.metrics import (
     ChatMetrics,
     RequestTimer,
 )
-from chatstream.core import EngineStatistics, FinishReason, RejectReason, Usage
+from chatstream.core import EngineStatistics, FinishReason, PrefixStatistics, RejectReason, Usage
 
 # The families as exposed: name on the TYPE line -> (type, help). prometheus_client's parser
 # names a counter family without its ``_total``; :func:`parse` keys them as exposed.
@@ -59,12 +59,28 @@ FAMILIES = {
     "chatstream_queue_capacity": ("gauge", "Requests that can wait for a slot."),
     "chatstream_draining": ("gauge", "1 while draining for shutdown, else 0."),
     "chatstream_model_available": ("gauge", "1 while the model can generate, else 0."),
+    "chatstream_prefix_cache_parked_tokens": (
+        "gauge",
+        "Tokens whose KV slots keep after their request left, ready for reuse.",
+    ),
+    "chatstream_prefix_cache_parked_bytes": (
+        "gauge",
+        "Bytes of KV that slots keep after their request left.",
+    ),
     "chatstream_steps_total": ("counter", "Model steps planned by the engine."),
     "chatstream_engine_cancelled_total": ("counter", "Requests cancelled in the engine."),
     "chatstream_engine_rejected_total": ("counter", "Requests rejected by the engine."),
     "chatstream_engine_failed_total": (
         "counter",
         "Requests that ended in an error of the model.",
+    ),
+    "chatstream_prefix_cache_queried_tokens_total": (
+        "counter",
+        "Prompt tokens looked up in the prefix cache (every admitted request's prompt).",
+    ),
+    "chatstream_prefix_cache_hit_tokens_total": (
+        "counter",
+        "Prompt tokens whose KV was reused instead of prefilled.",
     ),
 }
 # Families made by prometheus_client's Counter/Histogram: each has a ``*_created`` gauge.
@@ -125,6 +141,7 @@ def _stats(
     failed_total: int = 0,
     draining: bool = False,
     lost: str | None = None,
+    prefix: PrefixStatistics | None = None,
 ) -> EngineStatistics:
     return EngineStatistics(
         running=running,
@@ -141,6 +158,7 @@ def _stats(
         step_in_flight=True,
         draining=draining,
         lost=lost,
+        prefix=prefix,
     )
 
 
@@ -385,8 +403,24 @@ def test_engine_families_follow_successive_snapshots() -> None:
     metrics = ChatMetrics()
     snapshots = [
         _stats(running=1, waiting=0, steps_total=3, rejected_total=0, cancelled_total=0),
-        _stats(running=2, waiting=5, steps_total=10, rejected_total=1, cancelled_total=0),
-        _stats(running=0, waiting=1, steps_total=10, rejected_total=4, cancelled_total=2),
+        _stats(
+            running=2,
+            waiting=5,
+            steps_total=10,
+            rejected_total=1,
+            cancelled_total=0,
+            prefix=PrefixStatistics(
+                queried_tokens=90, hit_tokens=40, parked_tokens=12, parked_bytes=6144
+            ),
+        ),
+        _stats(
+            running=0,
+            waiting=1,
+            steps_total=10,
+            rejected_total=4,
+            cancelled_total=2,
+            prefix=PrefixStatistics(queried_tokens=100, hit_tokens=40, parked_tokens=0),
+        ),
         _stats(
             running=0,
             waiting=0,
@@ -396,6 +430,9 @@ def test_engine_families_follow_successive_snapshots() -> None:
             failed_total=6,
             draining=True,
             lost="gone",
+            prefix=PrefixStatistics(
+                queried_tokens=130, hit_tokens=60, parked_tokens=3, parked_bytes=1536
+            ),
         ),
     ]
     seen: list[tuple[float, ...]] = []
@@ -407,16 +444,16 @@ def test_engine_families_follow_successive_snapshots() -> None:
         for name in ("chatstream_steps_total", "chatstream_engine_cancelled_total"):
             assert _created_name(name) not in families
             assert [s.name for s in families[name].samples] == [name]
-    # running, waiting, slots, queue capacity, draining, available, steps, cancelled, rejected,
-    # failed
+    # running, waiting, slots, queue capacity, draining, available, parked tokens and bytes;
+    # steps, cancelled, rejected, failed, prefix tokens queried and hit (0 with no prefix cache)
     assert seen == [
-        (1, 0, 4, 8, 0, 1, 3, 0, 0, 0),
-        (2, 5, 4, 8, 0, 1, 10, 0, 1, 0),
-        (0, 1, 4, 8, 0, 1, 10, 2, 4, 0),
-        (0, 0, 4, 8, 1, 0, 250, 3, 4, 6),
+        (1, 0, 4, 8, 0, 1, 0, 0, 3, 0, 0, 0, 0, 0),
+        (2, 5, 4, 8, 0, 1, 12, 6144, 10, 0, 1, 0, 90, 40),
+        (0, 1, 4, 8, 0, 1, 0, 0, 10, 2, 4, 0, 100, 40),
+        (0, 0, 4, 8, 1, 0, 3, 1536, 250, 3, 4, 6, 130, 60),
     ]
     # The totals only go up when the engine's do: the values are the engine's, not sums.
-    totals = [row[6:] for row in seen]
+    totals = [row[8:] for row in seen]
     assert all(
         all(x <= y for x, y in zip(p, q, strict=True)) for p, q in itertools.pairwise(totals)
     )

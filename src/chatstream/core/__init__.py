@@ -6,7 +6,7 @@ and carry its outputs (see ``docs/core.md``).
 
 from __future__ import annotations
 
-from .admission import Admission, AdmissionEvent, AdmissionStatistics
+from .admission import Admission, AdmissionEvent, AdmissionStatistics, SlotChooser
 from .config import (
     GREEDY_TEMPERATURE,
     MAX_SEED,
@@ -68,6 +68,7 @@ from .events import (
     Usage,
 )
 from .isolation import SHED_MESSAGE, IsolatedStep, run_isolated, step_rows
+from .prefix_cache import PrefixDirectory, PrefixStatistics, SlotChoice, common_prefix_length
 from .prompts import (
     AbstractChatPrompt,
     ChatContent,
@@ -130,6 +131,8 @@ __all__ = [
     "Output",
     "PenaltyMethod",
     "PrefillChunk",
+    "PrefixDirectory",
+    "PrefixStatistics",
     "PromptOptions",
     "PromptTooLongError",
     "QueuePositionChanged",
@@ -144,6 +147,8 @@ __all__ = [
     "Role",
     "Scheduler",
     "Sentinel",
+    "SlotChoice",
+    "SlotChooser",
     "StepCompleted",
     "StepFailed",
     "StepPlan",
@@ -155,6 +160,7 @@ __all__ = [
     "UnknownMessageError",
     "Usage",
     "apply_replacements",
+    "common_prefix_length",
     "run_isolated",
     "step_rows",
 ]

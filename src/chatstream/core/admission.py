@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import LocalProtocolError
@@ -29,9 +30,11 @@ from .events import (
     RequestId,
 )
 
-__all__ = ["Admission", "AdmissionEvent", "AdmissionStatistics"]
+__all__ = ["Admission", "AdmissionEvent", "AdmissionStatistics", "SlotChooser"]
 
 AdmissionEvent = Admitted | Queued | QueuePositionChanged | Rejected
+#: Picks the slot a request takes, given the free slots of each group (see ``Admission``).
+SlotChooser = Callable[[RequestId, Sequence[Sequence[int]]], int]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,9 +58,22 @@ class AdmissionStatistics:
 
 
 class Admission:
-    """FIFO admission with a bounded number of slots and a bounded waiting room."""
+    """FIFO admission with a bounded number of slots and a bounded waiting room.
 
-    def __init__(self, *, capacity: int, max_waiting: int, groups: int = 1) -> None:
+    Args:
+        choose_slot: which free slot an admitted request takes; by default the lowest in
+            the least-loaded group. The engine's prefix directory uses it to send a request
+            to the slot that already holds its prompt's beginning.
+    """
+
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        max_waiting: int,
+        groups: int = 1,
+        choose_slot: SlotChooser | None = None,
+    ) -> None:
         if capacity < 1 or max_waiting < 0 or not 1 <= groups <= capacity:
             raise LocalProtocolError(
                 "capacity must be >= 1, max_waiting >= 0, and groups between 1 and capacity"
@@ -75,6 +91,7 @@ class Admission:
         self._rejected_total = 0
         self._cancelled_total = 0
         self._finished_total = 0
+        self._choose_slot = choose_slot
 
     def submit(self, request_id: RequestId) -> AdmissionEvent:
         """A new request: admitted, queued, or rejected because the queue is full."""
@@ -135,9 +152,16 @@ class Admission:
         )
 
     def _admit(self, request_id: RequestId) -> Admitted:
-        # The least-loaded group (most free slots); the lowest slot in it.
-        group = max(self._free_slots, key=len)
-        slot = heapq.heappop(group)
+        if self._choose_slot is None:
+            # The least-loaded group (most free slots); the lowest slot in it.
+            slot = heapq.heappop(max(self._free_slots, key=len))
+        else:
+            slot = self._choose_slot(request_id, self._free_slots)
+            group = self._free_slots[bisect.bisect_right(self.group_bounds, slot) - 1]
+            if slot not in group:
+                raise LocalProtocolError(f"slot {slot} is not free")
+            group.remove(slot)
+            heapq.heapify(group)
         self._running[request_id] = slot
         self._admitted_total += 1
         return Admitted(request_id=request_id, slot=slot)

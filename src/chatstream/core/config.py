@@ -265,12 +265,16 @@ class ChatStreamConfig:
     #: Prompt and decode tokens one model step may process; long prompts are prefilled in
     #: chunks of at most this size so that running streams keep advancing meanwhile.
     max_tokens_per_step: int = 512
+    #: Keep the KV of finished requests in their slots and let a prompt that begins with
+    #: the same token ids take that slot and prefill only the rest (see ``prefix_cache``).
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         _int("num_of_concurrent_executions", self.num_of_concurrent_executions, minimum=1)
         _int("max_queue_size", self.max_queue_size, minimum=0)
         _bool("too_many_request_as_http_error", self.too_many_request_as_http_error)
         _bool("use_mock_response", self.use_mock_response)
+        _bool("prefix_cache", self.prefix_cache)
         if isinstance(self.mock_params, Mapping):
             _set(self, "mock_params", MockParams.from_mapping(self.mock_params))
         elif not isinstance(self.mock_params, MockParams):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +30,14 @@ from .events import (
     NEED_INPUT,
     Admitted,
     Cancel,
+    DecodeItem,
     Drain,
     Finished,
     FinishReason,
     Input,
     ModelLost,
     Output,
+    PrefillChunk,
     Rejected,
     RejectReason,
     RequestId,
@@ -47,6 +49,7 @@ from .events import (
     TextDelta,
     Usage,
 )
+from .prefix_cache import PrefixDirectory, PrefixStatistics
 from .scheduler import Scheduler
 
 __all__ = ["Engine", "EngineStatistics"]
@@ -69,6 +72,8 @@ class EngineStatistics(AdmissionStatistics):
     #: Requests that ended in an error of the model since the last one that ended well: a
     #: model that fails everything (NaN weights, a broken device) shows here.
     consecutive_failures: int = 0
+    #: The prefix directory's counters; None when prefix reuse is off.
+    prefix: PrefixStatistics | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -79,6 +84,8 @@ class _Request:
     decoder: IncrementalDecoder
     metadata: Mapping[str, Any]
     generated: int = 0
+    #: Prompt tokens its slot already held when it was admitted.
+    reused: int = 0
 
 
 class Engine:
@@ -88,11 +95,22 @@ class Engine:
         config: capacity, queue size, context length and step budget.
         detokenizer: turns token ids into text (special tokens skipped).
         slot_groups: model copies sharing the slots (a pool); each new request goes to the
-            least-loaded copy.
+            copy that holds its prompt's beginning, else the least-loaded one.
+        kv_bytes_per_token: what one token's KV takes in the backend, for the statistics.
+
+    With ``config.prefix_cache``, a slot keeps the KV of its last request when it leaves,
+    and a prompt that begins with the same token ids takes that slot and prefills only the
+    rest (see :mod:`.prefix_cache`). The backend must honour
+    :attr:`~.events.PrefillChunk.reused_ids`.
     """
 
     def __init__(
-        self, config: ChatStreamConfig, detokenizer: Detokenizer, *, slot_groups: int = 1
+        self,
+        config: ChatStreamConfig,
+        detokenizer: Detokenizer,
+        *,
+        slot_groups: int = 1,
+        kv_bytes_per_token: int = 0,
     ) -> None:
         self.config = config
         self._detokenizer = detokenizer
@@ -100,6 +118,12 @@ class Engine:
             capacity=config.num_of_concurrent_executions,
             max_waiting=config.max_queue_size,
             groups=slot_groups,
+            choose_slot=self._choose_slot if config.prefix_cache else None,
+        )
+        self._prefix = (
+            PrefixDirectory(self._admission.group_bounds, kv_bytes_per_token=kv_bytes_per_token)
+            if config.prefix_cache
+            else None
         )
         self._scheduler = Scheduler(max_tokens_per_step=config.max_tokens_per_step)
         self._requests: dict[RequestId, _Request] = {}
@@ -162,6 +186,7 @@ class Engine:
             lost=self._lost,
             failed_total=self._failed_total,
             consecutive_failures=self._consecutive_failures,
+            prefix=None if self._prefix is None else self._prefix.statistics(),
         )
 
     @property
@@ -222,7 +247,7 @@ class Engine:
         if request is None:
             return
         if self._admission.slot_of(request_id) is not None:
-            self._scheduler.remove(request_id)
+            self._leave_slot(request_id)
         admission_events = self._admission.cancel(request_id)
         reason = FinishReason.CANCELLED if error is None else FinishReason.ERROR
         self._outbox.append(self._finished(request, reason, error))
@@ -234,6 +259,8 @@ class Engine:
         for request_id in (*event.tokens, *event.errors):
             if request_id not in expected:
                 raise RemoteProtocolError(f"step {plan.step} had no request {request_id!r}")
+        if self._prefix is not None:
+            self._record_written(plan, event)
         for request_id, message in event.errors.items():
             self._fail(request_id, message)
         sampling = [c.request_id for c in plan.prefill if c.last]
@@ -246,6 +273,36 @@ class Engine:
                 self._fail(request_id, "the model returned no token")
             else:
                 self._tokens(request_id, tuple(tokens))
+
+    # ------------------------------------------------------------------ prefix reuse
+
+    def _choose_slot(self, request_id: RequestId, free: Sequence[Sequence[int]]) -> int:
+        assert self._prefix is not None
+        request = self._requests[request_id]
+        choice = self._prefix.choose(request.prompt, free)
+        request.reused = choice.reused
+        return choice.slot
+
+    def _record_written(self, plan: StepPlan, result: StepCompleted) -> None:
+        """What the step wrote into each slot, for rows that did not fail: only KV whose
+        step completed is ever reused."""
+        assert self._prefix is not None
+        items: list[PrefillChunk | DecodeItem] = [*plan.prefill, *plan.decode]
+        for item in items:
+            if item.request_id in result.errors:
+                continue
+            if isinstance(item, PrefillChunk):
+                self._prefix.extend(item.slot, item.request_id, item.start, item.token_ids)
+            else:
+                self._prefix.extend(item.slot, item.request_id, item.position, (item.token_id,))
+
+    def _leave_slot(self, request_id: RequestId) -> None:
+        # Parked before admission hands the slot on, so that the next request may reuse it.
+        if self._prefix is not None:
+            slot = self._admission.slot_of(request_id)
+            assert slot is not None
+            self._prefix.park(slot, request_id)
+        self._scheduler.remove(request_id)
 
     # ------------------------------------------------------------------ helpers
 
@@ -288,7 +345,7 @@ class Engine:
         if reason in (FinishReason.STOP, FinishReason.LENGTH):
             self._consecutive_failures = 0
         request = self._requests.pop(request_id)
-        self._scheduler.remove(request_id)
+        self._leave_slot(request_id)
         admission_events = self._admission.finish(request_id)
         self._outbox.append(self._finished(request, reason, error))
         self._emit_admission(admission_events)
@@ -301,6 +358,8 @@ class Engine:
                 self._cancel_waiting_as_error(request_id, message)
         for request_id in list(self._requests):
             self._end(request_id, FinishReason.ERROR, error=message)
+        if self._prefix is not None:
+            self._prefix.forget()  # the model's memory went with it
 
     def _cancel_waiting_as_error(self, request_id: RequestId, message: str) -> None:
         request = self._requests.pop(request_id)
@@ -311,19 +370,28 @@ class Engine:
         for event in events:
             if isinstance(event, Admitted):
                 request = self._requests[event.request_id]
+                if self._prefix is not None:
+                    self._prefix.claim(
+                        event.slot, event.request_id, len(request.prompt), request.reused
+                    )
                 self._scheduler.add(
                     event.request_id,
                     slot=event.slot,
                     prompt=request.prompt,
                     params=request.params,
                     metadata=request.metadata,
+                    reused=request.reused,
                 )
             self._outbox.append(event)
 
     def _finished(
         self, request: _Request, reason: FinishReason, error: str | None = None
     ) -> Finished:
-        usage = Usage(prompt_tokens=len(request.prompt), completion_tokens=request.generated)
+        usage = Usage(
+            prompt_tokens=len(request.prompt),
+            completion_tokens=request.generated,
+            cached_tokens=request.reused,
+        )
         return Finished(request_id=request.request_id, reason=reason, usage=usage, error=error)
 
 

@@ -173,6 +173,8 @@ class Usage:
 
     prompt_tokens: int
     completion_tokens: int
+    #: Prompt tokens whose KV was already held (prefix reuse), so not prefilled again.
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -243,8 +245,13 @@ class PrefillChunk:
     """Feed part of a prompt into a slot.
 
     Attributes:
-        start: position of ``token_ids[0]`` in the prompt (0 for the first chunk).
+        start: position of ``token_ids[0]`` in the prompt (0 for the first chunk, unless
+            the slot already holds the prompt's beginning).
         last: the prompt is complete after this chunk: sample the first new token.
+        reused_ids: on a request's first chunk, the prompt's first ``start`` tokens, whose
+            KV the slot already holds from an earlier request (prefix reuse): the backend
+            keeps positions ``0 .. start - 1`` and treats them as this request's. Empty on
+            later chunks.
     """
 
     request_id: RequestId
@@ -254,6 +261,12 @@ class PrefillChunk:
     last: bool
     params: GenerationParams
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    reused_ids: tuple[int, ...] = ()
+
+    @property
+    def first(self) -> bool:
+        """This is the request's first chunk: the backend sets up the slot for it."""
+        return self.start == len(self.reused_ids)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

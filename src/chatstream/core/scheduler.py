@@ -29,6 +29,8 @@ class _Running:
     metadata: Mapping[str, Any]
     #: Prompt tokens already given to the model (planned, if a step is in flight).
     prefilled: int = 0
+    #: Prompt tokens the slot held before the request came (prefix reuse).
+    reused: int = 0
     #: Tokens sampled so far.
     generated: int = 0
     #: The token sampled last, to feed back at the next decode step.
@@ -52,10 +54,18 @@ class Scheduler:
         prompt: tuple[int, ...],
         params: GenerationParams,
         metadata: Mapping[str, Any],
+        reused: int = 0,
     ) -> None:
-        """A newly admitted request; it joins the batch at the next step."""
+        """A newly admitted request; it joins the batch at the next step. Its slot already
+        holds the KV of its first ``reused`` prompt tokens: prefill starts after them."""
         self._running[request_id] = _Running(
-            request_id=request_id, slot=slot, prompt=prompt, params=params, metadata=metadata
+            request_id=request_id,
+            slot=slot,
+            prompt=prompt,
+            params=params,
+            metadata=metadata,
+            prefilled=reused,
+            reused=reused,
         )
 
     def remove(self, request_id: RequestId) -> None:
@@ -102,6 +112,7 @@ class Scheduler:
                     last=size == remaining,
                     params=r.params,
                     metadata=r.metadata,
+                    reused_ids=r.prompt[: r.reused] if r.prefilled == r.reused else (),
                 )
             )
             r.prefilled += size

@@ -87,6 +87,16 @@ _ENGINE_GAUGES: tuple[tuple[str, str, Callable[[EngineStatistics], float]], ...]
         "1 while the model can generate, else 0.",
         lambda s: int(s.lost is None),
     ),
+    (
+        "chatstream_prefix_cache_parked_tokens",
+        "Tokens whose KV slots keep after their request left, ready for reuse.",
+        lambda s: s.prefix.parked_tokens if s.prefix else 0,
+    ),
+    (
+        "chatstream_prefix_cache_parked_bytes",
+        "Bytes of KV that slots keep after their request left.",
+        lambda s: s.prefix.parked_bytes if s.prefix else 0,
+    ),
 )
 _ENGINE_COUNTERS: tuple[tuple[str, str, Callable[[EngineStatistics], float]], ...] = (
     ("chatstream_steps_total", "Model steps planned by the engine.", lambda s: s.steps_total),
@@ -104,6 +114,16 @@ _ENGINE_COUNTERS: tuple[tuple[str, str, Callable[[EngineStatistics], float]], ..
         "chatstream_engine_failed_total",
         "Requests that ended in an error of the model.",
         lambda s: s.failed_total,
+    ),
+    (
+        "chatstream_prefix_cache_queried_tokens_total",
+        "Prompt tokens looked up in the prefix cache (every admitted request's prompt).",
+        lambda s: s.prefix.queried_tokens if s.prefix else 0,
+    ),
+    (
+        "chatstream_prefix_cache_hit_tokens_total",
+        "Prompt tokens whose KV was reused instead of prefilled.",
+        lambda s: s.prefix.hit_tokens if s.prefix else 0,
     ),
 )
 

@@ -292,12 +292,14 @@ def _finish_reason(finished: Finished) -> str:
     return "length" if finished.reason is FinishReason.LENGTH else "stop"
 
 
-def _usage(finished: Finished) -> dict[str, int]:
+def _usage(finished: Finished) -> dict[str, Any]:
     usage = finished.usage
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
+        # Prompt tokens whose KV was already held (prefix reuse), as OpenAI reports them.
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }
 
 

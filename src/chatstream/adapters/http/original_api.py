@@ -262,6 +262,7 @@ class HttpApi:
                                 "prompt_tokens": usage.prompt_tokens,
                                 "completion_tokens": usage.completion_tokens,
                                 "total_tokens": usage.total_tokens,
+                                "cached_tokens": usage.cached_tokens,
                             },
                         },
                     )

@@ -16,7 +16,14 @@ __all__ = ["Backend"]
 
 
 class Backend(Protocol):
-    """A model behind the continuous-batching step interface."""
+    """A model behind the continuous-batching step interface.
+
+    A backend that sets ``reuses_prefixes = True`` promises to honour
+    ``PrefillChunk.reused_ids``: a request's first chunk may start past 0, and the slot's
+    positions before it hold the KV of those ids from the slot's previous request (the
+    backend keeps a slot's KV when its request is released). Without it, chatstream turns
+    prefix reuse off and prefills every prompt from position 0.
+    """
 
     #: A short name for logs and ``/v1/models``.
     name: str

@@ -11,6 +11,10 @@ for real, at the pace ``mock_params`` asks for:
 Replies are in Japanese when the user wrote Japanese. English is streamed word by word and
 Japanese character by character, as the original did, but mixed text is split by script
 rather than by a global rule.
+
+It keeps prefixes as a model would: each slot remembers the token ids written into it, so a
+request that reuses a slot's prefix (``PrefillChunk.reused_ids``) is checked against what
+the slot really holds, and fails loudly if the engine ever reused the wrong ids.
 """
 
 from __future__ import annotations
@@ -80,11 +84,17 @@ class MockBackend(MockTokenizer):
     name = "mock"
     stop_token_ids = frozenset({END_OF_REPLY})
     max_context: int | None = None
+    #: It honours ``PrefillChunk.reused_ids`` (the engine may reuse prefixes).
+    reuses_prefixes = True
 
     def __init__(self, params: MockParams | None = None) -> None:
         super().__init__()
         self.params = params or MockParams()
         self._scripts: dict[RequestId, list[int]] = {}
+        #: The token ids each slot holds, as a model's KV cache would.
+        self._held: dict[int, list[int]] = {}
+        #: Prompt tokens not fed again thanks to prefix reuse, over all requests.
+        self.reused_tokens = 0
 
     def reply_text(self, user_input: str, turn: int) -> str:
         """What the mock answers to ``user_input`` at turn ``turn`` (1 is the first)."""
@@ -100,15 +110,28 @@ class MockBackend(MockTokenizer):
         for release in plan.release:
             self._scripts.pop(release.request_id, None)
         wait = 0.0
+        errors: dict[RequestId, str] = {}
         for chunk in plan.prefill:
-            if chunk.start == 0:
+            held = self._held.setdefault(chunk.slot, [])
+            if chunk.first and held[: chunk.start] != list(chunk.reused_ids):
+                errors[chunk.request_id] = "prefix reuse of ids the slot does not hold"
+                continue
+            del held[chunk.start :]
+            held.extend(chunk.token_ids)
+            if chunk.first:
+                self.reused_tokens += chunk.start
                 user_input = str(chunk.metadata.get("user_input", ""))
                 turn = int(str(chunk.metadata.get("turn", 1)))
                 script = [*self.piece_ids(self.reply_text(user_input, turn)), END_OF_REPLY]
                 self._scripts[chunk.request_id] = script
                 wait = max(wait, self.params.initial_wait_sec)
+        for item in plan.decode:
+            held = self._held.setdefault(item.slot, [])
+            del held[item.position :]
+            held.append(item.token_id)
         sampling = [c.request_id for c in plan.prefill if c.last]
         sampling += [d.request_id for d in plan.decode]
+        sampling = [r for r in sampling if r not in errors]
         if sampling:
             wait += self.params.time_per_token_sec
         time.sleep(wait)
@@ -116,7 +139,8 @@ class MockBackend(MockTokenizer):
         for request_id in sampling:
             script = self._scripts[request_id]
             tokens[request_id] = (script.pop(0) if script else END_OF_REPLY,)
-        return StepCompleted(step=plan.step, tokens=tokens)
+        return StepCompleted(step=plan.step, tokens=tokens, errors=errors)
 
     def close(self) -> None:
         self._scripts.clear()
+        self._held.clear()

@@ -56,6 +56,9 @@ class _Slot:
 class TransformersBackend:
     """A :class:`~.backend.Backend` over a transformers model and tokenizer.
 
+    A slot's KV stays in its row after its request leaves; a request whose first chunk
+    names ``reused_ids`` (the engine found them there) attends to them as its own prefix.
+
     Args:
         model: a causal LM (``AutoModelForCausalLM``), already on its device(s).
         tokenizer: its tokenizer.
@@ -68,6 +71,9 @@ class TransformersBackend:
             and a short group, each over its own columns (models on ``sdpa`` only; see
             :mod:`.split_attention`).
     """
+
+    #: It honours ``PrefillChunk.reused_ids`` (the engine may reuse prefixes).
+    reuses_prefixes = True
 
     def __init__(
         self,
@@ -115,6 +121,8 @@ class TransformersBackend:
         ):
             self._rust_decode = rust.decode
         self._dtype = next(model.parameters()).dtype
+        #: What one token's KV takes, all layers, keys and values (for prefix statistics).
+        self.kv_bytes_per_token = _kv_bytes_per_token(model.config, self._dtype)
         self._split = split_attention and splittable(model)
         # The decode step's additive attention mask, one row per slot, kept up to date as
         # requests come and go: a step opens one column per decoding row instead of
@@ -184,12 +192,16 @@ class TransformersBackend:
         if not chunks:
             return []
         for chunk in chunks:
-            if chunk.start == 0:
+            if chunk.first:
                 generator = None
                 if chunk.params.seed is not None:
                     generator = make_generator(chunk.params.seed, self.device)
                 self._slots[chunk.slot] = _Slot(chunk.request_id, chunk.params, generator)
                 self._seen[chunk.slot] = False
+                if chunk.reused_ids:
+                    # The slot still holds the KV of these ids from an earlier request.
+                    reused = to_device(list(chunk.reused_ids), torch.long, self.device)
+                    self._seen[chunk.slot, reused] = True
         try:
             return list(zip(chunks, self._prefill(chunks), strict=True))
         except Exception as error:
@@ -245,9 +257,11 @@ class TransformersBackend:
             # Decode steps see the prompt from now on, and never the scratch column. Changed
             # only now that the forward went well, so that a row always sees something of
             # its own: a free slot's row, its scratch column; a request's row, its tokens.
-            if chunk.start == 0:
+            # A first chunk also opens the columns of a reused prefix (1 .. start).
+            if chunk.first:
                 self._mask[chunk.slot] = self._hidden
-            self._mask[chunk.slot, chunk.start + 1 : chunk.start + size + 1] = 0
+            opened_from = 1 if chunk.first else chunk.start + 1
+            self._mask[chunk.slot, opened_from : chunk.start + size + 1] = 0
         return out[:, -1]
 
     def _decode(self, items: tuple[DecodeItem, ...]) -> torch.Tensor:
@@ -343,6 +357,17 @@ def _rows(rows: list[int], on_device: torch.Tensor) -> slice | torch.Tensor:
     if sorted(rows) == list(range(first, first + len(rows))):
         return slice(first, first + len(rows))
     return on_device
+
+
+def _kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = getattr(config, "head_dim", None) or (
+        int(getattr(config, "hidden_size", 0)) // heads if heads else 0
+    )
+    layers = int(getattr(config, "num_hidden_layers", 0))
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * layers * kv_heads * int(head_dim) * element
 
 
 def _max_positions(config: Any) -> int | None:
