@@ -139,41 +139,38 @@ async def openai_turn(
 # ----------------------------------------------------------------------------- scenarios
 
 
-async def one_conversation(
-    url: str, route: str, model: str, turns: int, max_tokens: int
+async def conversation(
+    url: str, route: str, model: str, user: int, turns: int, max_tokens: int, verbose: bool
 ) -> list[dict[str, Any]]:
+    """User ``user``'s whole conversation through ``route``: a row per turn."""
     rows = []
     async with httpx.AsyncClient(timeout=600) as client:
         history: list[dict[str, str]] = []
-        for turn, question in enumerate(user_questions(0, turns), 1):
+        for turn, question in enumerate(user_questions(user, turns), 1):
             if route == "session":
                 row = await session_turn(client, url, question, max_tokens)
             else:
                 history.append({"role": "user", "content": question})
                 row = await openai_turn(client, url, model, history, max_tokens)
             rows.append({"turn": turn, **row})
-            log(f"  {route} turn {turn}: TTFT {row['ttft_ms']:.0f} ms")
+            if verbose:
+                log(f"  {route} turn {turn}: TTFT {row['ttft_ms']:.0f} ms")
     return rows
+
+
+async def one_conversation(
+    url: str, route: str, model: str, turns: int, max_tokens: int
+) -> list[dict[str, Any]]:
+    return await conversation(url, route, model, 0, turns, max_tokens, verbose=True)
 
 
 async def many_users(
     url: str, route: str, model: str, users: int, turns: int, max_tokens: int
 ) -> dict[str, Any]:
-    async def user(index: int) -> list[dict[str, Any]]:
-        rows = []
-        async with httpx.AsyncClient(timeout=600) as client:
-            history: list[dict[str, str]] = []
-            for turn, question in enumerate(user_questions(index, turns), 1):
-                if route == "session":
-                    row = await session_turn(client, url, question, max_tokens)
-                else:
-                    history.append({"role": "user", "content": question})
-                    row = await openai_turn(client, url, model, history, max_tokens)
-                rows.append({"turn": turn, **row})
-        return rows
-
     started = time.perf_counter()
-    results = await asyncio.gather(*(user(i) for i in range(users)))
+    results = await asyncio.gather(
+        *(conversation(url, route, model, i, turns, max_tokens, False) for i in range(users))
+    )
     wall = time.perf_counter() - started
     later = [r["ttft_ms"] for rows in results for r in rows if r["turn"] > 1 and r["ttft_ms"]]
     tokens = sum(r["completion_tokens"] for rows in results for r in rows)
