@@ -100,9 +100,8 @@ class PrefixDirectory:
     """
 
     def __init__(self, group_bounds: Sequence[int], *, kv_bytes_per_token: int = 0) -> None:
-        self._bounds = tuple(group_bounds)
         self._bytes_per_token = kv_bytes_per_token
-        self._slots = [_Slot([]) for _ in range(self._bounds[-1])]
+        self._slots = [_Slot([]) for _ in range(group_bounds[-1])]
         self._clock = 0
         self._queried = 0
         self._hits = 0
