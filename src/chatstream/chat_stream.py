@@ -108,6 +108,7 @@ class ChatStream(HttpMethods):
         client_roles: Mapping[str, Any] | None = None,
         max_tokens_per_step: int = 512,
         prefix_cache: bool = True,
+        prefix_cache_mb: int = 1024,
         torch_threads: int | None = None,
         backend: BackendFactory | Sequence[BackendFactory] | None = None,
     ) -> None:
@@ -129,6 +130,7 @@ class ChatStream(HttpMethods):
             add_special_tokens=add_special_tokens,
             max_tokens_per_step=max_tokens_per_step,
             prefix_cache=prefix_cache,
+            prefix_cache_mb=prefix_cache_mb,
         )
         # A custom backend (one factory per model copy) replaces the mock and transformers.
         self._backend_factories: list[BackendFactory] = (
@@ -209,6 +211,8 @@ class ChatStream(HttpMethods):
             if not all(getattr(b, "reuses_prefixes", False) for b in pool.backends):
                 # A custom backend that knows nothing of reused prefixes prefills them all.
                 config = dataclasses.replace(config, prefix_cache=False)
+            if not all(getattr(b, "saves_prefixes", False) for b in pool.backends):
+                config = dataclasses.replace(config, prefix_cache_mb=0)  # slots only
             engine = Engine(
                 config,
                 backend,

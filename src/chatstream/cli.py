@@ -44,6 +44,7 @@ _DEFAULTS: dict[str, Any] = {
     "rate_limit_per_address": None,
     "rate_limit_per_session": None,
     "prefix_cache": True,
+    "prefix_cache_mb": 1024,
     "torch_threads": None,
     "system": None,
     "lang": None,
@@ -78,6 +79,12 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="prefill every prompt whole instead of reusing the KV that slots keep of "
         "earlier turns",
+    )
+    group.add_argument(
+        "--prefix-cache-mb",
+        type=int,
+        metavar="MIB",
+        help="host memory for the KV of conversations no slot holds any more; 0 keeps none (1024)",
     )
     gen = parser.add_argument_group("generation defaults")
     gen.add_argument("--max-new-tokens", type=int, metavar="N", help="tokens per reply (256)")
@@ -168,7 +175,9 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
         options.update(_read_config(Path(args.config)))
     for name, value in vars(args).items():
-        if name not in ("command", "config") and value not in (None, False):
+        if name == "prefix_cache_mb" and value is not None:
+            options[name] = value  # 0 is a value here, not an absent flag
+        elif name not in ("command", "config") and value not in (None, False):
             options[name] = value
         elif name in ("too_many_requests_as_429", "prefix_cache") and value is False:
             options[name] = False
@@ -204,6 +213,7 @@ def build_chat_stream(options: dict[str, Any]) -> Any:
         "repetition_penalty": options["repetition_penalty"],
         "torch_threads": options["torch_threads"],
         "prefix_cache": options["prefix_cache"],
+        "prefix_cache_mb": options["prefix_cache_mb"],
     }
     if options["mock"]:
         mock_params = {

@@ -28,12 +28,14 @@ from hypothesis.stateful import (
 )
 
 from chatstream.core import (
+    MIN_SAVED_TOKENS,
     Admitted,
     Cancel,
     ChatStreamConfig,
     DecodeItem,
     DecodingOptions,
     Drain,
+    DropKV,
     Engine,
     Finished,
     FinishReason,
@@ -44,6 +46,8 @@ from chatstream.core import (
     QueuePositionChanged,
     Rejected,
     RejectReason,
+    RestoreKV,
+    SaveKV,
     StepCompleted,
     StepFailed,
     StepPlan,
@@ -52,6 +56,9 @@ from chatstream.core import (
 )
 
 from .helpers import LetterTokenizer, drain
+
+#: With this, each MiB of host budget holds MIN_SAVED_TOKENS tokens.
+BYTES_PER_TOKEN = 2**20 // MIN_SAVED_TOKENS
 
 
 class EngineMachine(RuleBasedStateMachine):
@@ -68,14 +75,29 @@ class EngineMachine(RuleBasedStateMachine):
             num_of_concurrent_executions=capacity,
             max_queue_size=max_waiting,
             max_new_tokens=6,
-            context_len=40,
+            context_len=80,
             max_tokens_per_step=capacity + extra_budget,
         )
         self.tokenizer = LetterTokenizer()
         self.groups = data.draw(st.integers(1, capacity), label="slot groups")
         self.prefix_cache = data.draw(st.booleans(), label="prefix cache")
-        self.config = dataclasses.replace(self.config, prefix_cache=self.prefix_cache)
-        self.engine = Engine(self.config, self.tokenizer, slot_groups=self.groups)
+        # Host memory for 0 to 3 saved conversations of MIN_SAVED_TOKENS tokens.
+        mib = data.draw(st.integers(0, 3), label="host MiB")
+        self.config = dataclasses.replace(
+            self.config, prefix_cache=self.prefix_cache, prefix_cache_mb=mib
+        )
+        self.budget = mib * 2**20
+        self.engine = Engine(
+            self.config,
+            self.tokenizer,
+            slot_groups=self.groups,
+            kv_bytes_per_token=BYTES_PER_TOKEN,
+        )
+        #: What each host entry holds, as a backend would; entries freed so far.
+        self.host: dict[int, list[int | None]] = {}
+        self.freed: set[int] = set()
+        #: Entries whose save may not have run (their step failed).
+        self.unsaved: set[int] = set()
         #: What each slot's KV holds, position by position (None: garbage).
         self.kv: dict[int, list[int | None]] = defaultdict(list)
         self.prompts: dict[int, tuple[int, ...]] = {}
@@ -94,18 +116,24 @@ class EngineMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ rules
 
-    @rule(prompt_len=st.integers(1, 45), max_new=st.integers(1, 6), data=st.data())
+    @rule(
+        prompt_len=st.integers(1, 85) | st.sampled_from([40, 60, 79, 80]),
+        max_new=st.integers(1, 6),
+        data=st.data(),
+    )
     def submit(self, prompt_len: int, max_new: int, data: st.DataObject) -> None:
         request_id = self.next_id
         self.next_id += 1
-        prompt = tuple(range(2, 2 + prompt_len))
+        # A fresh prompt: one of a few openings (a shared system prompt), or its own ids.
+        opening = data.draw(st.integers(0, 3), label="opening")
+        prompt = tuple(range(2 + opening * 100, 2 + opening * 100 + prompt_len))
         continues: bool = data.draw(st.booleans(), label="continue a conversation")
         if self.prompts and continues:
             # An earlier prompt and its reply (or part of it), then the next turn's ids.
             earlier = data.draw(st.sampled_from(sorted(self.prompts)), label="earlier")
             reply = [t for t in self.tokens.get(earlier, []) if t != LetterTokenizer.STOP]
             kept = data.draw(st.integers(0, len(self.prompts[earlier]) + len(reply)))
-            turn = data.draw(st.lists(st.integers(2, 9), min_size=1, max_size=8))
+            turn = data.draw(st.lists(st.integers(2, 9), min_size=1, max_size=40))
             prompt = (*self.prompts[earlier], *reply)[:kept] + tuple(turn)
         prompt_len = len(prompt)
         self.prompts[request_id] = prompt
@@ -147,13 +175,19 @@ class EngineMachine(RuleBasedStateMachine):
         tokens: dict[int, tuple[int, ...]] = {}
         errors: dict[int, str] = {}
         for request_id in sampled:
-            outcome = data.draw(st.sampled_from(["token", "token", "token", "stop", "error"]))
+            outcome = data.draw(st.sampled_from(["token"] * 12 + ["stop", "error"]))
             if outcome == "error":
                 errors[request_id] = "boom"
             else:
                 token = LetterTokenizer.STOP if outcome == "stop" else data.draw(st.integers(1, 30))
                 tokens[request_id] = (token,)
-        if data.draw(st.booleans(), label="the prefill rows fail"):
+        for transfer in plan.transfers:
+            if isinstance(transfer, RestoreKV) and data.draw(st.integers(0, 4), label="lost") == 3:
+                # The copy back failed half-way: the slot holds garbage.
+                errors[transfer.request_id] = "restore failed"
+                self.kv[transfer.slot][: transfer.length] = [None] * transfer.length
+                tokens.pop(transfer.request_id, None)
+        if data.draw(st.integers(0, 9), label="the prefill rows fail") == 7:
             errors.update(dict.fromkeys((c.request_id for c in plan.prefill), "bad prompt"))
             for request_id in errors:
                 tokens.pop(request_id, None)
@@ -167,11 +201,17 @@ class EngineMachine(RuleBasedStateMachine):
             assert request_id in self.terminal
 
     @precondition(lambda self: self.plan is not None)
-    @rule()
-    def fail_step(self) -> None:
+    @rule(data=st.data())
+    def fail_step(self, data: st.DataObject) -> None:
+        if data.draw(st.integers(0, 9), label="chance") != 7:
+            return  # rarely (not a bound: Hypothesis favours those)
         plan = self.plan
         assert plan is not None
         self.plan = None
+        for transfer in plan.transfers:
+            if isinstance(transfer, SaveKV) and data.draw(st.booleans(), label="save lost"):
+                self.host.pop(transfer.entry, None)
+                self.unsaved.add(transfer.entry)
         items: list[PrefillChunk | DecodeItem] = [*plan.prefill, *plan.decode]
         self.write_kv(plan, {i.request_id for i in items})
         self.engine.send(StepFailed(step=plan.step, message="out of memory"))
@@ -182,19 +222,24 @@ class EngineMachine(RuleBasedStateMachine):
             assert decode.request_id in self.terminal
 
     @precondition(lambda self: not self.draining)
-    @rule()
-    def drain_engine(self) -> None:
+    @rule(chance=st.integers(0, 9))
+    def drain_engine(self, chance: int) -> None:
+        if chance != 7:  # rarely (not a bound: Hypothesis favours those)
+            return
         self.draining = True
         self.engine.send(Drain())
         self.absorb()
 
     @precondition(lambda self: not self.lost and self.next_id > 3)
-    @rule()
-    def lose_model(self) -> None:
+    @rule(chance=st.integers(0, 9))
+    def lose_model(self, chance: int) -> None:
+        if chance != 7:  # rarely (not a bound: Hypothesis favours those)
+            return
         self.lost = True
         self.plan = None
         self.engine.send(ModelLost(message="thread died"))
         self.kv.clear()  # the model's memory is gone
+        self.host.clear()
         self.absorb()
         assert not self.running
         assert not self.waiting
@@ -260,6 +305,7 @@ class EngineMachine(RuleBasedStateMachine):
                 case StepPlan():
                     assert self.plan is None, "two steps in flight"
                     self.plan = event
+                    self.run_transfers(event)
                     self.check_plan(event)
         # Positions must be 1..waiting in queue order after every input.
         for index, rid in enumerate(self.waiting, 1):
@@ -302,6 +348,37 @@ class EngineMachine(RuleBasedStateMachine):
                 if not self.prefix_cache:
                     assert chunk.start == 0
 
+    def run_transfers(self, plan: StepPlan) -> None:
+        """Copies to and from host memory, first in the step, as a backend runs them."""
+        numbers = [t.transfer for t in plan.transfers]
+        assert numbers == sorted(numbers)
+        for transfer in plan.transfers:
+            if not self.prefix_cache:
+                raise AssertionError("a transfer without the prefix cache")
+            match transfer:
+                case SaveKV(entry=entry, slot=slot, length=length):
+                    assert entry not in self.host and entry not in self.freed
+                    assert MIN_SAVED_TOKENS <= length <= len(self.kv[slot])
+                    # Only KV that was written well is ever saved.
+                    assert None not in self.kv[slot][:length]
+                    self.host[entry] = self.kv[slot][:length]
+                    note_event("a conversation saved to host memory")
+                case RestoreKV(entry=entry, slot=slot, length=length):
+                    assert entry not in self.freed, "an entry freed twice"
+                    self.freed.add(entry)
+                    saved = self.host.pop(entry)  # never one that was not saved
+                    column = self.kv[slot]
+                    column.extend([None] * (length - len(column)))
+                    column[:length] = saved[:length]
+                    note_event("a conversation restored from host memory")
+                case DropKV(entry=entry):
+                    assert entry not in self.freed, "an entry freed twice"
+                    self.freed.add(entry)
+                    assert entry in self.host or entry in self.unsaved
+                    self.host.pop(entry, None)
+            held = sum(len(ids) for ids in self.host.values())
+            assert held * BYTES_PER_TOKEN <= self.budget
+
     def write_kv(self, plan: StepPlan, broken: set[int]) -> None:
         """What a model's KV holds after running ``plan``: the fed ids at their positions,
         garbage where a row failed."""
@@ -324,6 +401,13 @@ class EngineMachine(RuleBasedStateMachine):
         # Every request ever submitted is exactly one of: running, waiting, terminated.
         assert len(self.running) + len(self.waiting) + len(self.terminal) == self.next_id
         assert stats.admitted_total >= stats.running
+
+    @invariant()
+    def host_memory(self) -> None:
+        stats = self.engine.statistics().prefix
+        if stats is None:
+            return
+        assert stats.stored_bytes == stats.stored_tokens * BYTES_PER_TOKEN <= self.budget
 
     @invariant()
     def progress(self) -> None:

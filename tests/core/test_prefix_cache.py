@@ -12,10 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatstream.core import (
+    MIN_SAVED_TOKENS,
     Cancel,
     ChatStreamConfig,
     DecodeItem,
     DecodingOptions,
+    DropKV,
     Engine,
     Finished,
     GenerationParams,
@@ -23,6 +25,8 @@ from chatstream.core import (
     ModelLost,
     PrefillChunk,
     PrefixDirectory,
+    RestoreKV,
+    SaveKV,
     SlotChoice,
     StepCompleted,
     StepPlan,
@@ -155,9 +159,14 @@ class KeptModel:
     """A model whose KV the test keeps: it checks every reuse against what the slot holds
     (a failed row writes garbage) and answers from each request's script."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, host_budget: int = 0) -> None:
         self.engine = engine
         self.kv: dict[int, list[int | None]] = defaultdict(list)
+        #: Host entries as a backend holds them; entries freed so far.
+        self.host: dict[int, list[int | None]] = {}
+        self.freed: set[int] = set()
+        self.host_budget = host_budget
+        self.restored = 0
         self.finished: dict[int, Finished] = {}
         self.first_start: dict[int, int] = {}
         self.sampled: dict[int, list[int]] = defaultdict(list)
@@ -185,6 +194,7 @@ class KeptModel:
     ) -> None:
         items: list[PrefillChunk | DecodeItem] = [*plan.prefill, *plan.decode]
         broken = {i.request_id for i in items if fail(i.request_id)}
+        self.transfer(plan)
         for chunk in plan.prefill:
             if chunk.first:
                 self.first_start[chunk.request_id] = chunk.start
@@ -202,13 +212,38 @@ class KeptModel:
         errors = dict.fromkeys(broken, "broken row")
         self.engine.send(StepCompleted(step=plan.step, tokens=tokens, errors=errors))
 
+    def transfer(self, plan: StepPlan) -> None:
+        for transfer in plan.transfers:
+            match transfer:
+                case SaveKV(entry=entry, slot=slot, length=length):
+                    assert entry not in self.host and entry not in self.freed
+                    assert None not in self.kv[slot][:length]  # only KV written well
+                    self.host[entry] = self.kv[slot][:length]
+                case RestoreKV(entry=entry, slot=slot, length=length):
+                    assert entry not in self.freed, "freed twice"
+                    self.freed.add(entry)
+                    self.kv[slot][:length] = self.host.pop(entry)[:length]
+                    self.restored += length
+                case DropKV(entry=entry):
+                    assert entry not in self.freed, "freed twice"
+                    self.freed.add(entry)
+                    del self.host[entry]
+            held = sum(len(ids) for ids in self.host.values())
+            assert held * BYTES_PER_TOKEN <= self.host_budget
+
     def write(self, slot: int, start: int, ids: list[int], broken: bool) -> None:
         column = self.kv[slot]
         column.extend([None] * (start + len(ids) - len(column)))
         column[start : start + len(ids)] = [None] * len(ids) if broken else ids
 
 
-def engine(capacity: int = 4, groups: int = 1, *, prefix_cache: bool = True) -> Engine:
+#: With this, each MiB of host budget holds MIN_SAVED_TOKENS tokens.
+BYTES_PER_TOKEN = 2**20 // MIN_SAVED_TOKENS
+
+
+def engine(
+    capacity: int = 4, groups: int = 1, *, prefix_cache: bool = True, host_mib: int = 0
+) -> Engine:
     config = ChatStreamConfig(
         num_of_concurrent_executions=capacity,
         max_queue_size=16,
@@ -216,8 +251,9 @@ def engine(capacity: int = 4, groups: int = 1, *, prefix_cache: bool = True) -> 
         context_len=400,
         max_tokens_per_step=capacity + 7,
         prefix_cache=prefix_cache,
+        prefix_cache_mb=host_mib,
     )
-    return Engine(config, LetterTokenizer(), slot_groups=groups)
+    return Engine(config, LetterTokenizer(), slot_groups=groups, kv_bytes_per_token=BYTES_PER_TOKEN)
 
 
 def submit(e: Engine, request_id: int, prompt: tuple[int, ...], max_new: int = 8) -> None:
@@ -330,3 +366,102 @@ def test_a_lost_model_forgets_every_prefix() -> None:
     drain(e)
     stats = e.statistics().prefix
     assert stats is not None and stats.parked_tokens == 0
+
+
+# ---------------------------------------------------------------------- host memory
+
+
+def words(user: int, count: int) -> tuple[int, ...]:
+    """A user's own ids, so that conversations part after the system prompt."""
+    return tuple(10 + 20 * user + i % 20 for i in range(count))
+
+
+def test_conversations_no_slot_holds_come_back_from_host_memory() -> None:
+    # Three conversations take turns in one slot: each turn writes over the last one, which
+    # goes to host memory and comes back when its conversation does.
+    e = engine(capacity=1, host_mib=16)
+    model = KeptModel(e, host_budget=16 * 2**20)
+    history = dict.fromkeys(range(3), SYSTEM)
+    for turn in range(3):
+        for user in range(3):
+            request_id = user * 100 + turn
+            prompt = (*history[user], *words(user, 40))
+            submit(e, request_id, prompt, max_new=4)
+            model.settle({request_id: [4, 5, 6, STOP]})
+            usage = model.finished[request_id].usage
+            if turn:
+                previous = model.finished[request_id - 1].usage
+                assert usage.cached_tokens == previous.total_tokens - 1
+            history[user] = (*prompt, *model.sampled[request_id])
+    stats = e.statistics().prefix
+    assert stats is not None and stats.restored_tokens == model.restored > 0
+    assert stats.stored_entries == len(model.host) == 2  # the two the slot does not hold
+    assert stats.stored_bytes == stats.stored_tokens * BYTES_PER_TOKEN
+
+
+def test_the_host_budget_evicts_the_oldest_conversation() -> None:
+    # Room for one saved conversation of about 90 tokens (3 MiB = 96 tokens).
+    e = engine(capacity=1, host_mib=3)
+    model = KeptModel(e, host_budget=3 * 2**20)
+    prompts = {user: (*SYSTEM, *words(user, 80)) for user in range(3)}
+    for user in range(3):
+        submit(e, user, prompts[user], max_new=2)
+        model.settle({user: [4, STOP]})
+    # User 0 was saved when user 1 came, then evicted for user 1 when user 2 came.
+    assert [tokens[3] for tokens in model.host.values()] == [30]
+    submit(e, 11, (*prompts[1], 4, 7), max_new=2)
+    model.settle({11: [4, STOP]})
+    assert model.finished[11].usage.cached_tokens == len(prompts[1]) + 1  # restored
+    submit(e, 10, (*prompts[0], 4, 7), max_new=2)
+    model.settle({10: [4, STOP]})
+    assert model.finished[10].usage.cached_tokens == len(SYSTEM)  # evicted: the system prompt
+
+
+def test_a_short_conversation_is_not_worth_a_copy() -> None:
+    e = engine(capacity=1, host_mib=8)
+    model = KeptModel(e, host_budget=8 * 2**20)
+    for user in range(2):
+        submit(e, user, words(user, MIN_SAVED_TOKENS - 5), max_new=2)
+        model.settle({user: [4, STOP]})
+    assert model.host == {} and model.freed == set()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    capacity=st.integers(1, 3),
+    groups=st.integers(1, 2),
+    host_mib=st.integers(0, 6),
+    data=st.data(),
+)
+def test_host_memory_never_exceeds_its_budget_and_frees_each_entry_once(
+    capacity: int, groups: int, host_mib: int, data: st.DataObject
+) -> None:
+    groups = min(groups, capacity)
+    e = engine(capacity=capacity, groups=groups, host_mib=host_mib)
+    model = KeptModel(e, host_budget=host_mib * 2**20)
+    history: dict[int, tuple[int, ...]] = {}
+    for round_ in range(data.draw(st.integers(1, 6), label="rounds")):
+        scripts: dict[int, list[int]] = {}
+        for user in data.draw(st.lists(st.integers(0, 5), min_size=1, max_size=4, unique=True)):
+            base = history.get(user, SYSTEM)
+            if data.draw(st.booleans(), label="regenerate or edit"):
+                base = base[: data.draw(st.integers(0, len(base)))]
+            size = data.draw(st.integers(1, 50), label="new words")
+            prompt = (*base, *words(user, size))[-300:]  # the oldest turns truncated
+            request_id = user * 100 + round_
+            scripts[request_id] = data.draw(st.lists(st.integers(4, 9), min_size=6, max_size=6))
+            submit(e, request_id, prompt, max_new=data.draw(st.integers(1, 5)))
+            history[user] = prompt
+        doomed = set(data.draw(st.lists(st.sampled_from(sorted(scripts)), max_size=1)))
+        model.settle(scripts, fail=doomed.__contains__)
+        for request_id in scripts:
+            usage = model.finished[request_id].usage
+            assert usage.cached_tokens == model.first_start.get(request_id, usage.cached_tokens)
+            if request_id not in doomed:
+                user = request_id // 100
+                history[user] = (*history[user], *model.sampled[request_id])
+    stats = e.statistics().prefix
+    assert stats is not None
+    assert stats.stored_bytes <= host_mib * 2**20
+    assert stats.stored_entries == len(model.host)  # every step ran: the two agree
+    assert stats.restored_tokens == model.restored

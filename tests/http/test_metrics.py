@@ -67,6 +67,14 @@ FAMILIES = {
         "gauge",
         "Bytes of KV that slots keep after their request left.",
     ),
+    "chatstream_prefix_cache_stored_tokens": (
+        "gauge",
+        "Tokens whose KV host memory keeps for conversations no slot holds.",
+    ),
+    "chatstream_prefix_cache_stored_bytes": (
+        "gauge",
+        "Bytes of KV that host memory keeps (never above --prefix-cache-mb).",
+    ),
     "chatstream_steps_total": ("counter", "Model steps planned by the engine."),
     "chatstream_engine_cancelled_total": ("counter", "Requests cancelled in the engine."),
     "chatstream_engine_rejected_total": ("counter", "Requests rejected by the engine."),
@@ -81,6 +89,10 @@ FAMILIES = {
     "chatstream_prefix_cache_hit_tokens_total": (
         "counter",
         "Prompt tokens whose KV was reused instead of prefilled.",
+    ),
+    "chatstream_prefix_cache_restored_tokens_total": (
+        "counter",
+        "Of the hit tokens, those copied back from host memory.",
     ),
 }
 # Families made by prometheus_client's Counter/Histogram: each has a ``*_created`` gauge.
@@ -431,7 +443,14 @@ def test_engine_families_follow_successive_snapshots() -> None:
             draining=True,
             lost="gone",
             prefix=PrefixStatistics(
-                queried_tokens=130, hit_tokens=60, parked_tokens=3, parked_bytes=1536
+                queried_tokens=130,
+                hit_tokens=60,
+                parked_tokens=3,
+                parked_bytes=1536,
+                stored_tokens=40,
+                stored_bytes=20480,
+                stored_entries=1,
+                restored_tokens=20,
             ),
         ),
     ]
@@ -444,16 +463,17 @@ def test_engine_families_follow_successive_snapshots() -> None:
         for name in ("chatstream_steps_total", "chatstream_engine_cancelled_total"):
             assert _created_name(name) not in families
             assert [s.name for s in families[name].samples] == [name]
-    # running, waiting, slots, queue capacity, draining, available, parked tokens and bytes;
-    # steps, cancelled, rejected, failed, prefix tokens queried and hit (0 with no prefix cache)
+    # running, waiting, slots, queue capacity, draining, available, parked tokens and bytes,
+    # stored tokens and bytes; steps, cancelled, rejected, failed, prefix tokens queried, hit
+    # and restored (0 with no prefix cache)
     assert seen == [
-        (1, 0, 4, 8, 0, 1, 0, 0, 3, 0, 0, 0, 0, 0),
-        (2, 5, 4, 8, 0, 1, 12, 6144, 10, 0, 1, 0, 90, 40),
-        (0, 1, 4, 8, 0, 1, 0, 0, 10, 2, 4, 0, 100, 40),
-        (0, 0, 4, 8, 1, 0, 3, 1536, 250, 3, 4, 6, 130, 60),
+        (1, 0, 4, 8, 0, 1, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0),
+        (2, 5, 4, 8, 0, 1, 12, 6144, 0, 0, 10, 0, 1, 0, 90, 40, 0),
+        (0, 1, 4, 8, 0, 1, 0, 0, 0, 0, 10, 2, 4, 0, 100, 40, 0),
+        (0, 0, 4, 8, 1, 0, 3, 1536, 40, 20480, 250, 3, 4, 6, 130, 60, 20),
     ]
     # The totals only go up when the engine's do: the values are the engine's, not sums.
-    totals = [row[8:] for row in seen]
+    totals = [row[10:] for row in seen]
     assert all(
         all(x <= y for x, y in zip(p, q, strict=True)) for p, q in itertools.pairwise(totals)
     )

@@ -93,3 +93,74 @@ def test_without_the_prefix_cache_nothing_is_reused(start_server: ServerFactory)
     with server.client() as client:
         sse_turn(client, {"user_input": "hello"})
         assert sse_turn(client, {"user_input": "and then?"})["cached_tokens"] == 0
+
+
+def metric_samples(server: Any) -> dict[str, float]:
+    with server.client() as monitor:
+        metrics = monitor.get("/metrics", headers={"X-ChatStream-Auth-Header": "let me see"})
+    assert metrics.status_code == 200
+    return {
+        name: float(number)
+        for name, number in (
+            line.rsplit(" ", 1)
+            for line in metrics.text.splitlines()
+            if line.startswith("chatstream_")
+        )
+    }
+
+
+def test_conversations_no_slot_holds_come_back_from_host_memory(
+    start_server: ServerFactory,
+) -> None:
+    # One slot and three browsers taking turns: each turn writes over another browser's
+    # conversation, which waits in host memory for its next turn.
+    server = start_server(
+        options={
+            "mock_params": MOCK,
+            "client_roles": MONITOR,
+            "num_of_concurrent_executions": 1,
+        }
+    )
+    browsers = [server.client() for _ in range(3)]
+    previous: list[dict[str, Any]] = []
+    try:
+        for turn in range(2):
+            for index, browser in enumerate(browsers):
+                usage = sse_turn(browser, {"user_input": f"browser {index} says hello {turn}"})
+                if turn:
+                    # Its whole last prompt came back from host memory.
+                    assert usage["cached_tokens"] >= previous[index]["prompt_tokens"]
+                    previous[index] = usage
+                else:
+                    previous.append(usage)
+    finally:
+        for browser in browsers:
+            browser.close()
+    samples = metric_samples(server)
+    assert samples["chatstream_prefix_cache_restored_tokens_total"] >= sum(
+        p["cached_tokens"] for p in previous[:2]
+    )
+    # The mock counts 1,024 bytes a token: two conversations are stored.
+    stored = samples["chatstream_prefix_cache_stored_tokens"]
+    assert stored > 0 and samples["chatstream_prefix_cache_stored_bytes"] == 1024 * stored
+
+
+def test_with_no_host_memory_a_given_up_conversation_is_prefilled_again(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server(
+        options={
+            "mock_params": MOCK,
+            "client_roles": MONITOR,
+            "num_of_concurrent_executions": 1,
+            "prefix_cache_mb": 0,
+        }
+    )
+    with server.client() as first, server.client() as second:
+        sse_turn(first, {"user_input": "the first browser says hello"})
+        sse_turn(second, {"user_input": "the second browser says hello"})
+        again = sse_turn(first, {"user_input": "and again"})
+    assert again["cached_tokens"] < again["prompt_tokens"] // 2  # a shared opening at most
+    samples = metric_samples(server)
+    assert samples["chatstream_prefix_cache_restored_tokens_total"] == 0
+    assert samples["chatstream_prefix_cache_stored_bytes"] == 0

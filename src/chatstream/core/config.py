@@ -268,6 +268,9 @@ class ChatStreamConfig:
     #: Keep the KV of finished requests in their slots and let a prompt that begins with
     #: the same token ids take that slot and prefill only the rest (see ``prefix_cache``).
     prefix_cache: bool = True
+    #: Host memory (MiB) for the KV of conversations no slot holds any more, restored into
+    #: a slot when they come back (least recently saved evicted first); 0 keeps none.
+    prefix_cache_mb: int = 1024
 
     def __post_init__(self) -> None:
         _int("num_of_concurrent_executions", self.num_of_concurrent_executions, minimum=1)
@@ -275,6 +278,7 @@ class ChatStreamConfig:
         _bool("too_many_request_as_http_error", self.too_many_request_as_http_error)
         _bool("use_mock_response", self.use_mock_response)
         _bool("prefix_cache", self.prefix_cache)
+        _int("prefix_cache_mb", self.prefix_cache_mb, minimum=0, maximum=2**30)
         if isinstance(self.mock_params, Mapping):
             _set(self, "mock_params", MockParams.from_mapping(self.mock_params))
         elif not isinstance(self.mock_params, MockParams):

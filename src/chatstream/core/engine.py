@@ -41,6 +41,7 @@ from .events import (
     Rejected,
     RejectReason,
     RequestId,
+    RestoreKV,
     Sentinel,
     StepCompleted,
     StepFailed,
@@ -86,6 +87,8 @@ class _Request:
     generated: int = 0
     #: Prompt tokens its slot already held when it was admitted.
     reused: int = 0
+    #: The host entry copied back into its slot for them, if any.
+    restore: int | None = None
 
 
 class Engine:
@@ -121,7 +124,11 @@ class Engine:
             choose_slot=self._choose_slot if config.prefix_cache else None,
         )
         self._prefix = (
-            PrefixDirectory(self._admission.group_bounds, kv_bytes_per_token=kv_bytes_per_token)
+            PrefixDirectory(
+                self._admission.group_bounds,
+                kv_bytes_per_token=kv_bytes_per_token,
+                host_budget_bytes=config.prefix_cache_mb * 2**20,
+            )
             if config.prefix_cache
             else None
         )
@@ -154,6 +161,11 @@ class Engine:
                 self._step_completed(event)
             case StepFailed(step=step, message=message):
                 plan = self._take_in_flight(step)
+                if self._prefix is not None:
+                    self._prefix.unsaved(plan.transfers)
+                    for transfer in plan.transfers:
+                        if isinstance(transfer, RestoreKV):
+                            self._restore_failed(transfer, message)
                 for request_id in _requests_in(plan):
                     self._fail(request_id, message)
             case ModelLost(message=message):
@@ -170,6 +182,8 @@ class Engine:
         if self._in_flight is None and self._lost is None:
             plan = self._scheduler.plan(self._next_step)
             if plan is not None:
+                if self._prefix is not None:
+                    plan = dataclasses.replace(plan, transfers=self._prefix.take_transfers())
                 self._next_step += 1
                 self._in_flight = plan
                 return plan
@@ -261,6 +275,9 @@ class Engine:
                 raise RemoteProtocolError(f"step {plan.step} had no request {request_id!r}")
         if self._prefix is not None:
             self._record_written(plan, event)
+            for transfer in plan.transfers:
+                if isinstance(transfer, RestoreKV) and transfer.request_id in event.errors:
+                    self._restore_failed(transfer, event.errors[transfer.request_id])
         for request_id, message in event.errors.items():
             self._fail(request_id, message)
         sampling = [c.request_id for c in plan.prefill if c.last]
@@ -281,7 +298,18 @@ class Engine:
         request = self._requests[request_id]
         choice = self._prefix.choose(request.prompt, free)
         request.reused = choice.reused
+        request.restore = choice.restore
         return choice.slot
+
+    def _restore_failed(self, transfer: RestoreKV, message: str) -> None:
+        """A copy back from host memory failed (or may not have run): the slot holds
+        nothing reusable, and whoever reuses it now fails too."""
+        assert self._prefix is not None
+        owner = self._prefix.owner(transfer.slot)
+        self._prefix.forget(transfer.slot)
+        for request_id in {transfer.request_id, owner}:
+            if request_id is not None:
+                self._fail(request_id, message)
 
     def _record_written(self, plan: StepPlan, result: StepCompleted) -> None:
         """What the step wrote into each slot, for rows that did not fail: only KV whose
@@ -296,11 +324,14 @@ class Engine:
             else:
                 self._prefix.extend(item.slot, item.request_id, item.position, (item.token_id,))
 
-    def _leave_slot(self, request_id: RequestId) -> None:
-        # Parked before admission hands the slot on, so that the next request may reuse it.
+    def _leave_slot(self, request_id: RequestId, *, intact: bool = True) -> None:
+        # Parked before admission hands the slot on, so that the next request may reuse it;
+        # after a model error, with nothing in it (what it holds is not to be trusted).
         if self._prefix is not None:
             slot = self._admission.slot_of(request_id)
             assert slot is not None
+            if not intact:
+                self._prefix.forget(slot)
             self._prefix.park(slot, request_id)
         self._scheduler.remove(request_id)
 
@@ -345,7 +376,7 @@ class Engine:
         if reason in (FinishReason.STOP, FinishReason.LENGTH):
             self._consecutive_failures = 0
         request = self._requests.pop(request_id)
-        self._leave_slot(request_id)
+        self._leave_slot(request_id, intact=reason is not FinishReason.ERROR)
         admission_events = self._admission.finish(request_id)
         self._outbox.append(self._finished(request, reason, error))
         self._emit_admission(admission_events)
@@ -372,7 +403,11 @@ class Engine:
                 request = self._requests[event.request_id]
                 if self._prefix is not None:
                     self._prefix.claim(
-                        event.slot, event.request_id, len(request.prompt), request.reused
+                        event.slot,
+                        event.request_id,
+                        len(request.prompt),
+                        request.reused,
+                        request.restore,
                     )
                 self._scheduler.add(
                     event.request_id,
@@ -396,4 +431,6 @@ class Engine:
 
 
 def _requests_in(plan: StepPlan) -> set[RequestId]:
-    return {c.request_id for c in plan.prefill} | {d.request_id for d in plan.decode}
+    """The requests a step result may name: its rows, and those it restores a prefix for."""
+    restoring = {t.request_id for t in plan.transfers if isinstance(t, RestoreKV)}
+    return {c.request_id for c in plan.prefill} | {d.request_id for d in plan.decode} | restoring

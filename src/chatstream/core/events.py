@@ -32,10 +32,12 @@ __all__ = [
     "Cancel",
     "DecodeItem",
     "Drain",
+    "DropKV",
     "Event",
     "FinishReason",
     "Finished",
     "Input",
+    "KVTransfer",
     "ModelLost",
     "Output",
     "PrefillChunk",
@@ -45,6 +47,8 @@ __all__ = [
     "Rejected",
     "Release",
     "RequestId",
+    "RestoreKV",
+    "SaveKV",
     "Sentinel",
     "StepCompleted",
     "StepFailed",
@@ -233,6 +237,45 @@ class Finished(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SaveKV:
+    """Copy the KV of a slot's first ``length`` positions to host memory as ``entry``.
+
+    Transfers carry increasing ``transfer`` numbers; a backend runs each once and skips one
+    it already ran (a step retried, or run in parts, carries its transfers again).
+    """
+
+    transfer: int
+    entry: int
+    slot: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreKV:
+    """Copy the first ``length`` positions of host ``entry`` into ``slot`` and free the
+    entry; ``request_id`` is the request that takes the slot (it fails if this fails)."""
+
+    transfer: int
+    entry: int
+    slot: int
+    length: int
+    request_id: RequestId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DropKV:
+    """Free host ``entry`` (evicted) of slot group ``group``; no-op if it is unknown."""
+
+    transfer: int
+    entry: int
+    group: int
+
+
+#: A copy between the KV cache and host memory, run first in a step.
+KVTransfer: TypeAlias = SaveKV | RestoreKV | DropKV
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Release:
     """Free the model state (KV cache) held for a request that left the batch."""
 
@@ -286,7 +329,7 @@ class DecodeItem:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepPlan(Event):
-    """One model step: release left requests first, then prefill and decode.
+    """One model step: transfers and releases first, then prefill and decode.
 
     The driver sends it to the model and answers with :class:`StepCompleted` (or
     :class:`StepFailed`) carrying the same ``step``.
@@ -296,6 +339,8 @@ class StepPlan(Event):
     release: tuple[Release, ...] = ()
     prefill: tuple[PrefillChunk, ...] = ()
     decode: tuple[DecodeItem, ...] = ()
+    #: Host-memory copies of the prefix cache, run in order before anything else.
+    transfers: tuple[KVTransfer, ...] = ()
 
     @property
     def num_tokens(self) -> int:

@@ -13,9 +13,12 @@ from chatstream import ChatStream
 from chatstream.adapters.model.pool import ModelPool, split_plan
 from chatstream.core import (
     DecodeItem,
+    DropKV,
     GenerationParams,
     PrefillChunk,
     Release,
+    RestoreKV,
+    SaveKV,
     StepCompleted,
     StepPlan,
 )
@@ -47,6 +50,65 @@ def test_split_plan_renumbers_slots_per_group() -> None:
     assert second.release == (Release(request_id=9, slot=1),)
     assert third is None
     assert first.step == second.step == 4
+
+
+def test_split_plan_sends_each_transfer_to_its_copy() -> None:
+    plan = StepPlan(
+        step=1,
+        transfers=(
+            SaveKV(transfer=0, entry=7, slot=3, length=40),
+            DropKV(transfer=1, entry=2, group=0),
+            RestoreKV(transfer=2, entry=5, slot=3, length=30, request_id=4),
+        ),
+    )
+    first, second = split_plan(plan, (0, 2, 4))
+    assert first is not None and second is not None
+    assert first.transfers == (DropKV(transfer=1, entry=2, group=0),)
+    assert second.transfers == (
+        SaveKV(transfer=0, entry=7, slot=1, length=40),
+        RestoreKV(transfer=2, entry=5, slot=1, length=30, request_id=4),
+    )
+
+
+async def test_conversations_stay_with_the_copy_that_holds_them(
+    tiny_model: tuple[Any, Any], tiny_model_dir: pathlib.Path
+) -> None:
+    # Two copies of one slot each and three conversations: turns find their KV in a slot
+    # or in host memory of the copy that ran them, and say what one copy without reuse says.
+    model, tokenizer = tiny_model
+    copy: Any = load_tiny_model(tiny_model_dir)[0]
+    options: dict[str, Any] = {
+        "tokenizer": tokenizer,
+        "temperature": 0.0,
+        "max_new_tokens": 6,
+        "context_len": 256,
+    }
+    words = "the quick brown fox jumps over the lazy dog and runs far away"
+    questions = [f"{n}: {words} {words}" for n in ("one", "two", "three")]
+
+    async def talk(chat_stream: ChatStream) -> list[str]:
+        replies = []
+        async with chat_stream:
+            conversations = [chat_stream.new_conversation() for _ in questions]
+            for turn in range(3):
+                for conversation, question in zip(conversations, questions, strict=True):
+                    deltas = chat_stream.chat(conversation, f"{question} {turn}")
+                    replies.append("".join([d async for d in deltas]))
+            stats = chat_stream.statistics().prefix
+        if stats is not None:
+            restored.append(stats.restored_tokens)
+            hits.append(stats.hit_tokens)
+        return replies
+
+    restored: list[int] = []
+    hits: list[int] = []
+    pooled = ChatStream(
+        model=[model, copy], device=["cpu", "cpu"], num_of_concurrent_executions=2, **options
+    )
+    alone = ChatStream(model=model, prefix_cache=False, num_of_concurrent_executions=1, **options)
+    assert await talk(pooled) == await talk(alone)
+    (pooled_restored,), (pooled_hits,) = restored, hits
+    assert pooled_restored > 0 and pooled_hits > pooled_restored
 
 
 async def test_a_failing_copy_fails_only_its_own_requests() -> None:

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 import torch
 
-from chatstream.core import GenerationParams
+from chatstream.core import (
+    MIN_SAVED_TOKENS,
+    GenerationParams,
+    RestoreKV,
+    SaveKV,
+    StepCompleted,
+    StepPlan,
+)
 
 from .test_transformers_backend import (
     PROMPTS,
@@ -119,6 +126,50 @@ def test_more_conversations_than_slots_give_the_same_replies(
             for p, r in zip(prompts, ids, strict=True)
         ]
     assert hits >= 2  # some turns found their slot, others had been given up
+
+
+def test_conversations_no_slot_holds_come_back_from_host_memory_and_say_the_same(
+    tiny_model: tuple[Any, Any],
+) -> None:
+    model, tokenizer = tiny_model
+    # One slot, three conversations taking turns: each turn writes over another
+    # conversation's KV, which is saved to host memory and restored when it comes back.
+    talk = Conversations(model, tokenizer, num_of_concurrent_executions=1)
+    prompts = [encode(tokenizer, f"user {i}: " + " ".join(PROMPTS)) for i in range(3)]
+    assert min(len(p) for p in prompts) >= MIN_SAVED_TOKENS
+    totals = [0, 0, 0]
+    for turn in range(3):
+        for user in range(3):
+            (request_id,) = talk.turn([prompts[user]])
+            if turn:
+                assert talk.cached(request_id) == totals[user] - 1
+            reply = talk.reply(request_id)
+            totals[user] = len(prompts[user]) + len(reply)
+            prompts[user] = (*prompts[user], *reply, *encode(tokenizer, f" again {turn}"))
+    stats = talk.runs[True].engine.statistics().prefix
+    assert stats is not None and stats.restored_tokens > 0 and stats.stored_entries == 2
+    assert stats.stored_bytes == stats.stored_tokens * talk.runs[True].backend.kv_bytes_per_token
+
+
+def test_a_step_run_again_runs_its_transfers_once(tiny_model: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny_model
+    harness = Harness(model, tokenizer, num_of_concurrent_executions=1)
+    prompts = [encode(tokenizer, f"user {i}: " + " ".join(PROMPTS)) for i in range(2)]
+    plans: list[StepPlan] = []
+
+    def run_twice(plan: StepPlan) -> StepCompleted:
+        plans.append(plan)
+        harness.backend.run_step(plan)  # as a retry after a failure would
+        return harness.backend.run_step(plan)
+
+    harness.run_step = run_twice
+    for prompt in (prompts[0], prompts[1], (*prompts[0], 5)):
+        request_id = harness.submit(prompt)
+        harness.run()
+    transfers = [type(t) for plan in plans for t in plan.transfers]
+    assert transfers == [SaveKV, SaveKV, RestoreKV]
+    assert harness.finished[request_id].error is None
+    assert harness.finished[request_id].usage.cached_tokens >= len(prompts[0])
 
 
 def test_a_turn_joining_a_running_batch_reuses_its_slot(tiny_model: tuple[Any, Any]) -> None:

@@ -71,7 +71,9 @@ class Harness:
             num_slots=self.config.num_of_concurrent_executions,
             max_positions=self.config.context_len,
         )
-        self.engine = Engine(self.config, self.backend)
+        self.engine = Engine(
+            self.config, self.backend, kv_bytes_per_token=self.backend.kv_bytes_per_token
+        )
         self.tokens: dict[int, list[int]] = {}
         self.text: dict[int, str] = {}
         self.finished: dict[int, Finished] = {}

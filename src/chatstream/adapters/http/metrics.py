@@ -97,6 +97,16 @@ _ENGINE_GAUGES: tuple[tuple[str, str, Callable[[EngineStatistics], float]], ...]
         "Bytes of KV that slots keep after their request left.",
         lambda s: s.prefix.parked_bytes if s.prefix else 0,
     ),
+    (
+        "chatstream_prefix_cache_stored_tokens",
+        "Tokens whose KV host memory keeps for conversations no slot holds.",
+        lambda s: s.prefix.stored_tokens if s.prefix else 0,
+    ),
+    (
+        "chatstream_prefix_cache_stored_bytes",
+        "Bytes of KV that host memory keeps (never above --prefix-cache-mb).",
+        lambda s: s.prefix.stored_bytes if s.prefix else 0,
+    ),
 )
 _ENGINE_COUNTERS: tuple[tuple[str, str, Callable[[EngineStatistics], float]], ...] = (
     ("chatstream_steps_total", "Model steps planned by the engine.", lambda s: s.steps_total),
@@ -124,6 +134,11 @@ _ENGINE_COUNTERS: tuple[tuple[str, str, Callable[[EngineStatistics], float]], ..
         "chatstream_prefix_cache_hit_tokens_total",
         "Prompt tokens whose KV was reused instead of prefilled.",
         lambda s: s.prefix.hit_tokens if s.prefix else 0,
+    ),
+    (
+        "chatstream_prefix_cache_restored_tokens_total",
+        "Of the hit tokens, those copied back from host memory.",
+        lambda s: s.prefix.restored_tokens if s.prefix else 0,
     ),
 )
 

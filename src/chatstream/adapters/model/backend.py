@@ -23,6 +23,15 @@ class Backend(Protocol):
     positions before it hold the KV of those ids from the slot's previous request (the
     backend keeps a slot's KV when its request is released). Without it, chatstream turns
     prefix reuse off and prefills every prompt from position 0.
+
+    A backend that also sets ``saves_prefixes = True`` runs ``StepPlan.transfers`` before
+    the rest of the step, in order: :class:`~chatstream.core.SaveKV` copies a slot's
+    prefix to host memory, :class:`~chatstream.core.RestoreKV` copies it back into a slot
+    (and frees it; if it cannot, the step result names the restoring request in
+    ``errors`` and skips its prefill), :class:`~chatstream.core.DropKV` frees it. A
+    transfer whose ``transfer`` number it already ran is skipped: a retried step carries
+    its transfers again. Its ``kv_bytes_per_token`` sizes the host budget. Without it,
+    chatstream keeps prefixes in slots only.
     """
 
     #: A short name for logs and ``/v1/models``.

@@ -14,7 +14,8 @@ rather than by a global rule.
 
 It keeps prefixes as a model would: each slot remembers the token ids written into it, so a
 request that reuses a slot's prefix (``PrefillChunk.reused_ids``) is checked against what
-the slot really holds, and fails loudly if the engine ever reused the wrong ids.
+the slot really holds, and fails loudly if the engine ever reused the wrong ids. Host-memory
+transfers copy those ids to and from :attr:`MockBackend.saved`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ import threading
 import time
 from collections.abc import Sequence
 
-from chatstream.core import MockParams, RequestId, StepCompleted, StepPlan
+from chatstream.core import (
+    DropKV,
+    KVTransfer,
+    MockParams,
+    RequestId,
+    RestoreKV,
+    SaveKV,
+    StepCompleted,
+    StepPlan,
+)
 
 from . import mock_texts
 
@@ -86,6 +96,10 @@ class MockBackend(MockTokenizer):
     max_context: int | None = None
     #: It honours ``PrefillChunk.reused_ids`` (the engine may reuse prefixes).
     reuses_prefixes = True
+    #: It runs ``StepPlan.transfers`` (the engine may keep prefixes in host memory).
+    saves_prefixes = True
+    #: A nominal KV size (that of a small model), so that the host budget applies.
+    kv_bytes_per_token = 1024
 
     def __init__(self, params: MockParams | None = None) -> None:
         super().__init__()
@@ -93,8 +107,13 @@ class MockBackend(MockTokenizer):
         self._scripts: dict[RequestId, list[int]] = {}
         #: The token ids each slot holds, as a model's KV cache would.
         self._held: dict[int, list[int]] = {}
+        #: The token ids each host entry holds.
+        self.saved: dict[int, list[int]] = {}
+        self._last_transfer = -1
         #: Prompt tokens not fed again thanks to prefix reuse, over all requests.
         self.reused_tokens = 0
+        #: Of those, tokens copied back from host memory.
+        self.restored_tokens = 0
 
     def reply_text(self, user_input: str, turn: int) -> str:
         """What the mock answers to ``user_input`` at turn ``turn`` (1 is the first)."""
@@ -107,11 +126,17 @@ class MockBackend(MockTokenizer):
         return mock_texts.LONG_JA if japanese else mock_texts.LONG_EN
 
     def run_step(self, plan: StepPlan) -> StepCompleted:
+        errors: dict[RequestId, str] = {}
+        for transfer in plan.transfers:
+            if transfer.transfer > self._last_transfer:
+                self._last_transfer = transfer.transfer
+                self._run_transfer(transfer, errors)
         for release in plan.release:
             self._scripts.pop(release.request_id, None)
         wait = 0.0
-        errors: dict[RequestId, str] = {}
         for chunk in plan.prefill:
+            if chunk.request_id in errors:
+                continue
             held = self._held.setdefault(chunk.slot, [])
             if chunk.first and held[: chunk.start] != list(chunk.reused_ids):
                 errors[chunk.request_id] = "prefix reuse of ids the slot does not hold"
@@ -141,6 +166,22 @@ class MockBackend(MockTokenizer):
             tokens[request_id] = (script.pop(0) if script else END_OF_REPLY,)
         return StepCompleted(step=plan.step, tokens=tokens, errors=errors)
 
+    def _run_transfer(self, transfer: KVTransfer, errors: dict[RequestId, str]) -> None:
+        match transfer:
+            case SaveKV(entry=entry, slot=slot, length=length):
+                # Shorter than ``length`` if the engine got it wrong: restoring it fails.
+                self.saved[entry] = self._held.get(slot, [])[:length]
+            case RestoreKV(entry=entry, slot=slot, length=length, request_id=request_id):
+                saved = self.saved.pop(entry, None)
+                if saved is None or len(saved) < length:
+                    errors[request_id] = "the saved prefix is gone"
+                    return
+                self._held[slot] = saved[:length]
+                self.restored_tokens += length
+            case DropKV(entry=entry):
+                self.saved.pop(entry, None)
+
     def close(self) -> None:
         self._scripts.clear()
         self._held.clear()
+        self.saved.clear()

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from chatstream.core import (
     DecodeItem,
+    DropKV,
     ModelLost,
     PrefillChunk,
     Release,
@@ -49,14 +50,20 @@ def split_plan(plan: StepPlan, bounds: Sequence[int]) -> list[StepPlan | None]:
     """Cut a plan along slot groups (``bounds[g] <= slot < bounds[g + 1]``), renumbering
     each group's slots from 0. None for a group with nothing to do."""
     parts: list[StepPlan | None] = []
-    for low, high in itertools.pairwise(bounds):
+    for group, (low, high) in enumerate(itertools.pairwise(bounds)):
+        transfers = tuple(
+            t if isinstance(t, DropKV) else dataclasses.replace(t, slot=t.slot - low)
+            for t in plan.transfers
+            if (t.group == group if isinstance(t, DropKV) else low <= t.slot < high)
+        )
         part = StepPlan(
             step=plan.step,
             release=_local(plan.release, low, high),
             prefill=_local(plan.prefill, low, high),
             decode=_local(plan.decode, low, high),
+            transfers=transfers,
         )
-        parts.append(part if part.release or part.prefill or part.decode else None)
+        parts.append(part if part.release or part.prefill or part.decode or transfers else None)
     return parts
 
 

@@ -97,6 +97,27 @@ class SlotKVCache:
             buffers[layer_idx] = buffer
         return buffer
 
+    def save(self, slot: int, length: int) -> list[torch.Tensor]:
+        """A host copy of the KV of a slot's positions ``0 .. length - 1``: per layer, keys
+        then values, each ``[heads, length, dim]``."""
+        copies = []
+        for buffer in (*self._keys, *self._values):
+            if buffer is None:
+                raise RuntimeError("the cache holds nothing yet")
+            part = buffer[slot, :, 1 : length + 1]
+            copies.append(part.to("cpu", copy=True))
+        return copies
+
+    def restore(self, slot: int, copies: list[torch.Tensor], length: int) -> None:
+        """Write the first ``length`` positions of a :meth:`save` copy back into a slot."""
+        buffers = (*self._keys, *self._values)
+        if len(copies) != len(buffers):
+            raise RuntimeError("a saved prefix of another cache")
+        for buffer, copy in zip(buffers, copies, strict=True):
+            if buffer is None:
+                raise RuntimeError("the cache holds nothing yet")
+            buffer[slot, :, 1 : length + 1].copy_(copy[:, :length], non_blocking=True)
+
     # What transformers may ask of a cache besides update(); answers for the read window.
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return max(self._kv_columns - 1, 0)

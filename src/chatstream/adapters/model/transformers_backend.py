@@ -22,9 +22,13 @@ import torch
 
 from chatstream.core import (
     DecodeItem,
+    DropKV,
     GenerationParams,
+    KVTransfer,
     PrefillChunk,
     RequestId,
+    RestoreKV,
+    SaveKV,
     StepCompleted,
     StepPlan,
 )
@@ -57,7 +61,8 @@ class TransformersBackend:
     """A :class:`~.backend.Backend` over a transformers model and tokenizer.
 
     A slot's KV stays in its row after its request leaves; a request whose first chunk
-    names ``reused_ids`` (the engine found them there) attends to them as its own prefix.
+    names ``reused_ids`` (the engine found them there, or had them copied back from host
+    memory by a :class:`~chatstream.core.RestoreKV`) attends to them as its own prefix.
 
     Args:
         model: a causal LM (``AutoModelForCausalLM``), already on its device(s).
@@ -74,6 +79,8 @@ class TransformersBackend:
 
     #: It honours ``PrefillChunk.reused_ids`` (the engine may reuse prefixes).
     reuses_prefixes = True
+    #: It runs ``StepPlan.transfers`` (the engine may keep prefixes in host memory).
+    saves_prefixes = True
 
     def __init__(
         self,
@@ -106,6 +113,9 @@ class TransformersBackend:
         if "logits_to_keep" in parameters:
             self._extra["logits_to_keep"] = 1
         self._slots: dict[int, _Slot] = {}
+        #: Host copies of prefixes no slot holds any more, by entry (see ``run_step``).
+        self._saved: dict[int, list[torch.Tensor]] = {}
+        self._last_transfer = -1
         self._sampler = BatchSampler()
         vocab = int(model.config.vocab_size)
         # Tokens each slot has seen, for the repetition penalty: kept up to date at every
@@ -154,14 +164,20 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def run_step(self, plan: StepPlan) -> StepCompleted:
+        errors: dict[RequestId, str] = {}
+        for transfer in plan.transfers:
+            # Each runs once: a step retried or run in parts carries its transfers again.
+            if transfer.transfer > self._last_transfer:
+                self._last_transfer = transfer.transfer
+                self._run_transfer(transfer, errors)
         for release in plan.release:
             self._slots.pop(release.slot, None)
             self._mask[release.slot] = self._hidden
             self._mask[release.slot, SCRATCH_COLUMN] = 0
-        errors: dict[RequestId, str] = {}
         rows: list[tuple[RequestId, int, GenerationParams]] = []
         logits: list[torch.Tensor] = []
-        for chunk, last_logits in self._prefill_all(plan.prefill, errors):
+        chunks = tuple(c for c in plan.prefill if c.request_id not in errors)
+        for chunk, last_logits in self._prefill_all(chunks, errors):
             if chunk.last:
                 rows.append((chunk.request_id, chunk.slot, chunk.params))
                 logits.append(last_logits[None, :])
@@ -178,7 +194,30 @@ class TransformersBackend:
             step=plan.step, tokens=self._sample(rows, batch, slots, errors), errors=errors
         )
 
+    def _run_transfer(self, transfer: KVTransfer, errors: dict[RequestId, str]) -> None:
+        """One copy between the KV cache and host memory; a failure is the restoring
+        request's alone (a save that failed is found missing when it is restored)."""
+        try:
+            match transfer:
+                case SaveKV(entry=entry, slot=slot, length=length):
+                    self._saved[entry] = self._cache.save(slot, length)
+                case RestoreKV(entry=entry, slot=slot, length=length, request_id=request_id):
+                    copies = self._saved.pop(entry, None)
+                    if copies is None:
+                        errors[request_id] = "the saved conversation state is gone"
+                        return
+                    self._cache.restore(slot, copies, length)
+                case DropKV(entry=entry):
+                    self._saved.pop(entry, None)
+        except Exception as error:
+            logger.warning("prefix cache transfer %r failed", transfer, exc_info=error)
+            if isinstance(transfer, RestoreKV):
+                errors[transfer.request_id] = (
+                    f"the model failed on this request ({type(error).__name__})"
+                )
+
     def close(self) -> None:
+        self._saved.clear()
         self._slots.clear()
         self._cache = SlotKVCache(num_layers=0, num_slots=0, max_positions=0)
 
