@@ -381,7 +381,7 @@ def test_conversations_no_slot_holds_come_back_from_host_memory() -> None:
     # goes to host memory and comes back when its conversation does.
     e = engine(capacity=1, host_mib=16)
     model = KeptModel(e, host_budget=16 * 2**20)
-    history = dict.fromkeys(range(3), SYSTEM)
+    history: dict[int, tuple[int, ...]] = dict.fromkeys(range(3), SYSTEM)
     for turn in range(3):
         for user in range(3):
             request_id = user * 100 + turn
