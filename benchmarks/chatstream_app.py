@@ -18,6 +18,7 @@ Environment (all optional):
 ``BENCH_LAG_INTERVAL_MS``  the probe's sleep (default 5)
 ``BENCH_SPLIT_ATTENTION``  ``0``: decode attention in one group, never split by length
 ``BENCH_PREFIX_CACHE``     ``0``: no prefix reuse (``prefix_cache=False``)
+``BENCH_PREFIX_CACHE_MB``  host memory for the prefix cache (``prefix_cache_mb``, 1024)
 =========================  ==============================================================
 
 Sampling is greedy (``temperature=0``). Besides every chatstream route the app answers
@@ -58,6 +59,7 @@ def settings() -> dict[str, Any]:
         "lag_interval": float(env("BENCH_LAG_INTERVAL_MS", "5")) / 1000.0,
         "split_attention": env("BENCH_SPLIT_ATTENTION", "1") != "0",
         "prefix_cache": env("BENCH_PREFIX_CACHE", "1") != "0",
+        "prefix_cache_mb": int(env("BENCH_PREFIX_CACHE_MB", "1024")),
     }
 
 
@@ -86,6 +88,7 @@ def app_factory() -> Starlette:
         temperature=0.0,
         torch_threads=s["torch_threads"],
         prefix_cache=s["prefix_cache"],
+        prefix_cache_mb=s["prefix_cache_mb"],
         **extra,
     )
     app = create_app(chat_stream, secret_key="benchmark secret")

@@ -14,6 +14,11 @@ Three scenarios on SmolLM2-135M-Instruct (fp32, one torch thread, greedy, replie
 3. **Unique prompts** at C = 8 (nothing to reuse but a system prompt): tokens/s, to show what
    the bookkeeping costs when it cannot help.
 
+4. **More conversations than slots** (``--rotate``, off by default): ``--users`` users take
+   turns one at a time on a server of 2 slots, so every returning conversation's slot was
+   given to another: TTFT p50 of turns 2+ with host memory (``prefix_cache_mb``, default)
+   against ``BENCH_PREFIX_CACHE_MB=0`` (slots only) and no reuse.
+
 Systems, one after another on the same machine: chatstream with its prefix cache, chatstream
 with ``BENCH_PREFIX_CACHE=0`` (``prefix_cache=False``), and, when ``--transformers-serve``
 names its executable (a venv with ``transformers[serving]==5.24.0``), ``transformers serve
@@ -209,6 +214,63 @@ async def unique_prompts(
     }
 
 
+async def rotation(url: str, users: int, turns: int, max_tokens: int) -> dict[str, Any]:
+    """Users take turns one at a time, round-robin: each turn finds its slot given away."""
+    clients = [httpx.AsyncClient(timeout=600) for _ in range(users)]
+    rows = []
+    try:
+        questions = [user_questions(user, turns) for user in range(users)]
+        for turn in range(turns):
+            for user, client in enumerate(clients):
+                row = await session_turn(client, url, questions[user][turn], max_tokens)
+                rows.append({"turn": turn + 1, **row})
+    finally:
+        for client in clients:
+            await client.aclose()
+    later = [r for r in rows if r["turn"] > 1]
+    return {
+        "ttft_p50_ms": percentile([r["ttft_ms"] for r in later if r["ttft_ms"]], 50),
+        "ttft_p90_ms": percentile([r["ttft_ms"] for r in later if r["ttft_ms"]], 90),
+        "cached_mean": statistics.mean(r["cached_tokens"] or 0 for r in later),
+        "prompt_mean": statistics.mean(r["prompt_tokens"] or 0 for r in later),
+    }
+
+
+def rotate(args: argparse.Namespace, logfile: Any) -> str:
+    systems = (
+        ("chatstream, host memory", "1", "1024"),
+        ("chatstream, slots only", "1", "0"),
+        ("chatstream, no prefix cache", "0", "0"),
+    )
+    lines = [
+        f"## {args.users} users taking turns on 2 slots, {args.turns} turns each",
+        "",
+        "| system | TTFT p50 (ms), turns 2+ | TTFT p90 | cached / prompt tokens |",
+        "|---|---|---|---|",
+    ]
+    for name, prefix, mib in systems:
+        log(name)
+        port = free_port()
+        env = {
+            **server_env(),
+            "BENCH_MODEL": "smollm2",
+            "BENCH_CONCURRENCY": "2",
+            "BENCH_MAX_NEW_TOKENS": str(args.max_tokens),
+            "BENCH_CONTEXT_LEN": str(args.context_len),
+            "BENCH_PREFIX_CACHE": prefix,
+            "BENCH_PREFIX_CACHE_MB": mib,
+        }
+        with server(name, chatstream_command(port), env, port, logfile) as url:
+            asyncio.run(warm_up(url, "session", "chatstream"))
+            row = asyncio.run(rotation(url, args.users, args.turns, args.max_tokens))
+        log(f"  {row}")
+        lines.append(
+            f"| {name} | {row['ttft_p50_ms']:,.0f} | {row['ttft_p90_ms']:,.0f} | "
+            f"{row['cached_mean']:.0f} / {row['prompt_mean']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- servers
 
 
@@ -322,10 +384,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context-len", type=int, default=4096)
     parser.add_argument("--transformers-serve", metavar="EXECUTABLE")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--rotate", action="store_true", help="only scenario 4: more conversations than slots"
+    )
     args = parser.parse_args(argv)
     model_dir = ensure_smollm2()
     results: dict[str, dict[str, Any]] = {}
     logfile = open(os.devnull, "w") if args.out is None else open(args.out.with_suffix(".log"), "w")  # noqa: SIM115
+    if args.rotate:
+        with logfile:
+            print(rotate(args, logfile))
+        return
     with logfile:
         for name, prefix in (("chatstream", "1"), ("chatstream, no prefix cache", "0")):
             log(name)

@@ -20,6 +20,7 @@ from chatstream.core import (
     DropKV,
     Engine,
     Finished,
+    FinishReason,
     GenerationParams,
     LocalProtocolError,
     ModelLost,
@@ -29,6 +30,7 @@ from chatstream.core import (
     SaveKV,
     SlotChoice,
     StepCompleted,
+    StepFailed,
     StepPlan,
     Submit,
     common_prefix_length,
@@ -167,6 +169,8 @@ class KeptModel:
         self.freed: set[int] = set()
         self.host_budget = host_budget
         self.restored = 0
+        #: Requests whose restore fails (the copy breaks half-way).
+        self.lose_restore_of: set[int] = set()
         self.finished: dict[int, Finished] = {}
         self.first_start: dict[int, int] = {}
         self.sampled: dict[int, list[int]] = defaultdict(list)
@@ -193,9 +197,11 @@ class KeptModel:
         self, plan: StepPlan, scripts: dict[int, list[int]], fail: Callable[[int], bool]
     ) -> None:
         items: list[PrefillChunk | DecodeItem] = [*plan.prefill, *plan.decode]
-        broken = {i.request_id for i in items if fail(i.request_id)}
-        self.transfer(plan)
+        lost = self.transfer(plan)
+        broken = {i.request_id for i in items if fail(i.request_id)} | lost
         for chunk in plan.prefill:
+            if chunk.request_id in lost:
+                continue  # a backend skips the prompt of a request whose restore failed
             if chunk.first:
                 self.first_start[chunk.request_id] = chunk.start
                 assert self.kv[chunk.slot][: chunk.start] == list(chunk.reused_ids)
@@ -209,27 +215,38 @@ class KeptModel:
                 token = scripts[request_id].pop(0)
                 tokens[request_id] = (token,)
                 self.sampled[request_id].append(token)
+        for request_id in broken:
+            tokens.pop(request_id, None)
         errors = dict.fromkeys(broken, "broken row")
         self.engine.send(StepCompleted(step=plan.step, tokens=tokens, errors=errors))
 
-    def transfer(self, plan: StepPlan) -> None:
+    def transfer(self, plan: StepPlan) -> set[int]:
+        """Run the plan's copies; the requests whose restore failed."""
+        lost = set()
         for transfer in plan.transfers:
             match transfer:
                 case SaveKV(entry=entry, slot=slot, length=length):
                     assert entry not in self.host and entry not in self.freed
                     assert None not in self.kv[slot][:length]  # only KV written well
                     self.host[entry] = self.kv[slot][:length]
-                case RestoreKV(entry=entry, slot=slot, length=length):
+                case RestoreKV(entry=entry, slot=slot, length=length, request_id=request_id):
                     assert entry not in self.freed, "freed twice"
                     self.freed.add(entry)
-                    self.kv[slot][:length] = self.host.pop(entry)[:length]
-                    self.restored += length
+                    saved = self.host.pop(entry)[:length]
+                    self.restored += length  # the engine counts what it decided
+                    if request_id in self.lose_restore_of:
+                        saved = [None] * length
+                        lost.add(request_id)
+                    column = self.kv[slot]
+                    column.extend([None] * (length - len(column)))
+                    column[:length] = saved
                 case DropKV(entry=entry):
                     assert entry not in self.freed, "freed twice"
                     self.freed.add(entry)
-                    del self.host[entry]
+                    self.host.pop(entry, None)  # unknown if its save never ran
             held = sum(len(ids) for ids in self.host.values())
             assert held * BYTES_PER_TOKEN <= self.host_budget
+        return lost
 
     def write(self, slot: int, start: int, ids: list[int], broken: bool) -> None:
         column = self.kv[slot]
@@ -453,6 +470,8 @@ def test_host_memory_never_exceeds_its_budget_and_frees_each_entry_once(
             submit(e, request_id, prompt, max_new=data.draw(st.integers(1, 5)))
             history[user] = prompt
         doomed = set(data.draw(st.lists(st.sampled_from(sorted(scripts)), max_size=1)))
+        if data.draw(st.booleans(), label="a restore fails"):
+            model.lose_restore_of = set(doomed)
         model.settle(scripts, fail=doomed.__contains__)
         for request_id in scripts:
             usage = model.finished[request_id].usage
@@ -465,3 +484,77 @@ def test_host_memory_never_exceeds_its_budget_and_frees_each_entry_once(
     assert stats.stored_bytes <= host_mib * 2**20
     assert stats.stored_entries == len(model.host)  # every step ran: the two agree
     assert stats.restored_tokens == model.restored
+
+
+def parked(directory: PrefixDirectory, slot: int, request_id: int, tokens: list[int]) -> None:
+    directory.claim(slot, request_id, len(tokens) + 1, 0)
+    directory.extend(slot, request_id, 0, tokens)
+    directory.park(slot, request_id)
+
+
+def test_an_entry_that_holds_a_conversation_and_more_is_the_only_one_kept() -> None:
+    conversation = list(range(100, 140))
+    longer = [*conversation, 7, 8, 9]
+    directory = PrefixDirectory((0, 2), kv_bytes_per_token=1, host_budget_bytes=1000)
+    assert directory.host_budget_bytes == 1000
+    parked(directory, 0, 1, conversation)
+    parked(directory, 1, 2, longer)
+    # Overwriting slot 1 saves the longer one; slot 0 then holds nothing it does not cover.
+    directory.claim(1, 3, 5, 0)
+    directory.claim(0, 4, 5, 0)
+    assert directory.stored() == {0: tuple(longer)}
+    assert [type(t) for t in directory.take_transfers()] == [SaveKV]
+    # The other way round, the shorter entry is dropped for the longer one.
+    directory = PrefixDirectory((0, 2), kv_bytes_per_token=1, host_budget_bytes=1000)
+    parked(directory, 0, 1, conversation)
+    parked(directory, 1, 2, longer)
+    directory.claim(0, 3, 5, 0)
+    directory.claim(1, 4, 5, 0)
+    assert directory.stored() == {1: tuple(longer)}
+    transfers = directory.take_transfers()
+    assert [type(t) for t in transfers] == [SaveKV, DropKV, SaveKV]
+    assert [t.transfer for t in transfers] == [0, 1, 2]
+    with pytest.raises(LocalProtocolError, match="no host entry"):
+        PrefixDirectory((0, 1)).claim(0, 5, 50, 10, restore=7)
+
+
+def _alternate(e: Engine, model: KeptModel) -> None:
+    """Two long conversations through one slot: the second saves the first to host memory."""
+    for request_id in (1, 2):
+        submit(e, request_id, words(request_id, 40), max_new=2)
+        model.settle({request_id: [4, STOP]})
+
+
+def test_a_failed_step_fails_its_restore_and_drops_what_it_saved() -> None:
+    e = engine(capacity=1, host_mib=16)
+    model = KeptModel(e, host_budget=16 * 2**20)
+    _alternate(e, model)
+    submit(e, 3, (*words(1, 40), 4, 9), max_new=2)  # conversation 1 comes back
+    (plan,) = [p for p in drain(e) if isinstance(p, StepPlan)]
+    assert [type(t) for t in plan.transfers] == [SaveKV, RestoreKV]
+    e.send(StepFailed(step=plan.step, message="out of memory"))
+    model.settle({})  # the next step releases its slot
+    assert model.finished[3].error == "out of memory"
+    stats = e.statistics().prefix
+    assert stats is not None and stats.stored_entries == 0  # its save may not have run
+    # Nothing is reused of the slot the failed restore wrote into.
+    submit(e, 4, (*words(1, 40), 4, 9), max_new=2)
+    model.settle({4: [4, STOP]})
+    assert model.finished[4].usage.cached_tokens == 0
+
+
+def test_a_restore_that_fails_for_a_request_already_gone_forgets_the_slot() -> None:
+    e = engine(capacity=1, host_mib=16)
+    model = KeptModel(e, host_budget=16 * 2**20)
+    _alternate(e, model)
+    submit(e, 3, (*words(1, 40), 4, 9), max_new=2)
+    (plan,) = [p for p in drain(e) if isinstance(p, StepPlan)]
+    (restore,) = [t for t in plan.transfers if isinstance(t, RestoreKV)]
+    e.send(Cancel(request_id=3))  # it leaves while its step runs
+    e.send(StepCompleted(step=plan.step, errors={3: "the saved prefix is gone"}))
+    model.settle({})
+    assert model.finished[3].reason is FinishReason.CANCELLED
+    submit(e, 4, (*words(1, 40), 4, 9), max_new=2)
+    model.settle({4: [4, STOP]})
+    assert model.finished[4].usage.cached_tokens == 0
+    assert restore.slot == 0

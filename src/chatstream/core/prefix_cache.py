@@ -1,5 +1,6 @@
 """The prefix directory: which slot holds the KV of which token ids, and which free slot a
-new request takes so that it prefills only what no slot holds.
+new request takes so that it prefills only what no slot holds; and what host memory keeps of
+conversations no slot holds any more.
 
 A slot of the per-slot KV cache keeps what its last request fed the model after that
 request leaves: the slot is *parked*, its KV intact until another request writes over it.
