@@ -336,16 +336,9 @@ def test_a_reuse_is_always_what_the_slot_holds_under_contention_and_failures(
     model = KeptModel(e)
     history: dict[int, tuple[int, ...]] = {}
     for round_ in range(data.draw(st.integers(1, 6), label="rounds")):
-        scripts: dict[int, list[int]] = {}
-        for user in data.draw(st.lists(st.integers(0, 5), min_size=1, max_size=5, unique=True)):
-            base = history.get(user, SYSTEM)
-            if data.draw(st.booleans(), label="regenerate or edit"):
-                base = base[: data.draw(st.integers(0, len(base)))]
-            prompt = (*base, *data.draw(st.lists(st.integers(4, 9), min_size=1, max_size=5)))
-            request_id = user * 100 + round_
-            scripts[request_id] = data.draw(st.lists(st.integers(4, 9), min_size=6, max_size=6))
-            submit(e, request_id, prompt, max_new=data.draw(st.integers(1, 5)))
-            history[user] = prompt
+        scripts = submit_round(
+            e, data, history, round_, users=5, new_words=lambda user: st.integers(4, 9)
+        )
         doomed = set(data.draw(st.lists(st.sampled_from(sorted(scripts)), max_size=2)))
         cancel: bool = data.draw(st.booleans(), label="cancel instead of failing")
         if doomed and cancel:
@@ -353,12 +346,49 @@ def test_a_reuse_is_always_what_the_slot_holds_under_contention_and_failures(
                 e.send(Cancel(request_id=request_id))
             doomed = set()
         model.settle(scripts, fail=doomed.__contains__)
-        for request_id in scripts:
-            usage = model.finished[request_id].usage
-            assert usage.cached_tokens == model.first_start.get(request_id, usage.cached_tokens)
-            if request_id not in doomed:
-                user = request_id // 100
-                history[user] = (*history[user], *model.sampled[request_id])
+        check_round(model, scripts, doomed, history)
+
+
+def submit_round(
+    e: Engine,
+    data: st.DataObject,
+    history: dict[int, tuple[int, ...]],
+    round_: int,
+    *,
+    users: int,
+    new_words: Callable[[int], st.SearchStrategy[int]],
+    max_words: int = 5,
+    keep: int = 400,
+) -> dict[int, list[int]]:
+    """Some users send their next turn (some after a regenerate or an edit, cutting their
+    history short; the oldest turns dropped past ``keep`` tokens): each request's script."""
+    scripts: dict[int, list[int]] = {}
+    for user in data.draw(st.lists(st.integers(0, 5), min_size=1, max_size=users, unique=True)):
+        base = history.get(user, SYSTEM)
+        if data.draw(st.booleans(), label="regenerate or edit"):
+            base = base[: data.draw(st.integers(0, len(base)))]
+        turn = data.draw(st.lists(new_words(user), min_size=1, max_size=max_words))
+        prompt = (*base, *turn)[-keep:]
+        request_id = user * 100 + round_
+        scripts[request_id] = data.draw(st.lists(st.integers(4, 9), min_size=6, max_size=6))
+        submit(e, request_id, prompt, max_new=data.draw(st.integers(1, 5)))
+        history[user] = prompt
+    return scripts
+
+
+def check_round(
+    model: KeptModel,
+    scripts: dict[int, list[int]],
+    doomed: set[int],
+    history: dict[int, tuple[int, ...]],
+) -> None:
+    """Every request reports the reuse it was planned with; the replies join the history."""
+    for request_id in scripts:
+        usage = model.finished[request_id].usage
+        assert usage.cached_tokens == model.first_start.get(request_id, usage.cached_tokens)
+        if request_id not in doomed:
+            user = request_id // 100
+            history[user] = (*history[user], *model.sampled[request_id])
 
 
 def test_no_prefix_cache_prefills_everything() -> None:
@@ -458,27 +488,22 @@ def test_host_memory_never_exceeds_its_budget_and_frees_each_entry_once(
     model = KeptModel(e, host_budget=host_mib * 2**20)
     history: dict[int, tuple[int, ...]] = {}
     for round_ in range(data.draw(st.integers(1, 6), label="rounds")):
-        scripts: dict[int, list[int]] = {}
-        for user in data.draw(st.lists(st.integers(0, 5), min_size=1, max_size=4, unique=True)):
-            base = history.get(user, SYSTEM)
-            if data.draw(st.booleans(), label="regenerate or edit"):
-                base = base[: data.draw(st.integers(0, len(base)))]
-            size = data.draw(st.integers(1, 50), label="new words")
-            prompt = (*base, *words(user, size))[-300:]  # the oldest turns truncated
-            request_id = user * 100 + round_
-            scripts[request_id] = data.draw(st.lists(st.integers(4, 9), min_size=6, max_size=6))
-            submit(e, request_id, prompt, max_new=data.draw(st.integers(1, 5)))
-            history[user] = prompt
+        # Long turns of each user's own ids, so that conversations are worth saving.
+        scripts = submit_round(
+            e,
+            data,
+            history,
+            round_,
+            users=4,
+            new_words=lambda user: st.integers(10 + 20 * user, 29 + 20 * user),
+            max_words=50,
+            keep=300,
+        )
         doomed = set(data.draw(st.lists(st.sampled_from(sorted(scripts)), max_size=1)))
         if data.draw(st.booleans(), label="a restore fails"):
             model.lose_restore_of = set(doomed)
         model.settle(scripts, fail=doomed.__contains__)
-        for request_id in scripts:
-            usage = model.finished[request_id].usage
-            assert usage.cached_tokens == model.first_start.get(request_id, usage.cached_tokens)
-            if request_id not in doomed:
-                user = request_id // 100
-                history[user] = (*history[user], *model.sampled[request_id])
+        check_round(model, scripts, doomed, history)
     stats = e.statistics().prefix
     assert stats is not None
     assert stats.stored_bytes <= host_mib * 2**20

@@ -10,7 +10,7 @@ from typing import Any
 
 import openai
 
-from .conftest import ServerFactory
+from .conftest import Server, ServerFactory
 from .test_original_api import parse_sse
 
 MONITOR = {
@@ -35,6 +35,20 @@ def sse_turn(client: Any, body: dict[str, Any]) -> dict[str, Any]:
     return events["done"]["usage"]  # type: ignore[no-any-return]
 
 
+def metric_samples(server: Server) -> dict[str, float]:
+    with server.client() as monitor:
+        metrics = monitor.get("/metrics", headers={"X-ChatStream-Auth-Header": "let me see"})
+    assert metrics.status_code == 200
+    return {
+        name: float(number)
+        for name, number in (
+            line.rsplit(" ", 1)
+            for line in metrics.text.splitlines()
+            if line.startswith("chatstream_")
+        )
+    }
+
+
 def test_each_turn_of_a_browser_conversation_reuses_the_last(start_server: ServerFactory) -> None:
     server = start_server(options={"mock_params": MOCK, "client_roles": MONITOR})
     with server.client() as client:
@@ -47,15 +61,10 @@ def test_each_turn_of_a_browser_conversation_reuses_the_last(start_server: Serve
         assert regenerated["cached_tokens"] >= first["prompt_tokens"]
     with server.client() as other:
         assert sse_turn(other, {"user_input": "a stranger"})["cached_tokens"] < 40
-    with server.client() as monitor:
-        metrics = monitor.get("/metrics", headers={"X-ChatStream-Auth-Header": "let me see"})
-    assert metrics.status_code == 200
-    samples = dict(
-        line.rsplit(" ", 1) for line in metrics.text.splitlines() if line.startswith("chatstream_")
-    )
-    hits = float(samples["chatstream_prefix_cache_hit_tokens_total"])
+    samples = metric_samples(server)
+    hits = samples["chatstream_prefix_cache_hit_tokens_total"]
     assert hits >= second["cached_tokens"] + regenerated["cached_tokens"]
-    assert float(samples["chatstream_prefix_cache_queried_tokens_total"]) > hits
+    assert samples["chatstream_prefix_cache_queried_tokens_total"] > hits
 
 
 def test_an_openai_client_resending_its_history_gets_cached_tokens(
@@ -93,20 +102,6 @@ def test_without_the_prefix_cache_nothing_is_reused(start_server: ServerFactory)
     with server.client() as client:
         sse_turn(client, {"user_input": "hello"})
         assert sse_turn(client, {"user_input": "and then?"})["cached_tokens"] == 0
-
-
-def metric_samples(server: Any) -> dict[str, float]:
-    with server.client() as monitor:
-        metrics = monitor.get("/metrics", headers={"X-ChatStream-Auth-Header": "let me see"})
-    assert metrics.status_code == 200
-    return {
-        name: float(number)
-        for name, number in (
-            line.rsplit(" ", 1)
-            for line in metrics.text.splitlines()
-            if line.startswith("chatstream_")
-        )
-    }
 
 
 def test_conversations_no_slot_holds_come_back_from_host_memory(

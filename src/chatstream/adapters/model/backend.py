@@ -10,9 +10,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from chatstream.core import StepCompleted, StepPlan
+from chatstream.core import KVTransfer, StepCompleted, StepPlan
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "TransferLog"]
+
+
+class TransferLog:
+    """Which of a plan's transfers a backend has not run yet: a step retried, or run in parts
+    to isolate a bad request, carries its transfers again, and each must run once."""
+
+    def __init__(self) -> None:
+        self._last = -1
+
+    def new(self, transfers: Sequence[KVTransfer]) -> list[KVTransfer]:
+        """The transfers numbered above every one seen so far, now marked as run."""
+        fresh = [t for t in transfers if t.transfer > self._last]
+        if fresh:
+            self._last = fresh[-1].transfer
+        return fresh
 
 
 class Backend(Protocol):

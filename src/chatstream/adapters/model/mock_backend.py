@@ -37,6 +37,7 @@ from chatstream.core import (
 )
 
 from . import mock_texts
+from .backend import TransferLog
 
 __all__ = ["END_OF_REPLY", "MockBackend", "MockTokenizer", "split_pieces"]
 
@@ -109,7 +110,7 @@ class MockBackend(MockTokenizer):
         self._held: dict[int, list[int]] = {}
         #: The token ids each host entry holds.
         self.saved: dict[int, list[int]] = {}
-        self._last_transfer = -1
+        self._transfers = TransferLog()
         #: Prompt tokens not fed again thanks to prefix reuse, over all requests.
         self.reused_tokens = 0
         #: Of those, tokens copied back from host memory.
@@ -127,10 +128,8 @@ class MockBackend(MockTokenizer):
 
     def run_step(self, plan: StepPlan) -> StepCompleted:
         errors: dict[RequestId, str] = {}
-        for transfer in plan.transfers:
-            if transfer.transfer > self._last_transfer:
-                self._last_transfer = transfer.transfer
-                self._run_transfer(transfer, errors)
+        for transfer in self._transfers.new(plan.transfers):  # each runs once
+            self._run_transfer(transfer, errors)
         for release in plan.release:
             self._scripts.pop(release.request_id, None)
         wait = 0.0

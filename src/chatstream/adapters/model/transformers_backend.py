@@ -33,6 +33,7 @@ from chatstream.core import (
     StepPlan,
 )
 
+from .backend import TransferLog
 from .sampling import BatchSampler, make_generator, to_device
 from .slot_cache import SCRATCH_COLUMN, SlotKVCache
 from .split_attention import RowGroup, plan_split, split_attention, splittable
@@ -115,7 +116,7 @@ class TransformersBackend:
         self._slots: dict[int, _Slot] = {}
         #: Host copies of prefixes no slot holds any more, by entry (see ``run_step``).
         self._saved: dict[int, list[torch.Tensor]] = {}
-        self._last_transfer = -1
+        self._transfers = TransferLog()
         self._sampler = BatchSampler()
         vocab = int(model.config.vocab_size)
         # Tokens each slot has seen, for the repetition penalty: kept up to date at every
@@ -165,11 +166,8 @@ class TransformersBackend:
     @torch.inference_mode()
     def run_step(self, plan: StepPlan) -> StepCompleted:
         errors: dict[RequestId, str] = {}
-        for transfer in plan.transfers:
-            # Each runs once: a step retried or run in parts carries its transfers again.
-            if transfer.transfer > self._last_transfer:
-                self._last_transfer = transfer.transfer
-                self._run_transfer(transfer, errors)
+        for transfer in self._transfers.new(plan.transfers):  # each runs once
+            self._run_transfer(transfer, errors)
         for release in plan.release:
             self._slots.pop(release.slot, None)
             self._mask[release.slot] = self._hidden
