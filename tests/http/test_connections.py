@@ -39,10 +39,13 @@ def _seconds_until_closed(sock: socket.socket, trickle: bytes = b"") -> float:
 
 
 def _response(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes. A byte we trickled after it stopped
+    reading makes its close a reset: what came before the reset is the response."""
     sock.settimeout(10)
     data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
     return data
 
 
