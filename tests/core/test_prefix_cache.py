@@ -583,3 +583,17 @@ def test_a_restore_that_fails_for_a_request_already_gone_forgets_the_slot() -> N
     model.settle({4: [4, STOP]})
     assert model.finished[4].usage.cached_tokens == 0
     assert restore.slot == 0
+
+
+def test_an_entry_of_a_copy_with_no_free_slot_is_not_restored() -> None:
+    # KV never moves between model copies: an entry saved by copy 0 can only come back into
+    # a slot of copy 0, so while copy 0 is full the prompt takes copy 1's slot from scratch.
+    conversation = list(range(100, 140))
+    directory = PrefixDirectory((0, 1, 2), kv_bytes_per_token=1, host_budget_bytes=1000)
+    parked(directory, 0, 1, conversation)
+    directory.claim(0, 2, 5, 0)  # writes over the conversation: saved to host memory
+    assert directory.stored() == {0: tuple(conversation)}
+    prompt = (*conversation, 7)
+    assert directory.choose(prompt, [[], [1]]) == SlotChoice(1, 0)
+    directory.park(0, 2)
+    assert directory.choose(prompt, [[0], [1]]) == SlotChoice(0, len(conversation), restore=0)
