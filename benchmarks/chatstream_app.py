@@ -19,6 +19,8 @@ Environment (all optional):
 ``BENCH_SPLIT_ATTENTION``  ``0``: decode attention in one group, never split by length
 ``BENCH_PREFIX_CACHE``     ``0``: no prefix reuse (``prefix_cache=False``)
 ``BENCH_PREFIX_CACHE_MB``  host memory for the prefix cache (``prefix_cache_mb``, 1024)
+``BENCH_QUANTIZE``         ``auto`` (default: as ``chatstream serve``), ``int8``, ``bf16``,
+                           ``none``
 =========================  ==============================================================
 
 Sampling is greedy (``temperature=0``). Besides every chatstream route the app answers
@@ -60,13 +62,14 @@ def settings() -> dict[str, Any]:
         "split_attention": env("BENCH_SPLIT_ATTENTION", "1") != "0",
         "prefix_cache": env("BENCH_PREFIX_CACHE", "1") != "0",
         "prefix_cache_mb": int(env("BENCH_PREFIX_CACHE_MB", "1024")),
+        "quantize": env("BENCH_QUANTIZE", "auto"),
     }
 
 
 def app_factory() -> Starlette:
     import torch
 
-    from benchmarks.models import load_bench_model
+    from benchmarks.models import is_embedded, load_bench_model
 
     s = settings()
     torch.set_num_threads(s["torch_threads"])
@@ -75,6 +78,11 @@ def app_factory() -> Starlette:
 
         transformers_backend.splittable = lambda model: False  # type: ignore[attr-defined]
     model, tokenizer = load_bench_model(s["model"], device=s["device"], dtype=s["dtype"])
+    quantize = s["quantize"]
+    if quantize == "auto":
+        from chatstream.adapters.model.quantization import auto_quantize
+
+        quantize = auto_quantize(device=s["device"], embedded=is_embedded(s["model"]))
     extra: dict[str, Any] = {}
     if s["context_len"]:
         extra["context_len"] = s["context_len"]
@@ -89,6 +97,7 @@ def app_factory() -> Starlette:
         torch_threads=s["torch_threads"],
         prefix_cache=s["prefix_cache"],
         prefix_cache_mb=s["prefix_cache_mb"],
+        quantize=quantize,
         **extra,
     )
     app = create_app(chat_stream, secret_key="benchmark secret")

@@ -10,6 +10,10 @@ Two response formats:
 ``sse`` (chatstream, ``Accept: text/event-stream``)
     ``started`` marks admission (queue wait = submit -> ``started``), each ``delta`` is text,
     ``done`` carries ``usage.completion_tokens`` (the token count), ``error`` is an error.
+``openai`` (``/v1/chat/completions`` of chatstream, llama.cpp's server, transformers serve)
+    ``stream: true``; the first chunk with content is the first token; each content chunk
+    is one token, unless the last chunk's ``usage`` (``stream_options``) says how many.
+    No queue-wait signal.
 ``original`` (the original ChatStream)
     every chunk is the whole reply so far followed by ``<::EOS::>``; one chunk per generated
     token, then (chatstream==0.2.0) one last chunk repeating the reply, which is not a token.
@@ -48,7 +52,7 @@ __all__ = [
     "run_load",
 ]
 
-Format = Literal["sse", "original"]
+Format = Literal["sse", "original", "openai"]
 
 #: The prompts every scenario sends, request i gets PROMPTS[i % len(PROMPTS)].
 PROMPTS: tuple[str, ...] = (
@@ -215,6 +219,38 @@ async def _original_request(
         result.finish_reason = "stream_end"
 
 
+async def _openai_request(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], result: RequestResult
+) -> None:
+    async with client.stream("POST", url, json=body) as response:
+        result.status = response.status_code
+        if response.status_code != 200:
+            _classify_non_stream(response.status_code, await response.aread(), result)
+            return
+        arrivals: list[float] = []
+        usage_tokens: int | None = None
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            now = time.perf_counter()
+            chunk = json.loads(line[6:])
+            if chunk.get("error"):
+                result.error = str(chunk["error"])[:200]
+            for choice in chunk.get("choices") or ():
+                if (choice.get("delta") or {}).get("content"):
+                    arrivals.append(now)
+                if choice.get("finish_reason"):
+                    result.finish_reason = choice["finish_reason"]
+            if chunk.get("usage"):
+                usage_tokens = int(chunk["usage"]["completion_tokens"])
+        result.tokens = usage_tokens if usage_tokens is not None else len(arrivals)
+        if arrivals:
+            result.ttft = arrivals[0] - result.submitted
+            result.itl = [b - a for a, b in itertools.pairwise(arrivals)]
+        if result.finish_reason is None and result.error is None:
+            result.error = "stream ended without a finish reason"
+
+
 def _classify_non_stream(status: int, data: bytes, result: RequestResult) -> None:
     try:
         parsed = json.loads(data)
@@ -238,11 +274,18 @@ async def run_load(
     path: str = "/chat_stream",
     final_chunk_repeats: bool = True,
     timeout: float = 600.0,
+    openai_body: dict[str, Any] | None = None,
 ) -> tuple[LoadReport, list[RequestResult]]:
     """Run the closed loop; stop after ``requests`` requests or ``duration`` seconds
-    (whichever comes first; at least one of them)."""
+    (whichever comes first; at least one of them).
+
+    ``openai_body``: the fields of every OpenAI request besides its messages (``model``,
+    ``max_tokens``, ...), for ``fmt="openai"`` (whose ``path`` defaults to the OpenAI one).
+    """
     if requests is None and duration is None:
         raise ValueError("give requests or duration")
+    if fmt == "openai" and path == "/chat_stream":
+        path = "/v1/chat/completions"
     url = base_url.rstrip("/") + path
     results: list[RequestResult] = []
     next_index = 0
@@ -263,14 +306,20 @@ async def run_load(
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
             while (index := take()) is not None:
                 client.cookies.clear()  # a fresh session: an empty history
-                body: dict[str, Any] = {"user_input": prompts[index % len(prompts)]}
+                prompt = prompts[index % len(prompts)]
+                body: dict[str, Any] = {"user_input": prompt}
                 if generation_params:
                     body["generation_params"] = dict(generation_params)
+                if fmt == "openai":
+                    message = {"role": "user", "content": prompt}
+                    body = {**(openai_body or {}), "messages": [message], "stream": True}
                 result = RequestResult(index=index, submitted=time.perf_counter())
                 results.append(result)
                 try:
                     if fmt == "sse":
                         await _sse_request(client, url, body, result)
+                    elif fmt == "openai":
+                        await _openai_request(client, url, body, result)
                     else:
                         await _original_request(client, url, body, result, final_chunk_repeats)
                 except httpx.HTTPError as error:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from benchmarks import loadgen
-from benchmarks.run import chatstream_command, free_port, log, server, server_env
+from benchmarks.processes import chatstream_command, free_port, log, server, server_env
 
 PARAGRAPH = (
     "The river starts in the hills, runs past the old mill and the school, and reaches the "

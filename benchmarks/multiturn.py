@@ -33,10 +33,7 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +41,8 @@ import httpx
 
 from benchmarks.lagprobe import percentile
 from benchmarks.models import ensure_smollm2
-from benchmarks.run import chatstream_command, free_port, log, server, server_env
+from benchmarks.peers import transformers_serve
+from benchmarks.processes import chatstream_command, free_port, log, server, server_env
 
 QUESTIONS = (
     "Hello! Can you help me plan a small vegetable garden?",
@@ -272,39 +270,6 @@ def rotate(args: argparse.Namespace, logfile: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- servers
-
-
-@contextmanager
-def transformers_serve(executable: str, model_dir: Path, port: int, logfile: Any) -> Iterator[str]:
-    env = {**server_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [
-        executable, "serve", str(model_dir), "--continuous-batching", "--device", "cpu",
-        "--dtype", "float32", "--port", str(port),
-    ]  # fmt: skip
-    logfile.write(f"\n===== transformers serve: {' '.join(command)}\n")
-    logfile.flush()
-    process = subprocess.Popen(command, env=env, stdout=logfile, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited with {process.returncode}")
-            try:
-                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("transformers serve did not start")
-            time.sleep(1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 async def warm_up(url: str, route: str, model: str) -> None:

@@ -36,17 +36,22 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-import httpx
-
-from benchmarks import loadgen
+from benchmarks import loadgen, peers
+from benchmarks.processes import (
+    chatstream_command,
+    free_port,
+    load_average,
+    log,
+    server,
+    server_env,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "benchmarks"
@@ -54,21 +59,6 @@ TINY = "tiny test model"
 ORIGINAL_VENV = Path(os.environ.get("ORIGINAL_VENV", HERE / ".venv-original"))
 
 # --------------------------------------------------------------------------- helpers
-
-
-def log(message: str) -> None:
-    stamp = datetime.datetime.now().strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def load_average() -> float:
-    return round(os.getloadavg()[0], 2)
 
 
 class Deadline:
@@ -84,64 +74,6 @@ class Deadline:
         return self.left() < margin
 
 
-@contextlib.contextmanager
-def server(
-    name: str, command: Sequence[str], env: dict[str, str], port: int, logfile: TextIO
-) -> Iterator[str]:
-    """Start a server process, wait until ``/bench/lag`` answers, stop it with SIGTERM."""
-    logfile.write(f"\n===== {name}: {' '.join(command)}\n")
-    logfile.flush()
-    process = subprocess.Popen(
-        list(command), cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        started = time.monotonic()
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode} (see servers.log)")
-            try:
-                if httpx.get(url + "/bench/lag", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - started > 600:
-                raise RuntimeError(f"{name} did not start in 600 s")
-            time.sleep(0.5)
-        log(f"{name} is up after {time.monotonic() - started:.1f} s")
-        yield url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        logfile.flush()
-
-
-def server_env() -> dict[str, str]:
-    """This process's environment for a server process: offline, unbuffered, our sources."""
-    env = dict(os.environ)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])]
-    )
-    return env
-
-
-def chatstream_command(port: int, loop: str = "asyncio") -> list[str]:
-    """The command that serves the chatstream benchmark app on ``port``."""
-    return [
-        sys.executable, "-m", "chatstream.server",
-        "--factory", "benchmarks.chatstream_app:app_factory",
-        "--port", str(port), "--loop", loop, "--drain-timeout", "5",
-    ]  # fmt: skip
-
-
 def run_http_scenario(
     *,
     system: str,
@@ -150,16 +82,25 @@ def run_http_scenario(
     concurrency: int,
     requests: int,
     max_new_tokens: int,
+    openai_body: dict[str, Any] | None = None,
+    probes: bool = True,
 ) -> dict[str, Any]:
-    """Warm up, measure idle lag, reset the probe, run the load, read the probe."""
+    """Warm up, measure idle lag, reset the probe, run the load, read the probe (the
+    peers have no probe: ``probes=False``)."""
     params = None
     if fmt == "sse":
         params = {"max_new_tokens": max_new_tokens, "ignore_eos": True}
         warm_params = {"max_new_tokens": 8, "ignore_eos": True}
+    body = {**(openai_body or {}), "max_tokens": max_new_tokens}
 
     async def go() -> dict[str, Any]:
         # Warm-up: the first forward passes allocate and choose kernels.
-        if fmt == "sse":
+        if fmt == "openai":
+            for c in (1, concurrency):
+                await loadgen.run_load(
+                    url, concurrency=c, requests=c, fmt=fmt, openai_body={**body, "max_tokens": 8}
+                )
+        elif fmt == "sse":
             await loadgen.run_load(
                 url, concurrency=1, requests=1, fmt=fmt, generation_params=warm_params
             )
@@ -169,11 +110,14 @@ def run_http_scenario(
             )  # fmt: skip
         else:  # the original's reply length is the server's max_new_tokens
             await loadgen.run_load(url, concurrency=1, requests=1, fmt=fmt)
-        await loadgen.reset_lag(url)
-        await asyncio.sleep(1.0)
-        idle = await loadgen.read_lag(url)
-        await loadgen.reset_lag(url)
-        if system == "chatstream":
+        no_lag = {"p50_ms": None, "p99_ms": None, "max_ms": None, "samples": 0}
+        idle = no_lag
+        if probes:
+            await loadgen.reset_lag(url)
+            await asyncio.sleep(1.0)
+            idle = await loadgen.read_lag(url)
+            await loadgen.reset_lag(url)
+        if system == "chatstream" and probes:
             await loadgen.reset_steps(url)
         load_before = load_average()
         report, _ = await loadgen.run_load(
@@ -182,9 +126,10 @@ def run_http_scenario(
             requests=requests,
             fmt=fmt,
             generation_params=params,
+            openai_body=body,
         )
-        lag = await loadgen.read_lag(url)
-        steps = await loadgen.read_steps(url) if system == "chatstream" else {}
+        lag = await loadgen.read_lag(url) if probes else no_lag
+        steps = await loadgen.read_steps(url) if system == "chatstream" and probes else {}
         record = report.as_dict()
         record.pop("url", None)
         record.update(
@@ -223,6 +168,8 @@ class Runner:
         self.logfile = (out / "servers.log").open("a", encoding="utf-8")
         self.deadline = Deadline(args.budget_s)
         self.records: list[dict[str, Any]] = []
+        #: Compute threads of the servers now being measured (each of --threads in turn).
+        self.threads: int = args.threads[0]
 
     def emit(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -230,8 +177,8 @@ class Runner:
             f.write(json.dumps(record) + "\n")
         if record.get("kind") == "result":
             log(
-                f"{record.get('model')} C={record.get('concurrency')} {record.get('system')} "
-                f"{record.get('scenario')}: {record.get('tokens_per_s')} tok/s"
+                f"{record.get('model')} C={record.get('concurrency')} {_label(record)} "
+                f"threads={record.get('torch_threads')}: {record.get('tokens_per_s')} tok/s"
                 + (f", lag p99 {record['lag_p99_ms']} ms" if "lag_p99_ms" in record else "")
                 + (f" ERROR {record['error']}" if record.get("error") else "")
             )
@@ -239,7 +186,9 @@ class Runner:
     def base_env(self) -> dict[str, str]:
         return server_env()
 
-    def chatstream(self, model: str, model_dir: str, c: int) -> None:
+    def chatstream(
+        self, model: str, model_dir: str, c: int, quantize: str, *, route: str = "sse"
+    ) -> None:
         a = self.args
         port = free_port()
         env = self.base_env()
@@ -249,10 +198,45 @@ class Runner:
             BENCH_DTYPE=a.dtype,
             BENCH_CONCURRENCY=str(c),
             BENCH_MAX_NEW_TOKENS=str(a.max_new_tokens),
-            BENCH_TORCH_THREADS=str(a.torch_threads),
+            BENCH_TORCH_THREADS=str(self.threads),
+            BENCH_QUANTIZE=quantize,
         )
         command = chatstream_command(port, a.loop)
-        self._http("chatstream", model, c, command, env, port, "sse")
+        weights = weights_of(quantize, device=a.device, dtype=a.dtype, model_dir=model_dir)
+        extra = {"weights": weights, "route": route}
+        # The OpenAI route ends replies at EOS, as transformers serve does.
+        body = {"model": "chatstream", "temperature": 0}
+        fmt: loadgen.Format = "openai" if route == "openai" else "sse"
+        self._http("chatstream", model, c, command, env, port, fmt, extra=extra, openai_body=body)
+
+    def llama_cpp(self, model: str, c: int) -> None:
+        from benchmarks.models import embedded_gguf_path
+
+        port = free_port()
+        command, extra_env = peers.llama_cpp_command(
+            embedded_gguf_path(), port=port, concurrency=c, threads=self.threads
+        )
+        env = {**self.base_env(), **extra_env}
+        body = {
+            "model": "SmolLM2-135M-Instruct",
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        }
+        extra = {"weights": "Q4_1", "route": "openai", "ready": "/health"}
+        self._http("llama.cpp", model, c, command, env, port, "openai", extra, body)
+
+    def transformers_serve(self, model: str, model_dir: str, c: int) -> None:
+        executable = peers.transformers_serve_executable()
+        assert executable is not None
+        port = free_port()
+        command, extra_env = peers.transformers_serve_command(
+            executable, Path(model_dir), port=port, threads=self.threads
+        )
+        env = {**self.base_env(), **extra_env}
+        body = {"model": str(model_dir), "temperature": 0}  # 422 to ignore_eos, stream_options
+        extra = {"weights": "fp32", "route": "openai", "ready": "/v1/models"}
+        self._http("transformers serve", model, c, command, env, port, "openai", extra, body)
 
     def original(self, model: str, model_dir: str, c: int) -> None:
         a = self.args
@@ -264,7 +248,7 @@ class Runner:
             BENCH_DEVICE=a.device,
             BENCH_CONCURRENCY=str(c),
             BENCH_MAX_NEW_TOKENS=str(a.max_new_tokens),
-            BENCH_TORCH_THREADS=str(a.torch_threads),
+            BENCH_TORCH_THREADS=str(self.threads),
         )
         python = str(ORIGINAL_VENV / "bin" / "python")
         command = [python, "-m", "benchmarks.original_app", "--port", str(port)]
@@ -279,8 +263,12 @@ class Runner:
         env: dict[str, str],
         port: int,
         fmt: loadgen.Format,
+        extra: dict[str, Any] | None = None,
+        openai_body: dict[str, Any] | None = None,
     ) -> None:
         a = self.args
+        extra = dict(extra or {})
+        ready = extra.pop("ready", "/bench/lag")
         base = {
             "kind": "result",
             "system": system,
@@ -290,7 +278,8 @@ class Runner:
             "max_new_tokens": a.max_new_tokens,
             "loop": a.loop if system == "chatstream" else "asyncio",
             "device": a.device,
-            "torch_threads": a.torch_threads,
+            "torch_threads": self.threads,
+            **extra,
         }
         if self.deadline.expired(margin=30):
             self.emit({**base, "error": "skipped: time budget spent"})
@@ -298,7 +287,8 @@ class Runner:
         per_worker = a.tiny_requests_per_worker if model == TINY else a.requests_per_worker
         requests = max(per_worker * c, a.min_requests)
         try:
-            with server(f"{system} {model} C={c}", command, env, port, self.logfile) as url:
+            name = f"{system} {model} C={c} threads={self.threads}"
+            with server(name, command, env, port, self.logfile, ready=ready) as url:
                 record = run_http_scenario(
                     system=system,
                     url=url,
@@ -306,6 +296,8 @@ class Runner:
                     concurrency=c,
                     requests=requests,
                     max_new_tokens=a.max_new_tokens,
+                    openai_body=openai_body,
+                    probes=ready == "/bench/lag",
                 )
             self.emit({**base, **record})
         except Exception as error:  # one failure must not lose the rest
@@ -319,7 +311,7 @@ class Runner:
         command = [
             sys.executable, "-m", "benchmarks.bare",
             "--model", model_dir, "--device", a.device, "--dtype", a.dtype,
-            "--threads", str(a.torch_threads),
+            "--threads", str(self.threads),
             "--concurrency", ",".join(str(c) for c in concurrencies),
             "--max-new-tokens", str(a.max_new_tokens),
             "--scenarios", a.bare_scenarios,
@@ -370,16 +362,20 @@ def _fmt(value: Any, digits: int = 1) -> str:
 SYSTEM_ORDER = {
     ("chatstream", "http"): 0,
     ("original", "http"): 1,
-    ("bare", "bare_batch1_sequential"): 2,
-    ("bare", "bare_interleaved_batch1"): 3,
-    ("bare", "bare_generate_batched"): 4,
-    ("bare", "bare_step_batched"): 5,
-    ("bare", "physical_limit"): 6,
+    ("llama.cpp", "http"): 2,
+    ("transformers serve", "http"): 3,
+    ("bare", "bare_batch1_sequential"): 4,
+    ("bare", "bare_interleaved_batch1"): 5,
+    ("bare", "bare_generate_batched"): 6,
+    ("bare", "bare_step_batched"): 7,
+    ("bare", "physical_limit"): 8,
 }
 
 LABELS = {
     ("chatstream", "http"): "chatstream (HTTP)",
     ("original", "http"): "original 0.2.0 (HTTP)",
+    ("llama.cpp", "http"): "llama.cpp server",
+    ("transformers serve", "http"): "transformers serve CB",
     ("bare", "bare_batch1_sequential"): "bare: batch-1, one request after another",
     ("bare", "bare_interleaved_batch1"): "bare: batch-1 loops interleaved (original-style)",
     ("bare", "bare_generate_batched"): "bare: model.generate, whole batch known",
@@ -391,6 +387,15 @@ LABELS = {
 def _label(r: dict[str, Any]) -> str:
     key = (r.get("system"), r.get("scenario"))
     label = LABELS.get(key, f"{r.get('system')} {r.get('scenario')}")  # type: ignore[arg-type]
+    if r.get("weights") or r.get("route"):
+        # chatstream and the peers: the weights, and the route (* ends replies at EOS).
+        label = label.removesuffix(" (HTTP)")
+        route = {"sse": "SSE", "openai": "OpenAI"}.get(str(r.get("route")), "HTTP")
+        label += f", {r.get('weights', '?')} ({route})"
+        if r.get("system") == "transformers serve" or (
+            r.get("system") == "chatstream" and r.get("route") == "openai"
+        ):
+            label += "*"
     if r.get("scenario") == "physical_limit":
         label += (
             " (assumed 3.35 TB/s)"
@@ -400,6 +405,24 @@ def _label(r: dict[str, Any]) -> str:
     if r.get("truncated"):
         label += " (cut at deadline)"
     return label
+
+
+def _order(r: dict[str, Any]) -> tuple[int, int, int, str]:
+    system = SYSTEM_ORDER.get((str(r.get("system")), str(r.get("scenario"))), 9)
+    weights = {"int8": 0, "bf16": 1, "fp32": 2}.get(str(r.get("weights")), 3)
+    return (system, r.get("route") == "openai", weights, str(r.get("bandwidth", "")))
+
+
+def weights_of(quantize: str, *, device: str, dtype: str, model_dir: str) -> str:
+    """What chatstream's weights will be for ``quantize`` ("auto" resolved as the app does)."""
+    if quantize == "auto":
+        from benchmarks.models import is_embedded
+        from chatstream.adapters.model.quantization import auto_quantize
+
+        quantize = auto_quantize(device=device, embedded=is_embedded(model_dir)) or "none"
+    if quantize == "none":
+        return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype)
+    return quantize
 
 
 def _loads(values: Sequence[float] | None) -> str:
@@ -414,8 +437,9 @@ def write_table(records: list[dict[str, Any]], meta: dict[str, Any], path: Path)
         f"- machine: {meta['machine']}",
         f"- versions: {meta['versions']}",
         f"- command: `{meta['command']}`",
-        f"- settings: max_new_tokens={meta['max_new_tokens']}, greedy, fixed-length replies, "
-        f"torch threads={meta['torch_threads']}, device={meta['device']}, "
+        f"- settings: max_new_tokens={meta['max_new_tokens']}, greedy, fixed-length replies "
+        f"(* : ends at EOS; compare * with *), "
+        f"compute threads={meta['torch_threads']}, device={meta['device']}, "
         f"requests per C = max({meta['requests_per_worker']}·C, {meta['min_requests']}) "
         f"(tiny model: {meta.get('tiny_requests_per_worker', meta['requests_per_worker'])}·C), "
         f"chatstream loop={meta['loop']}",
@@ -427,14 +451,16 @@ def write_table(records: list[dict[str, Any]], meta: dict[str, Any], path: Path)
         "Loop lag: how late a 5 ms sleep wakes inside the server while it serves the load.",
         "",
     ]
-    models = list(dict.fromkeys(r["model"] for r in results if r.get("model")))
+    groups = list(
+        dict.fromkeys((r["model"], r.get("torch_threads")) for r in results if r.get("model"))
+    )
     header = (
         "| C | system | tok/s | ×orig | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | "
         "queue p50 | queue p99 | loop lag p50 | loop lag p99 | loop lag max | rej | err |"
     )
-    for model in models:
-        rows = [r for r in results if r.get("model") == model]
-        lines += [f"## {model}", "", header, "|" + "---|" * 15]
+    for model, threads in groups:
+        rows = [r for r in results if r.get("model") == model and r.get("torch_threads") == threads]
+        lines += [f"## {model}, {threads} compute thread(s)", "", header, "|" + "---|" * 15]
         cs = sorted({r["concurrency"] for r in rows if isinstance(r.get("concurrency"), int)})
         for c in cs:
             at_c = [r for r in rows if r.get("concurrency") == c]
@@ -449,10 +475,7 @@ def write_table(records: list[dict[str, Any]], meta: dict[str, Any], path: Path)
                 ),
                 None,
             )
-            at_c.sort(
-                key=lambda r: (SYSTEM_ORDER.get((str(r.get("system")), str(r.get("scenario"))), 9),
-                               r.get("bandwidth", ""))
-            )  # fmt: skip
+            at_c.sort(key=_order)
             for r in at_c:
                 if r.get("error"):
                     lines.append(f"| {c} | {_label(r)} | error: {r['error'][:80]} |" + " |" * 12)
@@ -530,32 +553,35 @@ def write_plot(records: list[dict[str, Any]], path: Path) -> bool:
         for r in records
         if r.get("kind") == "result" and not r.get("error") and r.get("tokens_per_s")
     ]
-    models = list(dict.fromkeys(r["model"] for r in results))
-    if not models:
+    groups = list(dict.fromkeys((r["model"], r.get("torch_threads")) for r in results))
+    if not groups:
         return False
-    series = [k for k in SYSTEM_ORDER if k != ("bare", "physical_limit")]
-    fig, axes = plt.subplots(len(models), 2, figsize=(10, 3.6 * len(models)), squeeze=False)
-    for row, model in enumerate(models):
+    # One series per label (system, weights, route), in table order, one colour each.
+    plotted = [r for r in results if r.get("scenario") != "physical_limit"]
+    series = list(dict.fromkeys(_label(r) for r in sorted(plotted, key=_order)))
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 3.6 * len(groups)), squeeze=False)
+    for row, (model, threads) in enumerate(groups):
         ax_tps, ax_ttft = axes[row]
-        for key in series:
+        in_group = [r for r in plotted if r["model"] == model and r.get("torch_threads") == threads]
+        for label in series:
             points = sorted(
-                (r["concurrency"], r["tokens_per_s"], r.get("ttft_p50_ms"))
-                for r in results
-                if r["model"] == model and (r.get("system"), r.get("scenario")) == key
+                (r["concurrency"], r["tokens_per_s"], r.get("ttft_p50_ms"), r.get("scenario"))
+                for r in in_group
+                if _label(r) == label
             )
             if not points:
                 continue
             xs = [p[0] for p in points]
-            label = LABELS[key]
-            style = "-o" if key[0] != "bare" else "--."
-            color = f"C{series.index(key)}"  # the same colour in both panels
+            bare = str(points[0][3]).startswith("bare")
+            style = "-o" if not bare else "--."
+            color = f"C{series.index(label) % 10}"  # the same colour in both panels
             ax_tps.plot(xs, [p[1] for p in points], style, label=label, color=color)
             ttft = [(p[0], p[2]) for p in points if p[2] is not None]
-            if ttft and key != ("bare", "bare_generate_batched"):  # its TTFT is the whole run
+            if ttft and points[0][3] != "bare_generate_batched":  # its TTFT is the whole run
                 ax_ttft.plot(
                     [t[0] for t in ttft], [t[1] for t in ttft], style, label=label, color=color
                 )
-        cs = sorted({r["concurrency"] for r in results if r["model"] == model})
+        cs = sorted({r["concurrency"] for r in in_group})
         for ax, title in ((ax_tps, "aggregate tokens/s"), (ax_ttft, "TTFT p50 (ms)")):
             ax.set_xscale("log", base=2)
             ax.set_xticks(cs, [str(c) for c in cs])
@@ -564,7 +590,7 @@ def write_plot(records: list[dict[str, Any]], path: Path) -> bool:
             ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(ticker.NullFormatter())
             ax.set_xlabel("concurrent streams C")
-            ax.set_title(f"{model}: {title}", fontsize=10)
+            ax.set_title(f"{model}, {threads} thread(s): {title}", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
         ax_tps.legend(fontsize=7)
     fig.tight_layout()
@@ -590,6 +616,25 @@ def _original_versions() -> str:
     wanted = ("chatstream", "torch", "transformers", "fastapi", "fastsession", "uvicorn")
     pins = [line for line in marker.read_text().splitlines() if line.split("==")[0] in wanted]
     return ", ".join(pins)
+
+
+def _transformers_serve_version() -> str:
+    marker = peers.TRANSFORMERS_SERVE_VENV / ".chatstream-peer-ok"
+    if not marker.exists():
+        return "not installed"
+    pins = [line for line in marker.read_text().splitlines() if line.startswith("transformers==")]
+    return ", ".join(pins) or "installed"
+
+
+def _cpu_flags() -> str:
+    """The CPU's vector and matrix extensions that decide which kernels run."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
+                return " ".join(f for f in wanted if f in flags) or "no AVX2"
+    return "unknown"
 
 
 def _cpu_name() -> str:
@@ -624,9 +669,13 @@ def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
         f" (commit {commit or '?'}{', with local changes' if dirty else ''}), "
         f"starlette {_version('starlette')}, uvicorn {_version('uvicorn')}, "
         f"hypercorn {_version('hypercorn')}, httpx {_version('httpx')}; "
-        f"original venv: {_original_versions()}"
+        f"original venv: {_original_versions()}; llama.cpp: {peers.llama_cpp_version()}; "
+        f"transformers serve: {_transformers_serve_version()}"
     )
-    machine = f"{os.cpu_count()} CPUs ({_cpu_name()}), {platform.system()} {platform.release()}"
+    machine = (
+        f"{os.cpu_count()} CPUs ({_cpu_name()}; {_cpu_flags()}), "
+        f"{platform.system()} {platform.release()}"
+    )
     if gpu:
         machine += f", GPU: {gpu}"
     return {"machine": machine, "versions": versions}
@@ -696,7 +745,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--min-requests", type=int, default=4)
     parser.add_argument("--loop", choices=["asyncio", "trio"], default="asyncio")
-    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument(
+        "--threads", default="1", help="comma list of compute threads per server (default 1)"
+    )
+    parser.add_argument("--torch-threads", type=int, help="one thread count (as --threads N)")
+    parser.add_argument(
+        "--quantize",
+        help="comma list of chatstream's --quantize values to run (default auto,none on the "
+        "CPU: the default configuration and float32; none on a GPU)",
+    )
+    parser.add_argument(
+        "--with-peers",
+        action="store_true",
+        help="also llama.cpp's server and transformers serve (built or installed by "
+        "benchmarks/setup_peers.sh if missing), and chatstream's OpenAI route",
+    )
     original = parser.add_mutually_exclusive_group()
     original.add_argument(
         "--with-original", action="store_true", help="install the original's venv if missing"
@@ -732,6 +795,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.bare_deadline = None
         args.copy_bytes = 256 * 2**20
     args.concurrencies = [int(c) for c in (args.concurrency or default_c).split(",")]
+    args.threads = (
+        [args.torch_threads]
+        if args.torch_threads
+        else [int(t) for t in str(args.threads).split(",")]
+    )
+    args.torch_threads = ",".join(str(t) for t in args.threads)
+    args.quantize = (args.quantize or ("none" if args.gpu else "auto,none")).split(",")
+    if args.with_peers and args.gpu:
+        parser.error("--with-peers compares CPU servers; it has no GPU scenario")
     args.scratch = args.scratch or os.environ.get("BENCH_SCRATCH") or "/tmp/chatstream-bench"
     return args
 
@@ -784,6 +856,8 @@ def main(argv: list[str] | None = None) -> int:
         "concurrencies": args.concurrencies,
         "load_avg_start": list(os.getloadavg()),
         "with_original": with_original,
+        "quantize": args.quantize,
+        "with_peers": args.with_peers,
         **machine_meta(args),
     }
     runner.emit(meta)
@@ -794,15 +868,29 @@ def main(argv: list[str] | None = None) -> int:
 
     # A time limit (gpu.sh) sends SIGTERM: still write the table of what was measured.
     signal.signal(signal.SIGTERM, stop)
+    if args.with_peers:
+        log("the peers (benchmarks/setup_peers.sh; llama.cpp builds once, about 25 min) ...")
+        peers.ensure_peers()
     try:
-        for model, folder in prepare_models(args, env):
-            for c in args.concurrencies:
-                if not args.no_chatstream:
-                    runner.chatstream(model, folder, c)
-                if with_original:
-                    runner.original(model, folder, c)
-            if not args.no_bare:
-                runner.bare(model, folder, args.concurrencies)
+        models = prepare_models(args, env)
+        for threads in args.threads:
+            runner.threads = threads
+            for model, folder in models:
+                embedded = model == "SmolLM2-135M-Instruct"
+                for c in args.concurrencies:
+                    if not args.no_chatstream:
+                        for quantize in args.quantize:
+                            runner.chatstream(model, folder, c, quantize)
+                        if args.with_peers:
+                            runner.chatstream(model, folder, c, args.quantize[0], route="openai")
+                    if with_original:
+                        runner.original(model, folder, c)
+                    if args.with_peers and embedded:
+                        runner.llama_cpp(model, c)
+                    if args.with_peers:
+                        runner.transformers_serve(model, folder, c)
+                if not args.no_bare:
+                    runner.bare(model, folder, args.concurrencies)
     except SystemExit as stopped:
         log(str(stopped))
         runner.emit({"kind": "result", "error": str(stopped)})

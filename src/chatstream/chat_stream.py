@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import anyio
 
@@ -44,6 +44,7 @@ from chatstream.core import (
     MockParams,
     PenaltyMethod,
     PromptTooLongError,
+    Quantize,
     Rejected,
     RejectReason,
     RenderedPrompt,
@@ -109,6 +110,7 @@ class ChatStream(HttpMethods):
         max_tokens_per_step: int = 512,
         prefix_cache: bool = True,
         prefix_cache_mb: int = 1024,
+        quantize: Quantize | Literal["none"] | None = None,
         torch_threads: int | None = None,
         backend: BackendFactory | Sequence[BackendFactory] | None = None,
     ) -> None:
@@ -131,6 +133,7 @@ class ChatStream(HttpMethods):
             max_tokens_per_step=max_tokens_per_step,
             prefix_cache=prefix_cache,
             prefix_cache_mb=prefix_cache_mb,
+            quantize=cast("Quantize | None", quantize),
         )
         # A custom backend (one factory per model copy) replaces the mock and transformers.
         self._backend_factories: list[BackendFactory] = (
@@ -563,6 +566,21 @@ class ChatStream(HttpMethods):
 
         if self._torch_threads is not None:
             torch.set_num_threads(self._torch_threads)
+        if self.config.quantize is not None:
+            from .adapters.model.quantization import quantize_model
+
+            report = quantize_model(
+                self._models[index], self.config.quantize, tokenizer=self.tokenizer
+            )
+            self.logger.info(
+                text(
+                    self.locale,
+                    f"quantized_{report.mode}",
+                    layers=report.int8_layers,
+                    smoothed=report.smoothed_layers,
+                    bits=report.activation_bits,
+                )
+            )
         return TransformersBackend(
             self._models[index],
             self.tokenizer,

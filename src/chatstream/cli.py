@@ -45,6 +45,7 @@ _DEFAULTS: dict[str, Any] = {
     "rate_limit_per_session": None,
     "prefix_cache": True,
     "prefix_cache_mb": 1024,
+    "quantize": "auto",
     "torch_threads": None,
     "system": None,
     "lang": None,
@@ -85,6 +86,13 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="MIB",
         help="host memory for the KV of conversations no slot holds any more; 0 keeps none (1024)",
+    )
+    group.add_argument(
+        "--quantize",
+        choices=["auto", "int8", "bf16", "none"],
+        help="int8: int8 weights and activations on a CPU; bf16: bfloat16 weights; none: "
+        "the weights as loaded; auto: int8 for the embedded model on a CPU with VNNI, where "
+        "it passed the quality gate, none otherwise (auto)",
     )
     gen = parser.add_argument_group("generation defaults")
     gen.add_argument("--max-new-tokens", type=int, metavar="N", help="tokens per reply (256)")
@@ -225,11 +233,17 @@ def build_chat_stream(options: dict[str, Any]) -> Any:
     model, tokenizer = _load(options)
     if options["system"]:
         prompt_class = _with_system(tokenizer, options["system"])
+    quantize = options["quantize"]
+    if quantize == "auto":
+        from chatstream.adapters.model.quantization import auto_quantize
+
+        quantize = auto_quantize(device=options["device"], embedded=options["model"] is None)
     return ChatStream(
         model=model,
         tokenizer=tokenizer,
         device=options["device"],
         chat_prompt_clazz=prompt_class,
+        quantize=quantize,
         **common,
     )
 
@@ -268,6 +282,7 @@ def _with_system(tokenizer: Any, system: str) -> Any:
 def serve(options: dict[str, Any]) -> None:
     from chatstream.adapters.http.app import create_app
     from chatstream.adapters.http.common import HttpOptions
+    from chatstream.console import weights_label
     from chatstream.core import ConfigError
     from chatstream.server import serve as run_server
 
@@ -289,7 +304,8 @@ def serve(options: dict[str, Any]) -> None:
         http_options=http_options,
         web_ui_params=ui,
         on_ready=lambda: print(
-            f"chatstream: serving {chat_stream.model_id} ({options['loop']}); "
+            f"chatstream: serving {chat_stream.model_id} ({options['loop']}, "
+            f"{weights_label(chat_stream)}); "
             f"open {url} in a browser. Ctrl+C stops.",
             file=sys.stderr,
             flush=True,

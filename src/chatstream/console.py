@@ -14,9 +14,17 @@ from typing import IO, Any
 
 import anyio
 
-__all__ = ["run_console"]
+__all__ = ["run_console", "weights_label"]
 
 HELP = "Commands: /clear  /regenerate  /help  /exit (or Ctrl+D).  Ctrl+C stops a reply."
+
+
+def weights_label(chat_stream: Any) -> str:
+    """How the banners name the weights: "int8 weights", "bf16 weights", "unquantized
+    weights", or "mock"."""
+    if chat_stream.config.use_mock_response:
+        return "mock"
+    return f"{chat_stream.config.quantize or 'unquantized'} weights"
 
 
 class _Console:
@@ -34,7 +42,8 @@ class _Console:
     async def run(self) -> None:
         async with self.chat_stream, anyio.create_task_group() as tg:
             tg.start_soon(self._watch_interrupts)
-            self.say(f"chatstream: chatting with {self.chat_stream.model_id}. {HELP}")
+            model = f"{self.chat_stream.model_id} ({weights_label(self.chat_stream)})"
+            self.say(f"chatstream: chatting with {model}. {HELP}")
             while True:
                 self.say("> ", end="")
                 line = await anyio.to_thread.run_sync(self.stdin.readline, abandon_on_cancel=True)

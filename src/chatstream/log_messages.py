@@ -20,6 +20,16 @@ _MESSAGES: Final[dict[str, dict[Locale, str]]] = {
         "ja": "準備完了: {name}、同時生成数 {slots}、待ち行列 {waiting}、"
         "コンテキスト {context} トークン",
     },
+    "quantized_int8": {
+        "en": "int8 weights and activations: {layers} linear layers, {smoothed} decoder layers "
+        "smoothed, {bits}-bit activations",
+        "ja": "int8 の重みと活性化: 線形層 {layers}、平滑化したデコーダ層 {smoothed}、"
+        "活性化 {bits} ビット",
+    },
+    "quantized_bf16": {
+        "en": "bfloat16 weights",
+        "ja": "bfloat16 の重み",
+    },
     "context_clamped": {
         "en": "context_len {asked} exceeds what the model supports; using {used}",
         "ja": "context_len {asked} はモデルの上限を超えているため {used} を使います",

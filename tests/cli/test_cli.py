@@ -45,6 +45,7 @@ def test_help_explains_every_option() -> None:
         "--secret-key",
         "--config",
         "--drain-timeout",
+        "--quantize",
     ):
         assert option in serve, option
 
@@ -95,6 +96,7 @@ def test_serve_with_a_config_file(tmp_path: Path, loop: str) -> None:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     assert f"open {url} in a browser" in stderr
+    assert f"({loop}, mock)" in stderr
     assert process.returncode in (0, -signal.SIGTERM)
 
 
@@ -145,6 +147,11 @@ def test_the_embedded_model_answers_coherently(tmp_path: Path) -> None:
         check=True,
     )
     assert "Paris" in result.stdout
+    # --quantize auto: int8 where the embedded model passed the quality gate.
+    from chatstream.adapters.model.quantization import auto_quantize
+
+    weights = auto_quantize(device="cpu", embedded=True) or "unquantized"
+    assert f"chatting with SmolLM2-135M-Instruct ({weights} weights)" in result.stdout
     assert "converting SmolLM2-135M-Instruct" in result.stderr
     assert (tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct" / "model.safetensors").exists()
     # The second start loads the converted folder.

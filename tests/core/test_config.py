@@ -45,6 +45,11 @@ def test_every_default_of_the_original_constructor() -> None:
     assert config.add_special_tokens is None
     assert config.max_tokens_per_step == 512
     assert config.prompt_budget == 1024 - 256
+    assert config.quantize is None
+
+
+def test_quantize_none_is_spelled_as_none_too() -> None:
+    assert ChatStreamConfig(quantize="none").quantize is None  # type: ignore[arg-type]
 
 
 def test_generation_params_defaults() -> None:
@@ -115,6 +120,9 @@ def test_generation_defaults_follow_the_config() -> None:
         pytest.param({"add_special_tokens": True}, id="special-tokens-on"),
         pytest.param({"too_many_request_as_http_error": True}, id="429"),
         pytest.param({"use_mock_response": True}, id="mock"),
+        pytest.param({"quantize": "int8"}, id="int8"),
+        pytest.param({"quantize": "bf16"}, id="bf16"),
+        pytest.param({"quantize": None}, id="weights-as-loaded"),
     ],
 )
 def test_valid_edge_values_are_accepted(kwargs: dict[str, Any]) -> None:
@@ -175,6 +183,9 @@ INVALID_CONFIG: list[Any] = [
     ({"use_mock_response": 0}, "use_mock_response"),
     ({"add_special_tokens": 1}, "add_special_tokens"),
     ({"add_special_tokens": "false"}, "add_special_tokens"),
+    ({"quantize": "int4"}, "quantize"),
+    ({"quantize": "INT8"}, "quantize"),
+    ({"quantize": True}, "quantize"),
     # sampling
     ({"temperature": -0.1}, "temperature"),
     ({"temperature": True}, "temperature"),

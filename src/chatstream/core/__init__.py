@@ -18,6 +18,7 @@ from .config import (
     MockParams,
     MockType,
     PenaltyMethod,
+    Quantize,
 )
 from .conversation import Conversation, Feedback, Message, MessageStatus, RenderedPrompt, Role
 from .decoding import (
@@ -148,6 +149,7 @@ __all__ = [
     "PrefixStatistics",
     "PromptOptions",
     "PromptTooLongError",
+    "Quantize",
     "QueuePositionChanged",
     "Queued",
     "RejectReason",

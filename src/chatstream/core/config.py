@@ -31,10 +31,13 @@ __all__ = [
     "MockParams",
     "MockType",
     "PenaltyMethod",
+    "Quantize",
 ]
 
 PenaltyMethod = Literal["multiplicative", "subtractive"]
 MockType = Literal["round", "long", "echo"]
+#: Weights as loaded (None), int8 weights and activations on a CPU, or bfloat16 weights.
+Quantize = Literal["int8", "bf16"]
 
 #: Below this temperature sampling is greedy (argmax), as in the original.
 GREEDY_TEMPERATURE: Final = 1e-4
@@ -271,6 +274,9 @@ class ChatStreamConfig:
     #: Host memory (MiB) for the KV of conversations no slot holds any more, restored into
     #: a slot when they come back (least recently saved evicted first); 0 keeps none.
     prefix_cache_mb: int = 1024
+    #: "int8": int8 weights and activations (CPU only); "bf16": bfloat16 weights; None (or
+    #: "none"): the weights as loaded.
+    quantize: Quantize | None = None
 
     def __post_init__(self) -> None:
         _int("num_of_concurrent_executions", self.num_of_concurrent_executions, minimum=1)
@@ -279,6 +285,9 @@ class ChatStreamConfig:
         _bool("use_mock_response", self.use_mock_response)
         _bool("prefix_cache", self.prefix_cache)
         _int("prefix_cache_mb", self.prefix_cache_mb, minimum=0, maximum=2**30)
+        if self.quantize is not None:
+            quantize = _choice("quantize", self.quantize, (*get_args(Quantize), "none"))
+            _set(self, "quantize", None if quantize == "none" else quantize)
         if isinstance(self.mock_params, Mapping):
             _set(self, "mock_params", MockParams.from_mapping(self.mock_params))
         elif not isinstance(self.mock_params, MockParams):
