@@ -1,14 +1,21 @@
 """The benchmark orchestrator: every scenario in one invocation, side by side.
 
-CPU (default): for each model (SmolLM2-135M-Instruct; ``--tiny`` adds the tiny test model)
-and each C (default 1, 2, 8; ``--with-32`` adds 32):
+CPU (default): for each number of compute threads (``--threads 1,2``), each model
+(SmolLM2-135M-Instruct; ``--tiny`` adds the tiny test model) and each C (default 1, 2, 8;
+``--with-32`` adds 32):
 
-1. chatstream through HTTP: a server process (``chatstream.server``, uvicorn/asyncio or
-   ``--loop trio`` for hypercorn/trio) serving ``benchmarks.chatstream_app`` with
-   ``num_of_concurrent_executions = C``; the load generator runs C closed-loop SSE clients;
+1. chatstream through HTTP, once per ``--quantize`` value (default ``auto,none``: the default
+   configuration, int8 for SmolLM2 on a CPU with VNNI, and float32): a server process
+   (``chatstream.server``, uvicorn/asyncio or ``--loop trio`` for hypercorn/trio) serving
+   ``benchmarks.chatstream_app`` with ``num_of_concurrent_executions = C``; the load
+   generator runs C closed-loop SSE clients with fixed-length replies (``ignore_eos``);
 2. the original ChatStream (chatstream==0.2.0, its own venv, ``benchmarks.original_app``),
    the same model, prompts, max_new_tokens and C;
-3. bare loops on the same model (``benchmarks.bare``): batch-1 per request, and batched.
+3. with ``--with-peers`` (``benchmarks/peers.py``): llama.cpp's server on the Q4_1 GGUF
+   (fixed-length replies too), and transformers serve with its continuous batching beside
+   chatstream's OpenAI route (both end at EOS: compare them with each other), each through
+   its OpenAI stream, with the same prompts;
+4. bare loops on the same model (``benchmarks.bare``): batch-1 per request, and batched.
 
 Each server is started, warmed up, its lag probe reset, loaded, read and stopped (SIGTERM).
 
@@ -21,6 +28,7 @@ Writes ``results.jsonl``, ``table.md`` and ``plot.png`` (and ``servers.log``) in
 ``benchmarks/results/<timestamp>/`` or ``--out``.
 
     python -m benchmarks.run                      # SmolLM2, C = 1, 2, 8, with the original
+    python -m benchmarks.run --concurrency 1,8,32 --threads 1,2 --with-peers --no-bare
     python -m benchmarks.run --tiny --with-32     # also the tiny model, also C = 32
     python -m benchmarks.run --replot benchmarks/results/<timestamp>   # table and plot again
 """
@@ -526,12 +534,12 @@ def _model_thread_table(rows: list[dict[str, Any]]) -> list[str]:
         "chatstream's model thread: the share of the run it spent in steps, its wait between "
         "two steps, the time of a step without prefill, and the requests a step advances.",
         "",
-        "| C | steps | busy | gap p50 | gap p99 | decode step p50 | mean batch |",
-        "|---|---|---|---|---|---|---|",
+        "| C | system | steps | busy | gap p50 | gap p99 | decode step p50 | mean batch |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(traced, key=lambda r: int(r["concurrency"])):
+    for r in sorted(traced, key=lambda r: (int(r["concurrency"]), _order(r))):
         lines.append(
-            f"| {r['concurrency']} | {r['steps']} | {100 * r['model_busy']:.1f} % | "
+            f"| {r['concurrency']} | {_label(r)} | {r['steps']} | {100 * r['model_busy']:.1f} % | "
             f"{_fmt(r.get('step_gap_p50_ms'), 2)} | {_fmt(r.get('step_gap_p99_ms'), 2)} | "
             f"{_fmt(r.get('decode_step_p50_ms'), 2)} | {_fmt(r.get('mean_step_batch'), 2)} |"
         )

@@ -5,7 +5,7 @@ becomes an :class:`Int8Linear`: weights stored as int8 with one scale per output
 activations quantized to 8 bits on the fly, and the product computed by the x86 int8 matrix
 kernels that PyTorch ships (``torch.ops.quantized.linear_dynamic``: fbgemm, using VNNI
 where the CPU has it). On a 2-core AMD EPYC with one thread this makes SmolLM2-135M's decode
-step 2.7x faster at batch 1 and 2.9x at batch 8 (see ``docs/quantization.md``).
+step 2.5x faster at batch 1 and 3.0x at batch 8 (see ``docs/quantization.md``).
 
 Why by hand rather than a library's one-call quantizer:
 
@@ -24,6 +24,8 @@ Why by hand rather than a library's one-call quantizer:
   preceding RMSNorm (attention and MLP inputs) or into ``up_proj`` (the ``down_proj`` input),
   so it costs nothing at run time. The factors come from the activations of a short built-in
   calibration text (``data/calibration.txt``), read once at load time.
+- Layers that read the same input (q, k and v; gate and up) are one stacked int8 product
+  (:class:`Int8Product`): one kernel call and one quantization of the input instead of three.
 
 The int8 kernels used are x86's (fbgemm; ARM's qnnpack has not been tried); on a GPU, use
 bfloat16 instead. CPUs without VNNI (AVX2 only) quantize activations to 7 bits, which
