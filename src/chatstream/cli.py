@@ -91,7 +91,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "--quantize",
         choices=["auto", "int8", "bf16", "none"],
         help="int8: int8 weights and activations on a CPU; bf16: bfloat16 weights; none: "
-        "the weights as loaded; auto: int8 for the embedded model on a CPU with VNNI, where "
+        "the weights as loaded; auto: int8 for the embedded model on a CPU with AVX512-VNNI, where "
         "it passed the quality gate, none otherwise (auto)",
     )
     gen = parser.add_argument_group("generation defaults")

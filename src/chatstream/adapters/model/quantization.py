@@ -28,7 +28,7 @@ Why by hand rather than a library's one-call quantizer:
   (:class:`Int8Product`): one kernel call and one quantization of the input instead of three.
 
 The int8 kernels used are x86's (fbgemm; ARM's qnnpack has not been tried); on a GPU, use
-bfloat16 instead. CPUs without VNNI (AVX2 only) quantize activations to 7 bits, which
+bfloat16 instead. CPUs without AVX512-VNNI quantize activations to 7 bits, which
 their kernels need to avoid overflowing 16-bit sums, at some cost in quality.
 
 ``quantize="bf16"`` casts the weights to bfloat16: only CPUs that multiply bfloat16 natively
@@ -82,7 +82,7 @@ class QuantizationReport:
     int8_layers: int = 0
     #: Decoder layers whose inputs were smoothed (0: not a Llama-style model).
     smoothed_layers: int = 0
-    #: int8: 8 on CPUs with VNNI, 7 without (their kernels need it); None otherwise.
+    #: int8: 8 on CPUs with AVX512-VNNI, 7 without (their kernels need it); None otherwise.
     activation_bits: int | None = None
 
 
@@ -99,8 +99,9 @@ def _quantized_tensors_allowed() -> Iterator[None]:
 
 
 def _has_vnni() -> bool:
-    capabilities = torch.cpu.get_capabilities()
-    return bool(capabilities.get("avx512_vnni") or capabilities.get("avx_vnni"))
+    # fbgemm's kernels with 32-bit sums (no 16-bit saturation, so 8-bit activations are
+    # safe) are its AVX512-VNNI ones; AVX-VNNI alone (256-bit) is not relied upon.
+    return bool(torch.cpu.get_capabilities().get("avx512_vnni"))
 
 
 def _pack(weight: torch.Tensor) -> Any:
@@ -204,10 +205,10 @@ class Int8Linear(nn.Module):
 
 
 def auto_quantize(*, device: str | None, embedded: bool) -> str | None:
-    """What ``--quantize auto`` means: int8 for the embedded model on a CPU with VNNI and
+    """What ``--quantize auto`` means: int8 for the embedded model on a CPU with AVX512-VNNI and
     int8 kernels, where it passed the quality gate (perplexity +1.7 %, see
     ``docs/quantization.md``); the weights as loaded otherwise (other models have not been
-    gated; CPUs without VNNI quantize activations to 7 bits: +6.7 %)."""
+    gated; CPUs without AVX512-VNNI quantize activations to 7 bits: +6.7 %)."""
     on_cpu = device is None or str(device).split(":")[0] == "cpu"
     kernels = "fbgemm" in torch.backends.quantized.supported_engines
     return "int8" if embedded and on_cpu and kernels and _has_vnni() else None
