@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,26 @@ def test_a_stacked_product_gives_each_layer_what_it_alone_would() -> None:
         assert torch.allclose(stacked[0](x), alone[0](x), rtol=1e-6, atol=1e-6)
         assert torch.allclose(stacked[1](y), alone[1](y), rtol=1e-6, atol=1e-6)
         assert torch.allclose(stacked[2](x), alone[2](x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_round_of_a_stacked_product_belongs_to_its_thread() -> None:
+    # Two model copies may share one model object, each running its forward in its own
+    # thread: a round begun in one thread (q taken, k and v not yet) is invisible to another,
+    # so no thread switch between two statements can hand one thread the other's output.
+    layers = [linear(48, n) for n in (32, 16, 16)]
+    product = Int8Product(layers, reduce_range=False)
+    stacked = [Int8Linear(layer, product=product, member=i) for i, layer in enumerate(layers)]
+    x = torch.randn(2, 48)
+    with torch.inference_mode():
+        stacked[0](x)
+    seen: list[tuple[object, int]] = []
+    thread = threading.Thread(
+        target=lambda: seen.append((product._round.source, product._round.untaken))
+    )
+    thread.start()
+    thread.join(10)
+    assert seen == [(None, 0)]
+    assert (product._round.source, product._round.untaken) == (x, 2)
 
 
 # ---------------------------------------------------------------------------- whole models

@@ -114,6 +114,14 @@ def _pack(weight: torch.Tensor) -> Any:
         return torch.ops.quantized.linear_prepack(qweight, None)
 
 
+class _Round(threading.local):
+    """A stacked product's output for the input its members are taking it for, per thread."""
+
+    source: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+    untaken = 0
+
+
 class Int8Product:
     """The int8 product of one input with the weights of one or more layers that read it,
     stacked: q, k and v (or gate and up) are one matrix product instead of three, and their
@@ -121,7 +129,8 @@ class Int8Product:
 
     The first member called with an input computes every member's output; the others take
     theirs from it while the input is the same tensor object, until each member has taken
-    its own (then nothing stale can be served for a later input).
+    its own (then nothing stale can be served for a later input). That state is per thread:
+    model copies that share one model object run their forwards in threads of their own.
     """
 
     def __init__(self, linears: list[nn.Linear], *, reduce_range: bool) -> None:
@@ -141,21 +150,21 @@ class Int8Product:
             bounds.append(bounds[-1] + linear.out_features)
         #: Each member's columns of the stacked output.
         self.columns = [slice(a, b) for a, b in itertools.pairwise(bounds)]
-        self._source: torch.Tensor | None = None
-        self._output = torch.empty(0)
-        self._untaken = 0
+        self._round = _Round()
 
     def output(self, x: torch.Tensor, member: int) -> torch.Tensor:
         if len(self.columns) == 1:
             return self._compute(x)
-        if x is not self._source or not self._untaken:
-            self._output = self._compute(x)
-            self._source = x
-            self._untaken = len(self.columns)
-        self._untaken -= 1
-        out = self._output[..., self.columns[member]]
-        if not self._untaken:
-            self._source, self._output = None, torch.empty(0)
+        state = self._round
+        if x is not state.source or not state.untaken:
+            state.output = self._compute(x)
+            state.source = x
+            state.untaken = len(self.columns)
+        state.untaken -= 1
+        assert state.output is not None
+        out = state.output[..., self.columns[member]]
+        if not state.untaken:
+            state.source = state.output = None
         return out
 
     def _compute(self, x: torch.Tensor) -> torch.Tensor:
