@@ -37,11 +37,15 @@ async def test_an_address_over_its_budget_gets_429_with_retry_after(
         body = refused[0].json()
         assert body["error"] == "rate_limited"
         assert 1 <= int(refused[0].headers["retry-after"]) <= 60
+        # Its body unread, the connection carries no further request: the client is told.
+        assert {r.headers.get("connection") for r in refused} == {"close"}
         # Probes and scrapers are never limited.
         assert (await client.get("/health")).status_code == 200
         assert (await client.get("/metrics")).status_code != 429  # (403: the role decides)
-        # Every other route is.
-        assert (await client.get("/get_load")).status_code == 429
+        # Every other route is; a refusal without a body keeps the connection.
+        get_load = await client.get("/get_load")
+        assert get_load.status_code == 429
+        assert get_load.headers.get("connection") != "close"
     # Twenty refusals, one line in the log.
     lines = [line for line in server.log_text().splitlines() if "rate limit" in line]
     assert len(lines) == 1, lines

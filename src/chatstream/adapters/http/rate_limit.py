@@ -149,8 +149,20 @@ def _route_path(scope: Scope) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
+def _may_have_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
 def _refusal(scope: Scope, retry_after: int) -> JSONResponse:
     headers = {"Retry-After": str(retry_after)}
+    if _may_have_body(scope):
+        # The body is never read (a refusal costs nothing), so the connection cannot carry
+        # another request: say so, or a client may send its next request into a connection
+        # the server is closing (hypercorn closes it; the client sees no response at all).
+        headers["Connection"] = "close"
     message = f"too many requests from this client; retry in {retry_after} s"
     if _route_path(scope).startswith("/v1/"):
         body = {
