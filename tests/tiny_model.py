@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -27,6 +28,20 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+def tiny_llama_config(*, vocab_size: int, **options: Any) -> transformers.LlamaConfig:
+    """The shape of the test model: a 2-layer Llama, hidden 64, 4 heads over 2 KV heads."""
+    return transformers.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        **options,
+    )
 
 
 def build_tiny_model(directory: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
@@ -53,18 +68,12 @@ def build_tiny_model(directory: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
         chat_template=CHAT_TEMPLATE,
         model_max_length=512,
     )
-    config = transformers.LlamaConfig(
+    config = tiny_llama_config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
         # Larger than the default so that greedy output of random weights varies.
         initializer_range=0.3,
     )

@@ -19,6 +19,7 @@ from chatstream.core.config import (
     ChatStreamConfig,
     GenerationParams,
     MockParams,
+    choose_quantize,
 )
 from chatstream.core.errors import ChatStreamError, ConfigError
 
@@ -50,6 +51,23 @@ def test_every_default_of_the_original_constructor() -> None:
 
 def test_quantize_none_is_spelled_as_none_too() -> None:
     assert ChatStreamConfig(quantize="none").quantize is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("device", "embedded", "int8_kernels", "expected"),
+    [
+        ("cpu", True, True, "int8"),
+        (None, True, True, "int8"),
+        ("cpu", False, True, None),  # a model that has not been through the quality gate
+        ("cpu", True, False, None),  # kernels that would need 7-bit activations
+        ("cuda:0", True, True, None),
+    ],
+)
+def test_auto_quantize_is_int8_only_where_the_gate_was_passed(
+    device: str | None, embedded: bool, int8_kernels: bool, expected: str | None
+) -> None:
+    chosen = choose_quantize(device=device, embedded=embedded, int8_kernels=int8_kernels)
+    assert chosen == expected
 
 
 def test_generation_params_defaults() -> None:

@@ -19,6 +19,7 @@ from .config import (
     MockType,
     PenaltyMethod,
     Quantize,
+    choose_quantize,
 )
 from .conversation import Conversation, Feedback, Message, MessageStatus, RenderedPrompt, Role
 from .decoding import (
@@ -177,6 +178,7 @@ __all__ = [
     "UnknownMessageError",
     "Usage",
     "apply_replacements",
+    "choose_quantize",
     "common_prefix_length",
     "run_isolated",
     "step_rows",

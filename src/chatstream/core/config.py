@@ -32,12 +32,22 @@ __all__ = [
     "MockType",
     "PenaltyMethod",
     "Quantize",
+    "choose_quantize",
 ]
 
 PenaltyMethod = Literal["multiplicative", "subtractive"]
 MockType = Literal["round", "long", "echo"]
 #: Weights as loaded (None), int8 weights and activations on a CPU, or bfloat16 weights.
 Quantize = Literal["int8", "bf16"]
+
+
+def choose_quantize(*, device: str | None, embedded: bool, int8_kernels: bool) -> Quantize | None:
+    """What ``--quantize auto`` means: int8 only where it passed the quality gate (the
+    embedded model, on a CPU whose int8 kernels keep 8-bit activations: ``int8_kernels``);
+    the weights as loaded otherwise (other models have not been gated)."""
+    on_cpu = device is None or device.split(":")[0] == "cpu"
+    return "int8" if embedded and on_cpu and int8_kernels else None
+
 
 #: Below this temperature sampling is greedy (argmax), as in the original.
 GREEDY_TEMPERATURE: Final = 1e-4

@@ -20,15 +20,16 @@ import torch
 from torch import nn
 
 from chatstream import ChatStream
-from chatstream.adapters.model import quantization
+from chatstream.adapters.model import quantization, smoothing
 from chatstream.adapters.model.quantization import (
     Int8Linear,
     Int8Product,
     auto_quantize,
-    calibration_text,
     quantize_model,
 )
+from chatstream.adapters.model.smoothing import calibration_text
 from chatstream.core import ConfigError
+from tests.tiny_model import tiny_llama_config
 
 pytestmark = pytest.mark.skipif(
     "fbgemm" not in torch.backends.quantized.supported_engines, reason="no x86 int8 kernels"
@@ -135,15 +136,7 @@ def test_a_round_of_a_stacked_product_belongs_to_its_thread() -> None:
 def tiny_llama(seed: int = 0) -> Any:
     import transformers
 
-    config = transformers.LlamaConfig(
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
+    config = tiny_llama_config(vocab_size=300)
     torch.manual_seed(seed)
     model: Any = transformers.LlamaForCausalLM(config)
     model.eval()
@@ -168,7 +161,7 @@ def test_smoothing_changes_no_output_before_quantizing(tiny_model: tuple[Any, An
     ids = torch.tensor([tokenizer("hello there, how are you today?")["input_ids"]])
     before = logits(model, ids)
     quantization._untie_output_head(model)
-    smoothed = quantization._smooth(model, list(ids[0]) * 3)
+    smoothed = smoothing._smooth(model, list(ids[0]) * 3)
     assert smoothed == 2
     after = logits(model, ids)
     # Only the order of float32 roundings changes.

@@ -18,12 +18,9 @@ Why by hand rather than a library's one-call quantizer:
   A row's result also no longer depends on which other requests share its batch.
 - torchao's ``Int8DynamicActivationInt8WeightConfig`` does per-token scales, but without
   ``torch.compile`` its CPU path is slower than float32 (95 ms a step against 56 at batch 1).
-- The remaining error comes from a few activation channels much larger than the rest. They
-  are moved into the weights before quantizing (SmoothQuant, Xiao et al. 2023): each such
-  channel is divided by a factor that multiplies the matching weight column, folded into the
-  preceding RMSNorm (attention and MLP inputs) or into ``up_proj`` (the ``down_proj`` input),
-  so it costs nothing at run time. The factors come from the activations of a short built-in
-  calibration text (``data/calibration.txt``), read once at load time.
+- The remaining error comes from a few activation channels much larger than the rest; they
+  are moved into the weights before quantizing (:mod:`.smoothing`, SmoothQuant), at no cost
+  at run time.
 - Layers that read the same input (q, k and v; gate and up) are one stacked int8 product
   (:class:`Int8Product`): one kernel call and one quantization of the input instead of three.
 
@@ -40,14 +37,17 @@ from __future__ import annotations
 import itertools
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import nn
+
+from chatstream.core.config import Quantize, choose_quantize
+
+from .smoothing import smooth_model
 
 __all__ = [
     "QUANTIZE_MODES",
@@ -55,22 +55,14 @@ __all__ = [
     "Int8Product",
     "QuantizationReport",
     "auto_quantize",
-    "calibration_text",
     "quantize_model",
 ]
 
 #: What ``quantize=`` accepts (``None`` and "none": the weights as loaded).
-QUANTIZE_MODES = ("int8", "bf16", "none")
-
-#: SmoothQuant's migration strength: how much of an activation channel's range moves into
-#: the weights (0: none, 1: all). 0.5 gave the lowest perplexity on SmolLM2 (0.3-0.8 tried).
-SMOOTHING_ALPHA = 0.5
+QUANTIZE_MODES = (*get_args(Quantize), "none")
 
 #: Projections that read the same input in Llama-style models: one int8 product each.
 _SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-
-#: Calibration reads at most this many tokens of the calibration text.
-CALIBRATION_TOKENS = 512
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,23 +205,13 @@ class Int8Linear(nn.Module):
         )
 
 
-def auto_quantize(*, device: str | None, embedded: bool) -> str | None:
+def auto_quantize(*, device: str | None, embedded: bool) -> Quantize | None:
     """What ``--quantize auto`` means: int8 for the embedded model on a CPU with AVX512-VNNI and
     int8 kernels, where it passed the quality gate (perplexity +1.7 %, see
     ``docs/quantization.md``); the weights as loaded otherwise (other models have not been
     gated; CPUs without AVX512-VNNI quantize activations to 7 bits: +6.7 %)."""
-    on_cpu = device is None or str(device).split(":")[0] == "cpu"
-    kernels = "fbgemm" in torch.backends.quantized.supported_engines
-    return "int8" if embedded and on_cpu and kernels and _has_vnni() else None
-
-
-def calibration_text() -> str:
-    """The built-in calibration text (chat, code, lists, numbers, several languages)."""
-    return (
-        resources.files("chatstream.adapters.model")
-        .joinpath("data/calibration.txt")
-        .read_text(encoding="utf-8")
-    )
+    int8_kernels = "fbgemm" in torch.backends.quantized.supported_engines and _has_vnni()
+    return choose_quantize(device=device, embedded=embedded, int8_kernels=int8_kernels)
 
 
 #: What a model was quantized to (an attribute on the model), so that a ChatStream started
@@ -282,14 +264,7 @@ def _quantize(
         raise ValueError("int8 weights need PyTorch's x86 int8 kernels (fbgemm), absent here")
     model.to(torch.float32)
     _untie_output_head(model)
-    smoothed = 0
-    if tokenizer is not None and _llama_layers(model):
-        config = getattr(model, "config", None)
-        limit = int(getattr(config, "max_position_embeddings", 0) or CALIBRATION_TOKENS)
-        limit = min(limit, CALIBRATION_TOKENS)
-        text = calibration or calibration_text()
-        ids = list(tokenizer(text, truncation=True, max_length=limit)["input_ids"])
-        smoothed = _smooth(model, ids[:limit])
+    smoothed = 0 if tokenizer is None else smooth_model(model, tokenizer, calibration)
     reduce_range = not _has_vnni()
     replaced = 0
     for parent in list(model.modules()):
@@ -328,85 +303,3 @@ def _untie_output_head(model: Any) -> None:
     head.weight = nn.Parameter(embeddings.weight.detach().clone(), requires_grad=False)
     if hasattr(model.config, "tie_word_embeddings"):
         model.config.tie_word_embeddings = False
-
-
-def _llama_layers(model: Any) -> Sequence[Any]:
-    """The decoder layers of a Llama-style model (RMSNorm before attention and MLP, q/k/v,
-    gate/up/down projections), or none."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if not layers:
-        return []
-    for layer in layers:
-        attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        if not all(
-            isinstance(getattr(owner, name, None), nn.Linear)
-            for owner, names in (
-                (attention, ("q_proj", "k_proj", "v_proj")),
-                (mlp, ("gate_proj", "up_proj", "down_proj")),
-            )
-            for name in names
-        ):
-            return []
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            weight = getattr(getattr(layer, norm, None), "weight", None)
-            if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
-                return []
-    return list(layers)
-
-
-@torch.inference_mode()
-def _activation_ranges(model: Any, ids: list[int], modules: list[nn.Module]) -> list[torch.Tensor]:
-    """The largest magnitude of each input channel of ``modules`` over the calibration text."""
-    ranges: list[torch.Tensor | None] = [None] * len(modules)
-
-    def recorder(index: int) -> Any:
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).abs().amax(dim=0).float()
-            seen = ranges[index]
-            ranges[index] = x if seen is None else torch.maximum(seen, x)
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(recorder(i)) for i, m in enumerate(modules)]
-    try:
-        model(input_ids=torch.tensor([ids]), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [r if r is not None else torch.ones(1) for r in ranges]
-
-
-def _smoothing(activation: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
-    weight = torch.cat([w.abs().float() for w in weights]).amax(dim=0).clamp_min(1e-5)
-    factor = activation.clamp_min(1e-5).pow(SMOOTHING_ALPHA) / weight.pow(1 - SMOOTHING_ALPHA)
-    return factor.clamp_min(1e-5)
-
-
-@torch.inference_mode()
-def _smooth(model: Any, ids: list[int]) -> int:
-    """Move activation outliers into the weights (see the module's docstring); the number
-    of decoder layers smoothed."""
-    layers = _llama_layers(model)
-    if not layers or not ids:
-        return 0
-    probes: list[nn.Module] = []
-    for layer in layers:
-        probes += [layer.self_attn.q_proj, layer.mlp.gate_proj, layer.mlp.down_proj]
-    ranges = iter(_activation_ranges(model, ids, probes))
-    for layer in layers:
-        attention, mlp = layer.self_attn, layer.mlp
-        for norm, linears in (
-            (layer.input_layernorm, [attention.q_proj, attention.k_proj, attention.v_proj]),
-            (layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj]),
-        ):
-            factor = _smoothing(next(ranges), [linear.weight for linear in linears])
-            norm.weight.div_(factor.to(norm.weight.dtype))
-            for linear in linears:
-                linear.weight.mul_(factor.to(linear.weight.dtype))
-        # down_proj's input is act(gate) * up: dividing up's output channels divides it.
-        factor = _smoothing(next(ranges), [mlp.down_proj.weight])
-        mlp.up_proj.weight.div_(factor[:, None].to(mlp.up_proj.weight.dtype))
-        if mlp.up_proj.bias is not None:
-            mlp.up_proj.bias.div_(factor.to(mlp.up_proj.bias.dtype))
-        mlp.down_proj.weight.mul_(factor.to(mlp.down_proj.weight.dtype))
-    return len(layers)
