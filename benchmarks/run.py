@@ -218,11 +218,11 @@ class Runner:
         self._http("chatstream", model, c, command, env, port, fmt, extra=extra, openai_body=body)
 
     def llama_cpp(self, model: str, c: int) -> None:
-        from benchmarks.models import embedded_gguf_path
+        from chatstream.embedded import embedded_gguf
 
         port = free_port()
         command, extra_env = peers.llama_cpp_command(
-            embedded_gguf_path(), port=port, concurrency=c, threads=self.threads
+            embedded_gguf(), port=port, concurrency=c, threads=self.threads
         )
         env = {**self.base_env(), **extra_env}
         body = {
@@ -231,8 +231,8 @@ class Runner:
             "ignore_eos": True,
             "stream_options": {"include_usage": True},
         }
-        extra = {"weights": "Q4_1", "route": "openai", "ready": "/health"}
-        self._http("llama.cpp", model, c, command, env, port, "openai", extra, body)
+        extra = {"weights": "Q4_1", "route": "openai"}
+        self._http("llama.cpp", model, c, command, env, port, "openai", extra, body, "/health")
 
     def transformers_serve(self, model: str, model_dir: str, c: int) -> None:
         executable = peers.transformers_serve_executable()
@@ -243,8 +243,10 @@ class Runner:
         )
         env = {**self.base_env(), **extra_env}
         body = {"model": str(model_dir), "temperature": 0}  # 422 to ignore_eos, stream_options
-        extra = {"weights": "fp32", "route": "openai", "ready": "/v1/models"}
-        self._http("transformers serve", model, c, command, env, port, "openai", extra, body)
+        extra = {"weights": "fp32", "route": "openai"}
+        self._http(
+            "transformers serve", model, c, command, env, port, "openai", extra, body, "/v1/models"
+        )
 
     def original(self, model: str, model_dir: str, c: int) -> None:
         a = self.args
@@ -273,10 +275,12 @@ class Runner:
         fmt: loadgen.Format,
         extra: dict[str, Any] | None = None,
         openai_body: dict[str, Any] | None = None,
+        ready: str = "/bench/lag",
     ) -> None:
+        """Serve with ``command`` until ``ready`` answers and measure; ``extra`` goes into
+        the record. Only chatstream and the original answer ``/bench/lag`` (the lag probe);
+        the peers are waited for on their own health route and have no probe."""
         a = self.args
-        extra = dict(extra or {})
-        ready = extra.pop("ready", "/bench/lag")
         base = {
             "kind": "result",
             "system": system,
@@ -287,7 +291,7 @@ class Runner:
             "loop": a.loop if system == "chatstream" else "asyncio",
             "device": a.device,
             "torch_threads": self.threads,
-            **extra,
+            **(extra or {}),
         }
         if self.deadline.expired(margin=30):
             self.emit({**base, "error": "skipped: time budget spent"})
