@@ -12,12 +12,16 @@ from hypothesis import strategies as st
 
 from chatstream.core.config import (
     GREEDY_TEMPERATURE,
+    MAX_LOGIT_BIAS,
     MAX_SEED,
     MAX_STOP_LENGTH,
     MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
     MAX_TOP_K,
+    MAX_TOP_LOGPROBS,
     ChatStreamConfig,
     GenerationParams,
+    Grammar,
     MockParams,
     choose_quantize,
 )
@@ -300,7 +304,65 @@ INVALID_GENERATION: list[Any] = [
     ({"temperature": -1}, "temperature"),
     ({"top_k": 0}, "top_k"),
     ({"top_p": 2}, "top_p"),
+    ({"presence_penalty": 2.5}, "presence_penalty"),
+    ({"frequency_penalty": -2.01}, "frequency_penalty"),
+    ({"frequency_penalty": "1"}, "frequency_penalty"),
+    ({"logit_bias": {"7": 1.0}}, "logit_bias['7']"),
+    ({"logit_bias": {7: 101}}, "logit_bias[7]"),
+    ({"logit_bias": {7: math.nan}}, "logit_bias[7]"),
+    ({"logit_bias": {-1: 1}}, "logit_bias[-1]"),
+    ({"logit_bias": dict.fromkeys(range(MAX_LOGIT_BIAS + 1), 1)}, "logit_bias"),
+    ({"logit_bias": [(1, 1), (1, 2)]}, "logit_bias"),
+    ({"logit_bias": [(1, 2, 3)]}, "logit_bias"),
+    ({"logit_bias": 5}, "logit_bias"),
+    ({"min_p": 1.5}, "min_p"),
+    ({"min_p": -0.1}, "min_p"),
+    ({"min_tokens": -1}, "min_tokens"),
+    ({"min_tokens": 300}, "min_tokens"),  # more than max_new_tokens (256)
+    ({"stop_token_ids": [1, -2]}, "stop_token_ids[1]"),
+    ({"stop_token_ids": list(range(MAX_STOP_TOKEN_IDS + 1))}, "stop_token_ids"),
+    ({"stop_token_ids": 3}, "stop_token_ids"),
+    ({"logprobs": MAX_TOP_LOGPROBS + 1}, "logprobs"),
+    ({"logprobs": -1}, "logprobs"),
+    ({"grammar": "json"}, "grammar"),
 ]
+
+
+def test_the_openai_options_are_normalised() -> None:
+    params = GenerationParams(
+        presence_penalty=1,
+        frequency_penalty=-2,
+        logit_bias={9: 1, 3: -100},
+        min_p=0,
+        min_tokens=4,
+        stop_token_ids=[7, 8],
+        logprobs=20,
+    )
+    assert params.presence_penalty == 1.0 and isinstance(params.presence_penalty, float)
+    assert params.logit_bias == ((3, -100.0), (9, 1.0))
+    assert params.stop_token_ids == (7, 8)
+    assert hash(params) == hash(params.with_overrides({"stop_token_ids": [7, 8]}))
+    assert params.with_overrides({"logprobs": None}).logprobs is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"kind": "yaml"}, "grammar.kind"),
+        ({"kind": "json_schema"}, "grammar.source"),
+        ({"kind": "regex", "source": 3}, "grammar.source"),
+    ],
+)
+def test_invalid_grammars_name_the_option(kwargs: dict[str, Any], option: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Grammar(**kwargs)
+    assert caught.value.option == option
+
+
+def test_a_grammar_is_a_generation_option() -> None:
+    grammar = Grammar("json_schema", '{"type": "object"}')
+    assert GenerationParams(grammar=grammar).grammar == grammar
+    assert Grammar("json_object").source == ""
 
 
 @pytest.mark.parametrize(("kwargs", "option"), INVALID_GENERATION)

@@ -28,6 +28,7 @@ from chatstream.core import (
     StepPlan,
     Submit,
     TextDelta,
+    TokenLogprob,
     Usage,
 )
 
@@ -394,3 +395,57 @@ def test_ignore_eos_generates_up_to_max_new_tokens() -> None:
     finished = next(e for e in events if isinstance(e, Finished))
     assert finished.reason is FinishReason.LENGTH
     assert finished.usage.completion_tokens == 4
+
+
+def test_stop_token_ids_end_the_reply_even_with_ignore_eos() -> None:
+    engine = make_engine()
+    submit(engine, 0, ignore_eos=True, stop_token_ids=(9,))
+    plan = only_plan(engine)
+    engine.send(answer(plan, token=LetterTokenizer.STOP))
+    plan = plans(drain(engine))[0]
+    engine.send(answer(plan, token=9))
+    events = drain(engine)
+    finished = next(e for e in events if isinstance(e, Finished))
+    assert finished.reason is FinishReason.STOP
+    assert finished.usage.completion_tokens == 2
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == ""
+
+
+def test_logprobs_travel_with_the_text_they_produced() -> None:
+    engine = make_engine()
+    submit(engine, 0, stop=("gh",), logprobs=1, max_new_tokens=8)
+    plan = only_plan(engine)
+    deltas: list[TextDelta] = []
+    # f, g (held back: it may start "gh"), x (releases "gx"), g, h (the stop string).
+    for token in (5, 6, 23, 6, 7):
+        logprob = TokenLogprob(token, -0.5, ((token, -0.5),))
+        engine.send(StepCompleted(step=plan.step, tokens={0: (token,)}, logprobs={0: (logprob,)}))
+        events = drain(engine)
+        deltas += [e for e in events if isinstance(e, TextDelta)]
+        next_plans = plans(events)
+        plan = next_plans[0] if next_plans else plan
+    assert [d.text for d in deltas] == ["f", "gx"]
+    assert [[lp.token_id for lp in d.logprobs] for d in deltas] == [[5], [6, 23]]
+
+
+def test_a_stop_tokens_logprob_is_not_reported() -> None:
+    engine = make_engine()
+    submit(engine, 0, logprobs=0)
+    plan = only_plan(engine)
+    engine.send(
+        StepCompleted(
+            step=plan.step,
+            tokens={0: (5,)},
+            logprobs={0: (TokenLogprob(5, -0.1),)},
+        )
+    )
+    plan = plans(drain(engine))[0]
+    engine.send(
+        StepCompleted(
+            step=plan.step,
+            tokens={0: (LetterTokenizer.STOP,)},
+            logprobs={0: (TokenLogprob(LetterTokenizer.STOP, -0.2),)},
+        )
+    )
+    deltas = [e for e in drain(engine) if isinstance(e, TextDelta)]
+    assert deltas == []

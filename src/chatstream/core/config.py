@@ -22,12 +22,17 @@ from .errors import ConfigError
 
 __all__ = [
     "GREEDY_TEMPERATURE",
+    "MAX_LOGIT_BIAS",
     "MAX_SEED",
     "MAX_STOP_LENGTH",
     "MAX_STOP_STRINGS",
+    "MAX_STOP_TOKEN_IDS",
     "MAX_TOP_K",
+    "MAX_TOP_LOGPROBS",
     "ChatStreamConfig",
     "GenerationParams",
+    "Grammar",
+    "GrammarKind",
     "MockParams",
     "MockType",
     "PenaltyMethod",
@@ -60,6 +65,19 @@ MAX_STOP_STRINGS: Final = 16
 MAX_STOP_LENGTH: Final = 256
 #: Past any vocabulary: a larger top-k means the same as this one.
 MAX_TOP_K: Final = 2**31 - 1
+#: Alternatives reported per generated token (OpenAI's limit).
+MAX_TOP_LOGPROBS: Final = 20
+#: Entries of one request's logit bias and of its extra stop token ids: each is applied at
+#: every step of the request.
+MAX_LOGIT_BIAS: Final = 300
+MAX_STOP_TOKEN_IDS: Final = 64
+#: The range OpenAI gives presence and frequency penalties, and logit biases.
+_PENALTY_RANGE: Final = 2.0
+_BIAS_RANGE: Final = 100.0
+
+#: What a grammar constrains replies to: any JSON object, JSON valid against a JSON Schema, a
+#: regular expression, or an EBNF grammar (GBNF dialect).
+GrammarKind = Literal["json_object", "json_schema", "regex", "ebnf"]
 
 
 def _int(option: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
@@ -104,12 +122,63 @@ def _set(instance: object, name: str, value: object) -> None:
     object.__setattr__(instance, name, value)
 
 
+def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
+    pairs: object = value
+    if isinstance(value, Mapping):
+        pairs = sorted(value.items(), key=lambda item: str(item[0]))
+    if not isinstance(pairs, tuple | list):
+        raise ConfigError("logit_bias", f"must map token ids to numbers, got {value!r}")
+    if len(pairs) > MAX_LOGIT_BIAS:
+        raise ConfigError("logit_bias", f"at most {MAX_LOGIT_BIAS} entries, got {len(pairs)}")
+    checked = []
+    for pair in pairs:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ConfigError("logit_bias", f"must map token ids to numbers, got {pair!r}")
+        token, bias = pair
+        _int(f"logit_bias[{token!r}]", token, minimum=0)
+        number = _float(f"logit_bias[{token}]", bias)
+        if not -_BIAS_RANGE <= number <= _BIAS_RANGE:
+            raise ConfigError(f"logit_bias[{token}]", f"must be in [-100, 100], got {number}")
+        checked.append((int(token), number))
+    if len({token for token, _ in checked}) != len(checked):
+        raise ConfigError("logit_bias", "a token id appears twice")
+    return tuple(sorted(checked))
+
+
+def _token_ids(option: str, value: object) -> tuple[int, ...]:
+    if not isinstance(value, tuple | list):
+        raise ConfigError(option, f"must be a list of token ids, got {value!r}")
+    if len(value) > MAX_STOP_TOKEN_IDS:
+        raise ConfigError(option, f"at most {MAX_STOP_TOKEN_IDS} ids, got {len(value)}")
+    return tuple(_int(f"{option}[{i}]", token, minimum=0) for i, token in enumerate(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Grammar:
+    """A constraint on a reply's text, applied token by token by the backend's grammar
+    engine. ``source`` is the schema's JSON text, the expression or the grammar (empty for
+    ``json_object``)."""
+
+    kind: GrammarKind
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        _choice("grammar.kind", self.kind, get_args(GrammarKind))
+        if not isinstance(self.source, str):
+            raise ConfigError("grammar.source", f"must be a string, got {self.source!r}")
+        if self.kind != "json_object" and not self.source:
+            raise ConfigError("grammar.source", f"a {self.kind} grammar needs a source")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenerationParams:
     """How one reply is generated.
 
-    Sampling follows the HuggingFace order: repetition penalty, temperature, top-k, then
-    top-p, then a draw. A temperature below :data:`GREEDY_TEMPERATURE` means greedy.
+    Sampling order, per row: the grammar's mask, stop tokens masked before ``min_tokens``,
+    the logit bias, the repetition penalty, the presence and frequency penalties, then greedy
+    argmax or temperature, min-p, top-k, top-p and a draw (min-p keeps the tokens at least
+    ``min_p`` times as likely as the best one, so it commutes with top-k). A temperature below
+    :data:`GREEDY_TEMPERATURE` means greedy.
     """
 
     #: Upper bound on the tokens generated for one reply.
@@ -132,11 +201,50 @@ class GenerationParams:
     #: :data:`MAX_STOP_STRINGS`, each at most :data:`MAX_STOP_LENGTH` characters.
     stop: tuple[str, ...] = ()
     #: Keep generating past the end-of-sequence tokens, up to ``max_new_tokens`` (for
-    #: benchmarks that need replies of a fixed length).
+    #: benchmarks that need replies of a fixed length). ``stop_token_ids`` still stop.
     ignore_eos: bool = False
+    #: In [-2, 2]: subtracted once from the logit of every token already generated
+    #: (OpenAI's presence penalty; the prompt does not count).
+    presence_penalty: float = 0.0
+    #: In [-2, 2]: subtracted from a token's logit once per time it was generated.
+    frequency_penalty: float = 0.0
+    #: (token id, bias in [-100, 100]) pairs added to the logits, at most
+    #: :data:`MAX_LOGIT_BIAS`; a mapping is accepted and sorted. Ids past the vocabulary are
+    #: the adapter's to refuse (the core does not know the vocabulary).
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    #: In [0, 1]: drop the tokens less than ``min_p`` times as likely as the best one.
+    min_p: float = 0.0
+    #: The end-of-sequence and ``stop_token_ids`` tokens cannot be sampled before this many
+    #: tokens were generated (stop strings still stop).
+    min_tokens: int = 0
+    #: Extra token ids that end the reply (the token itself is not part of the text); at most
+    #: :data:`MAX_STOP_TOKEN_IDS`.
+    stop_token_ids: tuple[int, ...] = ()
+    #: Report the log-probability of each generated token under the model (before any
+    #: sampling option changed the distribution) with this many most likely alternatives,
+    #: 0 to :data:`MAX_TOP_LOGPROBS`; None reports nothing.
+    logprobs: int | None = None
+    #: Constrain the reply to a grammar; None leaves it free.
+    grammar: Grammar | None = None
 
     def __post_init__(self) -> None:
         _int("max_new_tokens", self.max_new_tokens, minimum=1)
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = _float(name, getattr(self, name))
+            if not -_PENALTY_RANGE <= value <= _PENALTY_RANGE:
+                raise ConfigError(name, f"must be in [-2, 2], got {value}")
+            _set(self, name, value)
+        _set(self, "logit_bias", _logit_bias(self.logit_bias))
+        min_p = _float("min_p", self.min_p)
+        if not 0 <= min_p <= 1:
+            raise ConfigError("min_p", f"must be in [0, 1], got {min_p}")
+        _set(self, "min_p", min_p)
+        _int("min_tokens", self.min_tokens, minimum=0, maximum=self.max_new_tokens)
+        _set(self, "stop_token_ids", _token_ids("stop_token_ids", self.stop_token_ids))
+        if self.logprobs is not None:
+            _int("logprobs", self.logprobs, minimum=0, maximum=MAX_TOP_LOGPROBS)
+        if self.grammar is not None and not isinstance(self.grammar, Grammar):
+            raise ConfigError("grammar", f"must be a Grammar, got {self.grammar!r}")
         temperature = _float("temperature", self.temperature)
         if temperature < 0:
             raise ConfigError("temperature", f"must not be negative, got {self.temperature}")
@@ -202,10 +310,11 @@ class GenerationParams:
             raise ConfigError(
                 unknown[0], f"unknown generation parameter (known: {', '.join(sorted(known))})"
             )
-        nullable = {"top_k", "repetition_penalty", "seed"}
+        nullable = {"top_k", "repetition_penalty", "seed", "logprobs", "grammar"}
         changes = {k: v for k, v in overrides.items() if v is not None or k in nullable}
-        if isinstance(changes.get("stop"), list):
-            changes["stop"] = tuple(cast("list[str]", changes["stop"]))
+        for name in ("stop", "stop_token_ids"):
+            if isinstance(changes.get(name), list):
+                changes[name] = tuple(cast("list[object]", changes[name]))
         return replace(self, **changes)  # type: ignore[arg-type]  # validated by __post_init__
 
 

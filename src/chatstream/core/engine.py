@@ -48,6 +48,7 @@ from .events import (
     StepPlan,
     Submit,
     TextDelta,
+    TokenLogprob,
     Usage,
 )
 from .prefix_cache import PrefixDirectory, PrefixStatistics
@@ -89,6 +90,8 @@ class _Request:
     reused: int = 0
     #: The host entry copied back into its slot for them, if any.
     restore: int | None = None
+    #: Log-probabilities of tokens whose text has not been released yet.
+    logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)
 
 
 class Engine:
@@ -236,11 +239,13 @@ class Engine:
             self._outbox.append(self._admission.reject(request_id, reason))
             return
         options = event.decoding
-        if event.params.stop or event.params.ignore_eos:
+        params = event.params
+        if params.stop or params.ignore_eos or params.stop_token_ids:
+            stop_ids = frozenset() if params.ignore_eos else options.stop_token_ids
             options = dataclasses.replace(
                 options,
-                stop_strings=options.stop_strings + event.params.stop,
-                stop_token_ids=frozenset() if event.params.ignore_eos else options.stop_token_ids,
+                stop_strings=options.stop_strings + params.stop,
+                stop_token_ids=stop_ids | frozenset(params.stop_token_ids),
             )
         self._requests[request_id] = _Request(
             request_id=request_id,
@@ -289,7 +294,7 @@ class Engine:
             if not tokens:
                 self._fail(request_id, "the model returned no token")
             else:
-                self._tokens(request_id, tuple(tokens))
+                self._tokens(request_id, tuple(tokens), event.logprobs.get(request_id, ()))
 
     # ------------------------------------------------------------------ prefix reuse
 
@@ -344,10 +349,17 @@ class Engine:
         self._in_flight = None
         return plan
 
-    def _tokens(self, request_id: RequestId, tokens: tuple[int, ...]) -> None:
+    def _tokens(
+        self,
+        request_id: RequestId,
+        tokens: tuple[int, ...],
+        logprobs: tuple[TokenLogprob, ...] = (),
+    ) -> None:
         request = self._requests.get(request_id)
         if request is None:  # cancelled while the step ran
             return
+        stop_ids = request.decoder.options.stop_token_ids
+        request.logprobs += (lp for lp in logprobs if lp.token_id not in stop_ids)
         request.generated += len(tokens)
         self._generated_total += len(tokens)
         self._scheduler.record(request_id, tokens)
@@ -362,7 +374,10 @@ class Engine:
             reason = FinishReason.LENGTH
             text += request.decoder.finish()
         if text:
-            self._outbox.append(TextDelta(request_id=request_id, text=text))
+            self._outbox.append(
+                TextDelta(request_id=request_id, text=text, logprobs=tuple(request.logprobs))
+            )
+            request.logprobs.clear()
         if reason is not None:
             self._end(request_id, reason)
 

@@ -140,11 +140,14 @@ class StepCompleted(Event):
         tokens: new token ids per request (one per decode, one after the last prefill chunk,
             none after an intermediate chunk).
         errors: requests the model failed for, with a message; the others go on.
+        logprobs: for the requests whose parameters ask for them, one
+            :class:`TokenLogprob` per token of ``tokens``.
     """
 
     step: int
     tokens: Mapping[RequestId, tuple[int, ...]] = field(default_factory=dict)
     errors: Mapping[RequestId, str] = field(default_factory=dict)
+    logprobs: Mapping[RequestId, tuple[TokenLogprob, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,12 +220,28 @@ class Rejected(Event):
     reason: RejectReason
 
 
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model, with the most likely
+    alternatives at its position (best first; as many as the request asked for)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TextDelta(Event):
-    """New reply text; the concatenation of all deltas is the whole reply."""
+    """New reply text; the concatenation of all deltas is the whole reply.
+
+    ``logprobs`` (when the request asked for them) covers the tokens generated since the
+    previous delta, stop tokens excepted: text held back (a possible stop string) carries its
+    tokens' log-probabilities with it, and a stop string's own tokens have none.
+    """
 
     request_id: RequestId
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,15 +1,18 @@
 """Batched next-token sampling with per-row parameters.
 
 One :meth:`BatchSampler.sample` call picks the next token of every running request of a
-step. Each row follows the HuggingFace logits-processor order for its own
-:class:`~chatstream.core.GenerationParams`: repetition penalty, then greedy argmax or
-temperature, top-k, top-p and a draw.
+step. Each row follows the order of :class:`~chatstream.core.GenerationParams`: the grammar's
+mask (a callback from the backend), stop tokens masked before ``min_tokens``, the logit bias,
+the repetition penalty, the presence and frequency penalties, then greedy argmax or
+temperature, min-p, top-k, top-p and a draw. A row that asks for none of the adjustments costs
+nothing for them: each is applied, vectorized, to the rows that use it.
 
 Rows are split by what they need into at most four groups, each handled in one vectorized
 pass: greedy rows (an argmax), plain rows (a race over the whole vocabulary), top-k rows (a
 race inside a ``topk`` window as wide as the largest k) and top-p-only rows (the same on a
 full sort). Nothing reads a tensor value on the host, so on a GPU the call queues kernels
-and returns without a sync.
+and returns without a sync (:func:`token_logprobs`, asked for by some requests only, is the
+exception).
 
 The draw is the exponential race: ``argmax(p / E)`` with ``E ~ Exponential(1)`` picks token
 i with probability ``p_i / sum(p)``, so the weights need no normalizing, and each row's noise
@@ -20,14 +23,17 @@ depend only on its own seed, logits and parameters, not on the other rows of the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
 
-from chatstream.core import GenerationParams
+from chatstream.core import GenerationParams, TokenLogprob
 
-__all__ = ["BatchSampler", "make_generator", "to_device"]
+__all__ = ["BatchSampler", "Constrain", "make_generator", "to_device", "token_logprobs"]
+
+#: Masks the disallowed tokens of some rows of a ``[B, V]`` float32 score tensor, in place.
+Constrain = Callable[[torch.Tensor], None]
 
 _Generators = Sequence[torch.Generator | None]
 
@@ -44,10 +50,17 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
 class BatchSampler:
     """Samples one token per row of a batch of logits, each row with its own parameters.
 
-    The sampler holds no state: build one and reuse it for every step.
+    Args:
+        stop_token_ids: the model's end-of-sequence ids, masked (with each row's own
+            ``stop_token_ids``) while a row has generated fewer than its ``min_tokens``.
+
+    The sampler keeps no state between calls: build one and reuse it for every step.
     """
 
-    __slots__ = ()
+    __slots__ = ("_stop_token_ids",)
+
+    def __init__(self, stop_token_ids: Collection[int] = ()) -> None:
+        self._stop_token_ids = tuple(sorted(stop_token_ids))
 
     def sample(
         self,
@@ -55,53 +68,48 @@ class BatchSampler:
         params: Sequence[GenerationParams],
         *,
         seen: torch.Tensor | None = None,
+        counts: torch.Tensor | None = None,
+        generated: Sequence[int] | None = None,
         generators: _Generators | None = None,
+        constrain: Constrain | None = None,
     ) -> torch.Tensor:
         """Pick the next token of every row.
-
-        Per row, in this order: the repetition penalty (once per distinct token marked in
-        ``seen``: multiplicative divides a positive logit and multiplies a non-positive one,
-        subtractive subtracts), then argmax if the row is greedy, else temperature, top-k,
-        top-p (the kept tokens keep their relative probabilities) and a random draw.
 
         Args:
             logits: ``[B, V]`` next-token logits, any float dtype; it is not modified. The
                 work is done in float32.
             params: the sampling parameters of each of the B rows.
             seen: optional ``[B, V]`` bool mask of the tokens already in each row's
-                sequence (prompt and reply). Without it no penalty is applied.
+                sequence (prompt and reply), for the repetition penalty (once per distinct
+                token: multiplicative divides a positive logit and multiplies a
+                non-positive one, subtractive subtracts). Without it no repetition penalty
+                is applied.
+            counts: optional ``[B, V]`` float32 count of each token in each row's reply so
+                far, for the presence and frequency penalties; without it they are not
+                applied.
+            generated: optional count of the tokens each row generated so far, for
+                ``min_tokens``; without it ``min_tokens`` is not applied.
             generators: optional generator of each row (None: the default generator of
                 the device). A seeded row gives the same tokens for the same logits
                 whatever the other rows of the batch are.
+            constrain: optional callback that masks disallowed tokens in place (a grammar);
+                it receives the float32 scores before any other adjustment.
 
         Returns:
             A ``[B]`` int64 tensor of token ids, on the device of ``logits``.
 
         Raises:
-            ValueError: the shapes of ``logits``, ``params``, ``seen`` or ``generators``
-                do not agree.
+            ValueError: the shapes of ``logits``, ``params``, ``seen``, ``counts``,
+                ``generated`` or ``generators`` do not agree.
         """
-        if logits.dim() != 2:
-            raise ValueError(f"logits must be [batch, vocab], got shape {tuple(logits.shape)}")
+        _check_shapes(logits, params, seen, counts, generated, generators)
         batch, vocab = logits.shape
-        if len(params) != batch:
-            raise ValueError(f"got {len(params)} params for {batch} rows of logits")
-        if generators is not None and len(generators) != batch:
-            raise ValueError(f"got {len(generators)} generators for {batch} rows of logits")
-        if seen is not None and (seen.shape != logits.shape or seen.dtype != torch.bool):
-            raise ValueError(
-                f"seen must be a bool tensor of shape {tuple(logits.shape)}, "
-                f"got {seen.dtype} {tuple(seen.shape)}"
-            )
         gens: _Generators = generators if generators is not None else [None] * batch
-
-        penalize = seen is not None and any(p.repetition_penalty is not None for p in params)
-        if not penalize and all(p.greedy for p in params):
+        adjusted = self._adjusted(logits, params, seen, counts, generated, constrain)
+        if adjusted is None and all(p.greedy for p in params):
             # The most common fast path: no float copy, one kernel.
             return logits.argmax(dim=-1)
-        scores = logits.float()  # a new tensor unless already float32: never written to
-        if seen is not None and penalize:
-            scores = _penalize(scores, params, seen)
+        scores = adjusted if adjusted is not None else logits.float()  # never written to
 
         greedy: list[int] = []
         plain: list[int] = []
@@ -139,6 +147,135 @@ class BatchSampler:
                 [gens[r] for r in rows],
             )
         return tokens
+
+    def _adjusted(
+        self,
+        logits: torch.Tensor,
+        params: Sequence[GenerationParams],
+        seen: torch.Tensor | None,
+        counts: torch.Tensor | None,
+        generated: Sequence[int] | None,
+        constrain: Constrain | None,
+    ) -> torch.Tensor | None:
+        """The float32 scores after every adjustment the rows ask for, or None when no row
+        asks for one (the caller's logits are never written to)."""
+        early = _early_rows(params, generated)
+        bias = any(p.logit_bias for p in params)
+        penalize = seen is not None and any(p.repetition_penalty is not None for p in params)
+        counted = counts is not None and any(
+            p.presence_penalty or p.frequency_penalty for p in params
+        )
+        if constrain is None and not (early or bias or penalize or counted):
+            return None
+        scores = logits.float()
+        if scores.data_ptr() == logits.data_ptr():
+            scores = scores.clone()
+        if constrain is not None:
+            constrain(scores)
+        if early:
+            self._mask_stops(scores, params, early)
+        if bias:
+            _add_bias(scores, params)
+        if seen is not None and penalize:
+            scores = _penalize(scores, params, seen)
+        if counts is not None and counted:
+            _penalize_counts(scores, params, counts)
+        return scores
+
+    def _mask_stops(
+        self, scores: torch.Tensor, params: Sequence[GenerationParams], rows: Sequence[int]
+    ) -> None:
+        """No stop token for the rows still short of their ``min_tokens``."""
+        vocab = scores.shape[-1]
+        pairs = [
+            (row, token)
+            for row in rows
+            for token in {*self._stop_token_ids, *params[row].stop_token_ids}
+            if token < vocab
+        ]
+        if pairs:
+            index = to_device(pairs, torch.long, scores.device)
+            scores[index[:, 0], index[:, 1]] = float("-inf")
+
+
+def _check_shapes(
+    logits: torch.Tensor,
+    params: Sequence[GenerationParams],
+    seen: torch.Tensor | None,
+    counts: torch.Tensor | None,
+    generated: Sequence[int] | None,
+    generators: _Generators | None,
+) -> None:
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [batch, vocab], got shape {tuple(logits.shape)}")
+    batch = logits.shape[0]
+    for name, per_row in (("params", params), ("generated", generated), ("generators", generators)):
+        if per_row is not None and len(per_row) != batch:
+            raise ValueError(f"got {len(per_row)} {name} for {batch} rows of logits")
+    for name, tensor, dtype in (("seen", seen, torch.bool), ("counts", counts, torch.float32)):
+        if tensor is not None and (tensor.shape != logits.shape or tensor.dtype != dtype):
+            raise ValueError(
+                f"{name} must be a {dtype} tensor of shape {tuple(logits.shape)}, "
+                f"got {tensor.dtype} {tuple(tensor.shape)}"
+            )
+
+
+def _early_rows(params: Sequence[GenerationParams], generated: Sequence[int] | None) -> list[int]:
+    """The rows that may not stop yet."""
+    if generated is None:
+        return []
+    return [row for row, p in enumerate(params) if generated[row] < p.min_tokens]
+
+
+def _add_bias(scores: torch.Tensor, params: Sequence[GenerationParams]) -> None:
+    vocab = scores.shape[-1]
+    rows, tokens, biases = [], [], []
+    for row, p in enumerate(params):
+        for token, bias in p.logit_bias:
+            if token < vocab:  # the adapter refuses ids past the tokenizer's vocabulary
+                rows.append(row)
+                tokens.append(token)
+                biases.append(bias)
+    if rows:
+        index = to_device([rows, tokens], torch.long, scores.device)
+        values = to_device(biases, torch.float32, scores.device)
+        scores.index_put_((index[0], index[1]), values, accumulate=True)
+
+
+def _penalize_counts(
+    scores: torch.Tensor, params: Sequence[GenerationParams], counts: torch.Tensor
+) -> None:
+    """OpenAI's penalties, in place: ``presence * [count > 0] + frequency * count``."""
+    presence = _column([p.presence_penalty for p in params], scores.device)
+    frequency = _column([p.frequency_penalty for p in params], scores.device)
+    scores.sub_(counts.gt(0).float().mul_(presence).add_(counts * frequency))
+
+
+def token_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, top: Sequence[int | None]
+) -> list[TokenLogprob | None]:
+    """The log-probability of each row's token under the raw logits, with its ``top[row]``
+    most likely alternatives; None for the rows whose ``top`` is None. Reads the host."""
+    rows = [row for row, n in enumerate(top) if n is not None]
+    result: list[TokenLogprob | None] = [None] * len(top)
+    if not rows:
+        return result
+    index = to_device(rows, torch.long, logits.device)
+    logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
+    chosen = logprobs.gather(-1, tokens.index_select(0, index)[:, None]).squeeze(-1)
+    width = max(n or 0 for n in top)
+    values: list[list[float]] = [[] for _ in rows]
+    ids: list[list[int]] = [[] for _ in rows]
+    if width:
+        best_values, best_ids = logprobs.topk(width, dim=-1)
+        values, ids = best_values.tolist(), best_ids.tolist()
+    chosen_list = chosen.tolist()
+    token_list = tokens.index_select(0, index).tolist()
+    for i, row in enumerate(rows):
+        n = top[row] or 0
+        alternatives = tuple(zip(ids[i][:n], values[i][:n], strict=True))
+        result[row] = TokenLogprob(int(token_list[i]), float(chosen_list[i]), alternatives)
+    return result
 
 
 def to_device(values: Sequence[Any], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -203,7 +340,15 @@ def _draw_plain(
     # exp(z - max): the softmax without its normalizing sum (the race is scale-free), in
     # place on the one fresh buffer.
     weights = scaled.sub_(scaled.amax(dim=-1, keepdim=True)).exp_()
+    _apply_min_p(weights, params)
     return _race(weights, generators, None, scores.shape[-1])
+
+
+def _apply_min_p(weights: torch.Tensor, params: Sequence[GenerationParams]) -> None:
+    """Drop, in place, the tokens less than ``min_p`` times as likely as the row's best:
+    ``weights`` are probabilities divided by the row's largest, so the test is direct."""
+    if any(p.min_p > 0 for p in params):
+        weights.masked_fill_(weights < _column([p.min_p for p in params], weights.device), 0.0)
 
 
 def _draw_window(
@@ -223,6 +368,7 @@ def _draw_window(
     # Column 0 holds the row's maximum. No normalizing sum: the race is scale-free, and a
     # sum over the window would round differently as other rows change its width.
     weights = (values - values[:, :1]).exp()
+    _apply_min_p(weights, params)
     if any(p.top_p < 1.0 for p in params):
         cumulative = weights.cumsum(dim=-1)
         before = cumulative - weights  # the mass of the more likely tokens

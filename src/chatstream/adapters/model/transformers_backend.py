@@ -31,10 +31,11 @@ from chatstream.core import (
     SaveKV,
     StepCompleted,
     StepPlan,
+    TokenLogprob,
 )
 
 from .backend import TransferLog
-from .sampling import BatchSampler, make_generator, to_device
+from .sampling import BatchSampler, make_generator, to_device, token_logprobs
 from .slot_cache import SCRATCH_COLUMN, SlotKVCache
 from .split_attention import RowGroup, plan_split, split_attention, splittable
 
@@ -56,6 +57,8 @@ class _Slot:
     request_id: RequestId
     params: GenerationParams
     generator: torch.Generator | None = None
+    #: Tokens sampled for this request so far (for ``min_tokens``).
+    generated: int = 0
 
 
 class TransformersBackend:
@@ -117,11 +120,15 @@ class TransformersBackend:
         #: Host copies of prefixes no slot holds any more, by entry (see ``run_step``).
         self._saved: dict[int, list[torch.Tensor]] = {}
         self._transfers = TransferLog()
-        self._sampler = BatchSampler()
+        self._sampler = BatchSampler(self.stop_token_ids)
         vocab = int(model.config.vocab_size)
         # Tokens each slot has seen, for the repetition penalty: kept up to date at every
         # step (a scatter of a few ids), read only by rows that use a penalty.
         self._seen = torch.zeros((num_slots, vocab), dtype=torch.bool, device=self.device)
+        # How often each slot's request generated each token, for the presence and frequency
+        # penalties: made when a first request asks for them (a row's counts are exact from
+        # its own first chunk on, which resets them).
+        self._counts: torch.Tensor | None = None
         # The engine decodes a few ids per request at every step on the event loop; a fast
         # tokenizer's own decoder does that without the Python layers of
         # ``tokenizer.decode``, which would only add a space clean-up when one is set.
@@ -188,9 +195,7 @@ class TransformersBackend:
         slots = to_device([slot for _, slot, _ in rows], torch.long, self.device)
         # One batch of last-position logits (no copy when a single forward made them all).
         batch = logits[0] if len(logits) == 1 else torch.cat(logits)
-        return StepCompleted(
-            step=plan.step, tokens=self._sample(rows, batch, slots, errors), errors=errors
-        )
+        return self._sample(plan.step, rows, batch, slots, errors)
 
     def _run_transfer(self, transfer: KVTransfer, errors: dict[RequestId, str]) -> None:
         """One copy between the KV cache and host memory; a failure is the restoring
@@ -235,6 +240,10 @@ class TransformersBackend:
                     generator = make_generator(chunk.params.seed, self.device)
                 self._slots[chunk.slot] = _Slot(chunk.request_id, chunk.params, generator)
                 self._seen[chunk.slot] = False
+                if self._counts is None and _counts_tokens(chunk.params):
+                    self._counts = torch.zeros(self._seen.shape, device=self.device)
+                if self._counts is not None:
+                    self._counts[chunk.slot] = 0
                 if chunk.reused_ids:
                     # The slot still holds the KV of these ids from an earlier request.
                     reused = to_device(list(chunk.reused_ids), torch.long, self.device)
@@ -364,28 +373,56 @@ class TransformersBackend:
 
     def _sample(
         self,
+        step: int,
         rows: list[tuple[RequestId, int, GenerationParams]],
         batch: torch.Tensor,
         slot_index: torch.Tensor,
         errors: dict[RequestId, str],
-    ) -> dict[RequestId, tuple[int, ...]]:
+    ) -> StepCompleted:
         params = [p for _, _, p in rows]
+        slots = [self._slots[slot] for _, slot, _ in rows]
         seen = None
         if any(p.repetition_penalty is not None for p in params):
             seen = self._seen[slot_index]
-        generators = [self._slots[slot].generator for _, slot, _ in rows]
-        sampled = self._sampler.sample(batch, params, seen=seen, generators=generators)
+        counts = None
+        if self._counts is not None and any(_counts_tokens(p) for p in params):
+            counts = self._counts[slot_index]
+        sampled = self._sampler.sample(
+            batch,
+            params,
+            seen=seen,
+            counts=counts,
+            generated=[slot.generated for slot in slots],
+            generators=[slot.generator for slot in slots],
+        )
         broken = torch.isnan(batch).any(dim=-1)
         self._seen[slot_index, sampled] = True
-        # The one host sync of the step.
+        if self._counts is not None:
+            self._counts.index_put_((slot_index, sampled), _ONE.to(self.device), accumulate=True)
+        logprobs = token_logprobs(batch, sampled, [p.logprobs for p in params])
+        # The one host sync of the step (another above for the requests that want logprobs).
         tokens, nan_rows = torch.stack([sampled, broken.long()]).tolist()
         result: dict[RequestId, tuple[int, ...]] = {}
-        for (request_id, _, _), token, is_nan in zip(rows, tokens, nan_rows, strict=True):
+        reported: dict[RequestId, tuple[TokenLogprob, ...]] = {}
+        for (request_id, _, _), slot, token, is_nan, logprob in zip(
+            rows, slots, tokens, nan_rows, logprobs, strict=True
+        ):
             if is_nan:
                 errors[request_id] = "the model produced NaN logits"
-            else:
-                result[request_id] = (int(token),)
-        return result
+                continue
+            slot.generated += 1
+            result[request_id] = (int(token),)
+            if logprob is not None:
+                reported[request_id] = (logprob,)
+        return StepCompleted(step=step, tokens=result, errors=errors, logprobs=reported)
+
+
+_ONE = torch.ones(())
+
+
+def _counts_tokens(params: GenerationParams) -> bool:
+    """Whether a request needs the counts of the tokens it generated."""
+    return bool(params.presence_penalty or params.frequency_penalty)
 
 
 def _rows(rows: list[int], on_device: torch.Tensor) -> slice | torch.Tensor:
