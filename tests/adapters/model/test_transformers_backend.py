@@ -21,6 +21,8 @@ from chatstream.core import (
     StepCompleted,
     StepPlan,
     Submit,
+    TextDelta,
+    TokenLogprob,
     run_isolated,
 )
 
@@ -76,6 +78,7 @@ class Harness:
         )
         self.tokens: dict[int, list[int]] = {}
         self.text: dict[int, str] = {}
+        self.logprobs: dict[int, list[TokenLogprob]] = {}
         self.finished: dict[int, Finished] = {}
         self.next_id = 0
         #: What runs a step plan (a test may wrap the backend's).
@@ -108,8 +111,9 @@ class Harness:
                 return True
             if isinstance(event, Finished):
                 self.finished[event.request_id] = event
-            elif hasattr(event, "text"):
+            elif isinstance(event, TextDelta):
                 self.text[event.request_id] += event.text
+                self.logprobs.setdefault(event.request_id, []).extend(event.logprobs)
         return False
 
     def run(self) -> None:
@@ -475,10 +479,10 @@ def record_logits(harness: Harness) -> dict[int, list[torch.Tensor]]:
     seen: dict[int, list[torch.Tensor]] = {}
     sample = harness.backend._sample
 
-    def recording(rows: Any, batch: torch.Tensor, *args: Any) -> Any:
+    def recording(step: int, rows: Any, batch: torch.Tensor, *args: Any) -> Any:
         for (request_id, _, _), row in zip(rows, batch, strict=True):
             seen.setdefault(request_id, []).append(row.float().clone())
-        return sample(rows, batch, *args)
+        return sample(step, rows, batch, *args)
 
     harness.backend._sample = recording  # type: ignore[method-assign,assignment]
     return seen
