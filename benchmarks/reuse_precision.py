@@ -58,10 +58,10 @@ class Runner:
         self.first_logits: dict[int, torch.Tensor] = {}
         sample = self.backend._sample
 
-        def recording(rows: Any, batch: torch.Tensor, *args: Any) -> Any:
+        def recording(step: int, rows: Any, batch: torch.Tensor, *args: Any) -> Any:
             for (request_id, _, _), row in zip(rows, batch, strict=True):
                 self.first_logits.setdefault(request_id, row.float().clone())
-            return sample(rows, batch, *args)
+            return sample(step, rows, batch, *args)
 
         self.backend._sample = recording  # type: ignore[method-assign,assignment]
         self.next_id = 0

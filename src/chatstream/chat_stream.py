@@ -41,6 +41,7 @@ from chatstream.core import (
     EngineStatistics,
     Finished,
     FinishReason,
+    GenerationParams,
     MockParams,
     PenaltyMethod,
     PromptTooLongError,
@@ -54,8 +55,15 @@ from chatstream.core.roles import ClientRoles
 
 from .adapters.driver import EngineDriver, RequestHandle
 from .adapters.model.backend import Backend
-from .adapters.model.chat_template import chat_template_prompt_class, has_chat_template
+from .adapters.model.chat_template import (
+    chat_template_prompt_class,
+    generic_tool_messages,
+    has_chat_template,
+    render_chat,
+    template_messages,
+)
 from .adapters.model.pool import ModelPool
+from .adapters.model.token_bytes import token_bytes
 from .adapters.service import SHUTDOWN_ERROR
 from .adapters.turn import RequestRejected, Turn
 from .chat_stream_http import HttpMethods
@@ -348,13 +356,17 @@ class ChatStream(HttpMethods):
 
     async def submit_messages(
         self,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         *,
         generation_params: Mapping[str, object] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> RequestHandle:
-        """Stateless generation for a list of ``{"role", "content"}`` messages (the
-        OpenAI-compatible API): rendered with the tokenizer's chat template when it has
-        one, else with the prompt class. Returns the request's handle.
+        """Stateless generation for OpenAI-style messages (the OpenAI-compatible API):
+        ``role`` (system, developer, user, assistant, tool) and ``content``, with the
+        assistant's ``tool_calls`` and the tool's ``tool_call_id``. Rendered with the
+        tokenizer's chat template when it has one (``tools`` with it when the template renders
+        them, otherwise described in a system message), else with the prompt class. An
+        assistant message last is continued (a prefill). Returns the request's handle.
 
         Raises:
             ConfigError: malformed messages or generation parameters (400).
@@ -363,19 +375,19 @@ class ChatStream(HttpMethods):
         """
         self._apply_drain()
         params = self.config.generation_params(generation_params)
+        if not messages:
+            raise ConfigError("messages", "must not be empty")
         for index, message in enumerate(messages):
-            _check_text(f"messages[{index}].content", message.get("content", ""))
-        users = [m["content"] for m in messages if m.get("role") == "user"]
-        if not messages or messages[-1].get("role") != "user":
-            raise ConfigError("messages", "must end with a user message")
-        rendered = await anyio.to_thread.run_sync(self._render_messages, list(messages))
+            if message.get("role") not in _MESSAGE_ROLES:
+                raise ConfigError(
+                    f"messages[{index}].role", f"unknown role {message.get('role')!r}"
+                )
+            _check_text(f"messages[{index}].content", str(message.get("content") or ""))
+        users = [str(m.get("content") or "") for m in messages if m.get("role") == "user"]
+        rendered = await anyio.to_thread.run_sync(self._render_messages, list(messages), tools)
         token_ids, stop_strings, replacements, strip = rendered
-        limit = self.driver.engine.config.context_len
-        if len(token_ids) >= limit:
-            raise PromptTooLongError(
-                f"the messages need {len(token_ids)} tokens; the context holds {limit}"
-            )
-        handle = self.driver.submit(
+        return self._submit_rendered(
+            "messages",
             token_ids,
             params,
             DecodingOptions(
@@ -384,47 +396,132 @@ class ChatStream(HttpMethods):
                 replacements=replacements,
                 strip_leading_whitespace=strip,
             ),
-            metadata={"user_input": users[-1], "turn": len(users)},
+            metadata={"user_input": users[-1] if users else "", "turn": len(users)},
         )
+
+    async def submit_prompt(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        generation_params: Mapping[str, object] | None = None,
+    ) -> RequestHandle:
+        """Stateless generation that continues ``prompt`` as it is, text or token ids, with no
+        chat template (the OpenAI completions API). Returns the request's handle.
+
+        Raises:
+            ConfigError: an empty prompt, ids outside the vocabulary, invalid parameters.
+            PromptTooLongError, RequestRejected: as :meth:`submit_messages`.
+        """
+        self._apply_drain()
+        params = self.config.generation_params(generation_params)
+        if isinstance(prompt, str):
+            _check_text("prompt", prompt)
+            token_ids = await anyio.to_thread.run_sync(
+                lambda: _encode(self.backend, prompt, add_special_tokens=None, option="prompt")
+            )
+        else:
+            token_ids = list(prompt)
+            self.check_token_ids("prompt", token_ids)
+        if not token_ids:
+            raise ConfigError("prompt", "must not be empty")
+        return self._submit_rendered(
+            "prompt",
+            tuple(token_ids),
+            params,
+            DecodingOptions(stop_token_ids=self.backend.stop_token_ids),
+            metadata={"user_input": prompt if isinstance(prompt, str) else "", "turn": 1},
+        )
+
+    def _submit_rendered(
+        self,
+        option: str,
+        token_ids: tuple[int, ...],
+        params: GenerationParams,
+        decoding: DecodingOptions,
+        metadata: Mapping[str, Any],
+    ) -> RequestHandle:
+        limit = self.driver.engine.config.context_len
+        if len(token_ids) >= limit:
+            raise PromptTooLongError(
+                f"the {option} need {len(token_ids)} tokens; the context holds {limit}"
+            )
+        handle = self.driver.submit(token_ids, params, decoding, metadata=metadata)
         if isinstance(handle.outcome, Rejected):
             handle.close()
             self._log_rejection(handle.outcome.reason)
             raise RequestRejected(handle.outcome.reason)
         return handle
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a client may name (logit bias, stop token ids, prompts) are below this."""
+        if self.config.use_mock_response or self.tokenizer is None:
+            return 0x110000 + 1_000_000  # the mock's code points and reply pieces
+        return len(self.tokenizer)
+
+    def check_token_ids(self, option: str, token_ids: Sequence[int]) -> None:
+        """Refuse ids the tokenizer does not have, naming ``option``.
+
+        Raises:
+            ConfigError: an id below 0 or past the vocabulary.
+        """
+        limit = self.vocab_size
+        for index, token in enumerate(token_ids):
+            if not 0 <= token < limit:
+                raise ConfigError(
+                    f"{option}[{index}]",
+                    f"token id {token} is not in the vocabulary (0..{limit - 1})",
+                )
+
+    def token_piece(self, token_id: int) -> tuple[str, bytes]:
+        """One token's text and exact bytes, as log-probabilities report them (the text of a
+        token that ends inside a character has U+FFFD for the incomplete part)."""
+        exact = None if self.config.use_mock_response else token_bytes(self.tokenizer, token_id)
+        if exact is None:
+            text = self.backend.decode([token_id])
+            return text, text.encode()
+        return exact.decode("utf-8", errors="replace"), exact
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids (special tokens skipped)."""
+        return self.backend.decode(token_ids)
+
     def _render_messages(
-        self, messages: list[Mapping[str, str]]
+        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None
     ) -> tuple[tuple[int, ...], tuple[str, ...], tuple[tuple[str, str], ...], bool]:
         # In a worker thread: templates and tokenizers are not for the event loop.
         backend = self.backend
         if not self.config.use_mock_response and has_chat_template(self.tokenizer):
-            text = self.tokenizer.apply_chat_template(
-                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
-            )
-            ids = _encode(backend, str(text), add_special_tokens=False)
-            return tuple(ids), (), (), True
+            text = render_chat(self.tokenizer, messages, tools)
+            ids = _encode(backend, text, add_special_tokens=False, option="messages")
+            return tuple(ids), (), (), messages[-1]["role"] != "assistant"
+        if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+            messages = generic_tool_messages(template_messages(messages), tools or ())
         prompt = self.chat_prompt_clazz()
         prompt.build_initial_prompt(prompt)
+        prefill = None
+        if messages[-1]["role"] == "assistant":
+            prefill = str(messages[-1].get("content") or "")
+            messages = messages[:-1]
         for message in messages:
-            role, content = message.get("role"), message.get("content", "")
-            if role == "system":
+            role, content = message["role"], str(message.get("content") or "")
+            if role in ("system", "developer"):
                 prompt.set_system(content)
-            elif role == "user":
-                prompt.add_requester_msg(content)
             elif role == "assistant":
                 prompt.add_responder_msg(content)
             else:
-                raise ConfigError("messages", f"unknown role {role!r}")
+                prompt.add_requester_msg(content)
         prompt.add_responder_msg(None)
         add_special = self.config.add_special_tokens
         if add_special is None:
             add_special = prompt.add_special_tokens
-        ids = _encode(backend, prompt.create_prompt(), add_special_tokens=add_special)
+        text = prompt.create_prompt() + (prefill or "")
+        ids = _encode(backend, text, add_special_tokens=add_special, option="messages")
         return (
             tuple(ids),
             tuple(prompt.get_stop_strs()),
             tuple(prompt.get_replacement_when_output() or ()),
-            prompt.strip_reply,
+            prompt.strip_reply and prefill is None,
         )
 
     async def chat(
@@ -647,6 +744,10 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
+#: The roles of the OpenAI-style messages ``submit_messages`` takes.
+_MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
 def _check_text(option: str, text: str) -> None:
     """Refuse lone surrogates (``"\\ud800"``): no tokenizer, store or JSON can take them."""
     if not text.isascii():
@@ -656,14 +757,16 @@ def _check_text(option: str, text: str) -> None:
             raise ConfigError(option, "holds a lone surrogate, which is not a character") from None
 
 
-def _encode(backend: Backend, text: str, *, add_special_tokens: bool | None) -> list[int]:
+def _encode(
+    backend: Backend, text: str, *, add_special_tokens: bool | None, option: str = "user_input"
+) -> list[int]:
     # What the client wrote is what a tokenizer refuses (a TypeError or ValueError from the
     # Rust side): a 400 for that request, not a 500 or a failed step.
     try:
         return backend.encode(text, add_special_tokens=add_special_tokens)
     except (TypeError, ValueError, UnicodeError) as error:
         raise ConfigError(
-            "user_input", f"the tokenizer cannot encode this text ({type(error).__name__})"
+            option, f"the tokenizer cannot encode this text ({type(error).__name__})"
         ) from None
 
 

@@ -332,10 +332,10 @@ def test_the_openai_options_are_normalised() -> None:
     params = GenerationParams(
         presence_penalty=1,
         frequency_penalty=-2,
-        logit_bias={9: 1, 3: -100},
+        logit_bias={9: 1, 3: -100},  # type: ignore[arg-type]  # a mapping is accepted
         min_p=0,
         min_tokens=4,
-        stop_token_ids=[7, 8],
+        stop_token_ids=[7, 8],  # type: ignore[arg-type]  # a list is accepted
         logprobs=20,
     )
     assert params.presence_penalty == 1.0 and isinstance(params.presence_penalty, float)

@@ -33,6 +33,21 @@ def _http_options() -> HttpOptions:
     return HttpOptions(**json.loads(os.environ.get("CHATSTREAM_TEST_HTTP", "{}")))
 
 
+def tiny_model_app() -> Starlette:
+    """Every API on the tiny random model saved in ``CHATSTREAM_TEST_MODEL_DIR``."""
+    import pathlib
+
+    import torch
+
+    from tests.tiny_model import load_tiny_model
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_tiny_model(pathlib.Path(os.environ["CHATSTREAM_TEST_MODEL_DIR"]))
+    options = json.loads(os.environ.get("CHATSTREAM_TEST_OPTIONS", "{}"))
+    chat_stream = ChatStream(model=model, tokenizer=tokenizer, **options)
+    return create_app(chat_stream, secret_key="test secret", http_options=_http_options())
+
+
 def mock_app() -> Starlette:
     """The app factory's app: every API, sessions, health, metrics."""
     return create_app(_chat_stream(), secret_key="test secret", http_options=_http_options())

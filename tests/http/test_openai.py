@@ -73,7 +73,7 @@ def test_errors_are_openai_shaped(start_server: ServerFactory) -> None:
     assert isinstance(body, dict) and "messages" in str(body.get("message"))
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(
-            model="mock", messages=[{"role": "user", "content": "x"}], n=2
+            model="mock", messages=[{"role": "user", "content": "x"}], n=17
         )
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from chatstream.core import ChatStreamConfig, Conversation, EngineStatistics
 from chatstream.core.roles import ClientRoles
@@ -82,15 +82,46 @@ class ChatService(Protocol):
 
     async def submit_messages(
         self,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         *,
         generation_params: Mapping[str, object] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> RequestHandle:
-        """Stateless generation for ``{"role", "content"}`` messages; the request's handle.
+        """Stateless generation for OpenAI-style messages; the request's handle.
 
         Raises:
             ConfigError, PromptTooLongError, RequestRejected: as :meth:`start_turn`.
         """
+        ...
+
+    async def submit_prompt(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        generation_params: Mapping[str, object] | None = None,
+    ) -> RequestHandle:
+        """Stateless generation continuing a raw prompt (text or token ids).
+
+        Raises:
+            ConfigError, PromptTooLongError, RequestRejected: as :meth:`start_turn`.
+        """
+        ...
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a client may name are below this."""
+        ...
+
+    def check_token_ids(self, option: str, token_ids: Sequence[int]) -> None:
+        """Refuse ids outside the vocabulary with a ConfigError naming ``option``."""
+        ...
+
+    def token_piece(self, token_id: int) -> tuple[str, bytes]:
+        """One token's text and exact bytes, for log-probabilities."""
+        ...
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids (special tokens skipped)."""
         ...
 
     def render_history(self, conversation: Conversation) -> str | None:

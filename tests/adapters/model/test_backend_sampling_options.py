@@ -54,7 +54,7 @@ def test_min_tokens_holds_back_the_end_of_sequence(tiny_model: tuple[Any, Any]) 
     model, tokenizer = tiny_model
     eos = tokenizer.eos_token_id
     harness = Harness(model, tokenizer)
-    forced = {eos: 100.0}  # the model would end at once
+    forced = ((eos, 100.0),)  # the model would end at once
     early = harness.submit(encode(tokenizer, PROMPTS[3]), greedy(logit_bias=forced))
     held = harness.submit(encode(tokenizer, PROMPTS[3]), greedy(logit_bias=forced, min_tokens=5))
     harness.run()
@@ -109,7 +109,9 @@ def test_logit_bias_and_min_p_in_a_sampled_batch(tiny_model: tuple[Any, Any]) ->
     ids = encode(tokenizer, PROMPTS[2])
     harness = Harness(model, tokenizer)
     favourite = 42
-    biased = harness.submit(ids, GenerationParams(max_new_tokens=8, logit_bias={favourite: 100}))
+    biased = harness.submit(
+        ids, GenerationParams(max_new_tokens=8, logit_bias=((favourite, 100.0),))
+    )
     narrow = harness.submit(ids, GenerationParams(max_new_tokens=8, min_p=1.0, seed=3))
     reference = harness.submit(ids, greedy(max_new_tokens=8))
     harness.run()

@@ -123,6 +123,7 @@ def routes(
     out.append(Route("/health", http.handle_health_request, methods=["GET"]))
     if "openai" in selected:
         out.append(Route("/v1/models", openai.models, methods=["GET"]))
+        out.append(Route("/v1/completions", openai.completions, methods=["POST"]))
     return out
 
 

@@ -1,9 +1,13 @@
-"""An OpenAI-compatible API: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+"""An OpenAI-compatible API: ``POST /v1/chat/completions``, ``POST /v1/completions`` and
+``GET /v1/models``.
 
-Stateless (the client sends the whole conversation), streamed as ``chat.completion.chunk``
-Server-Sent Events ending in ``data: [DONE]``, or answered in one JSON object. Errors use
-OpenAI's ``{"error": {...}}`` shape; a full queue is always a 429 here. The official
-``openai`` Python client works against it unmodified.
+Stateless (the client sends the whole conversation or prompt), streamed as Server-Sent Events
+ending in ``data: [DONE]``, or answered in one JSON object. Bodies are validated by the
+pydantic models of :mod:`.openai_schemas`; errors use OpenAI's ``{"error": {...}}`` shape with
+``param`` naming the field as the client sent it; a full queue is always a 429 here. ``n``
+choices are ``n`` rows of the batch (each its own request, seeded ``seed + i``); their events
+are merged into one stream. The official ``openai`` client and LangChain work against it
+unmodified.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -23,17 +29,30 @@ from chatstream.adapters.driver import RequestEvent, RequestHandle
 from chatstream.adapters.service import SHUTDOWN_ERROR
 from chatstream.adapters.turn import RequestRejected
 from chatstream.core import (
+    MAX_SEED,
     Admitted,
     ConfigError,
     Finished,
     FinishReason,
+    Grammar,
     PromptTooLongError,
     RejectReason,
     TextDelta,
+    TokenLogprob,
 )
 
 from .common import BadRequest, RequestContext, read_json_object
 from .metrics import RequestTimer
+from .openai_schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    NamedToolChoice,
+    RequestError,
+    parse_request,
+)
+from .openai_tools import ToolCallStream, call_id, forced_call_schema, parse_tool_call
 from .streaming import TurnResponse
 
 if TYPE_CHECKING:
@@ -41,13 +60,34 @@ if TYPE_CHECKING:
 
 __all__ = ["OpenAIApi"]
 
-# Fields of the OpenAI request that map onto chatstream's generation parameters.
-_PARAMS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed"}
+Route = Literal["chat", "completion"]
+#: How a choice reads its reply: plain text, a call the grammar forces, or text that may be
+#: a call (``tool_choice: "auto"``).
+ToolMode = Literal["none", "forced", "auto"]
 
 
-def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+def _error(
+    status: int, message: str, kind: str, code: str | None = None, param: str | None = None
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one request asks for, once validated: the submissions and how to answer."""
+
+    route: Route
+    prompts: list[Callable[[Mapping[str, object]], Awaitable[RequestHandle]]]
+    params: dict[str, object]
+    n: int
+    stream: bool
+    include_usage: bool
+    tool_mode: ToolMode = "none"
+    tool_names: tuple[str, ...] = ()
+    echo: list[str] = field(default_factory=list)
+    #: The client's name of each generation option, where it differs (for errors).
+    names: Mapping[str, str] = field(default_factory=dict)
 
 
 class OpenAIApi:
@@ -68,10 +108,25 @@ class OpenAIApi:
         }
         return JSONResponse({"object": "list", "data": [model]})
 
-    async def chat_completions(self, request: Request) -> Response | TurnResponse:
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(request, "chat")
+
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, "completion")
+
+    # ------------------------------------------------------------------ one request
+
+    async def _serve(self, request: Request, route: Route) -> Response:
         cs = self.http.service
         if not cs.running:
             return _error(503, "the model is not loaded (yet, or any more)", "server_error")
+        media_type = request.headers.get("content-type", "application/json").split(";")[0]
+        if media_type.strip().lower() != "application/json":
+            return _error(
+                415,
+                "the body must be JSON (Content-Type: application/json)",
+                "invalid_request_error",
+            )
         try:
             body = await read_json_object(request, None, self.http.options)
         except BadRequest as error:
@@ -79,17 +134,15 @@ class OpenAIApi:
         context = await RequestContext.of(request, self.http.roles, create_session=False)
         if not context.allows("openai"):
             return _error(403, "forbidden on the role layer", "permission_error")
+        names: Mapping[str, str] = {}
         try:
-            messages = _messages(body.get("messages"))
-            params = _params(body)
-            stream = body.get("stream", False)
-            if not isinstance(stream, bool):
-                raise ConfigError("stream", "must be true or false")
-            timer = RequestTimer(self.http.metrics)
-            timer.submitted()
-            handle = await cs.submit_messages(messages, generation_params=params)
+            plan = await (self._chat_plan(body) if route == "chat" else self._completion_plan(body))
+            names = plan.names
+            handles, timers = await self._submit(plan)
+        except RequestError as error:
+            return _error(400, error.message, "invalid_request_error", error.code, error.param)
         except (ConfigError, PromptTooLongError) as error:
-            return _error(400, str(error), "invalid_request_error", _code(error))
+            return _config_error(error, names)
         except RequestRejected as error:
             self.http.metrics.observe_rejected(str(error.reason))
             if error.reason is RejectReason.QUEUE_FULL:
@@ -99,92 +152,248 @@ class OpenAIApi:
             response = _error(503, f"not taking requests ({error.reason})", "server_error")
             response.headers["Retry-After"] = "5"
             return response
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-        if stream:
-            options = body.get("stream_options")
-            usage = isinstance(options, dict) and options.get("include_usage") is True
+        answer = _Answer(self, plan, handles, timers)
+        if plan.stream:
+            events = _merged(handles, timers)
             return TurnResponse(
-                self._chunks(_Timed(handle, timer), completion_id, created, usage),
+                answer.chunks(events),
                 media_type="text/event-stream; charset=utf-8",
-                on_end=_closer(handle, timer),
+                on_end=_closer(handles, timers),
+                feeders=events.feeders,
             )
-        return _WholeResponse(
-            self._whole(_Timed(handle, timer), completion_id, created), handle, timer
+        return _WholeResponse(answer.whole(_merged(handles, timers)), handles, timers)
+
+    async def _submit(self, plan: _Plan) -> tuple[list[RequestHandle], list[RequestTimer]]:
+        """Every choice of every prompt, or none: a refusal closes those already in."""
+        handles: list[RequestHandle] = []
+        timers: list[RequestTimer] = []
+        seed = plan.params.get("seed")
+        try:
+            for submit in plan.prompts:
+                for choice in range(plan.n):
+                    params = dict(plan.params)
+                    if isinstance(seed, int) and choice:
+                        params["seed"] = (seed + choice) % (MAX_SEED + 1)
+                    timer = RequestTimer(self.http.metrics)
+                    timer.submitted()
+                    handles.append(await submit(params))
+                    timers.append(timer)
+        except BaseException:
+            for handle, timer in zip(handles, timers, strict=False):
+                handle.close()
+                timer.finished("cancelled")
+            raise
+        return handles, timers
+
+    # ------------------------------------------------------------------ request bodies
+
+    async def _chat_plan(self, body: dict[str, Any]) -> _Plan:
+        parsed = parse_request(ChatCompletionRequest, body)
+        cs = self.http.service
+        params = self._sampling(parsed)
+        max_field = "max_completion_tokens"
+        if parsed.max_completion_tokens is not None:
+            params["max_new_tokens"] = parsed.max_completion_tokens
+        elif parsed.max_tokens is not None:
+            params["max_new_tokens"] = parsed.max_tokens
+            max_field = "max_tokens"
+        if parsed.logprobs:
+            params["logprobs"] = parsed.top_logprobs or 0
+        tools = [tool.model_dump(exclude_none=True) for tool in parsed.tools or ()]
+        choice = parsed.tool_choice or ("auto" if tools else "none")
+        tool_mode: ToolMode = "none"
+        if tools and choice != "none":
+            if choice == "auto":
+                tool_mode = "auto"
+            else:
+                tool_mode = "forced"
+                name = choice.function.name if isinstance(choice, NamedToolChoice) else None
+                grammar = Grammar("json_schema", json.dumps(forced_call_schema(tools, name)))
+                params["grammar"] = grammar
+        format_ = parsed.response_format
+        if isinstance(format_, JsonObjectFormat):
+            params["grammar"] = Grammar("json_object")
+        elif isinstance(format_, JsonSchemaFormat):
+            schema = format_.json_schema.json_schema or {}
+            params["grammar"] = Grammar("json_schema", json.dumps(schema))
+        messages = [m.model_dump(exclude_none=True) for m in parsed.messages]
+        for message in messages:
+            if isinstance(message.get("content"), list):  # text parts
+                message["content"] = "".join(part["text"] for part in message["content"])
+        rendered_tools = tools if choice != "none" else None
+
+        async def submit(overrides: Mapping[str, object]) -> RequestHandle:
+            return await cs.submit_messages(
+                messages, generation_params=overrides, tools=rendered_tools
+            )
+
+        return _Plan(
+            route="chat",
+            prompts=[submit],
+            params=params,
+            n=parsed.n or 1,
+            stream=bool(parsed.stream),
+            include_usage=bool(parsed.stream_options and parsed.stream_options.include_usage),
+            tool_mode=tool_mode,
+            tool_names=tuple(tool["function"]["name"] for tool in tools),
+            names={"max_new_tokens": max_field, "logprobs": "top_logprobs"},
         )
 
-    async def _whole(self, handle: _Timed, completion_id: str, created: int) -> Response:
-        text: list[str] = []
-        finished: Finished | None = None
-        async for event in handle:
-            if isinstance(event, TextDelta):
-                text.append(event.text)
-            elif isinstance(event, Finished):
-                finished = event
-        if finished is not None and finished.error == SHUTDOWN_ERROR:
-            response = _error(503, SHUTDOWN_ERROR, "server_error", "shutdown")
-            response.headers["Retry-After"] = "5"
-            return response
-        if finished is None or finished.reason is FinishReason.ERROR:
-            detail = finished.error if finished is not None else "the request was cancelled"
-            return _error(500, f"generation failed: {detail}", "server_error")
-        return JSONResponse(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": self.http.service.model_id,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "".join(text)},
-                        "finish_reason": _finish_reason(finished),
-                    }
-                ],
-                "usage": _usage(finished),
-            }
+    async def _completion_plan(self, body: dict[str, Any]) -> _Plan:
+        parsed = parse_request(CompletionRequest, body)
+        cs = self.http.service
+        params = self._sampling(parsed)
+        # OpenAI's default for this route.
+        params["max_new_tokens"] = parsed.max_tokens if parsed.max_tokens is not None else 16
+        if parsed.logprobs is not None:
+            params["logprobs"] = parsed.logprobs
+        prompts = _prompts(parsed.prompt)
+        for index, one in enumerate(prompts):
+            if not isinstance(one, str):
+                cs.check_token_ids("prompt" if len(prompts) == 1 else f"prompt[{index}]", one)
+        echo = []
+        if parsed.echo:
+            echo = [p if isinstance(p, str) else cs.detokenize(p) for p in prompts]
+
+        def submitter(one: str | list[int]) -> Callable[[Mapping[str, object]], Any]:
+            async def submit(overrides: Mapping[str, object]) -> RequestHandle:
+                return await cs.submit_prompt(one, generation_params=overrides)
+
+            return submit
+
+        return _Plan(
+            route="completion",
+            prompts=[submitter(one) for one in prompts],
+            params=params,
+            n=parsed.n or 1,
+            stream=bool(parsed.stream),
+            include_usage=bool(parsed.stream_options and parsed.stream_options.include_usage),
+            echo=echo,
+            names={"max_new_tokens": "max_tokens"},
         )
 
-    async def _chunks(
-        self, handle: _Timed, completion_id: str, created: int, include_usage: bool
-    ) -> AsyncIterator[bytes]:
-        model = self.http.service.model_id
+    def _sampling(self, parsed: ChatCompletionRequest | CompletionRequest) -> dict[str, object]:
+        """The generation options both routes share, as chatstream names them."""
+        cs = self.http.service
+        params: dict[str, object] = {
+            name: value
+            for name in (
+                "temperature",
+                "top_p",
+                "seed",
+                "presence_penalty",
+                "frequency_penalty",
+                "min_p",
+                "repetition_penalty",
+                "min_tokens",
+                "ignore_eos",
+            )
+            if (value := getattr(parsed, name)) is not None
+        }
+        # OpenAI samples from the whole vocabulary unless told otherwise (-1: vLLM's "off").
+        params["top_k"] = parsed.top_k if parsed.top_k not in (None, -1) else None
+        if parsed.stop is not None:
+            params["stop"] = [parsed.stop] if isinstance(parsed.stop, str) else parsed.stop
+        if parsed.stop_token_ids:
+            cs.check_token_ids("stop_token_ids", parsed.stop_token_ids)
+            params["stop_token_ids"] = parsed.stop_token_ids
+        if parsed.logit_bias:
+            params["logit_bias"] = _logit_bias(parsed.logit_bias, cs.vocab_size)
+        return params
 
-        def chunk(delta: Mapping[str, Any], finish: str | None, **extra: Any) -> bytes:
-            payload = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": dict(delta), "finish_reason": finish}],
-                **extra,
-            }
-            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
-        yield chunk({"role": "assistant", "content": ""}, None)
-        async for event in handle:
-            if isinstance(event, TextDelta):
-                yield chunk({"content": event.text}, None)
-            elif isinstance(event, Finished):
-                if event.error == SHUTDOWN_ERROR:
-                    error = {"message": SHUTDOWN_ERROR, "type": "server_error", "code": "shutdown"}
-                    yield f"data: {json.dumps({'error': error})}\n\n".encode()
-                elif event.reason is FinishReason.ERROR:
-                    error = {"message": f"generation failed: {event.error}", "type": "server_error"}
-                    yield f"data: {json.dumps({'error': error})}\n\n".encode()
-                else:
-                    yield chunk({}, _finish_reason(event))
-                    if include_usage:
-                        payload = {
-                            "id": completion_id,
-                            "object": "chat.completion.chunk",
-                            "created": created,
-                            "model": model,
-                            "choices": [],
-                            "usage": _usage(event),
-                        }
-                        yield f"data: {json.dumps(payload)}\n\n".encode()
-        yield b"data: [DONE]\n\n"
+def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """The prompts of a completions request: a text, texts, token ids or lists of them."""
+    if isinstance(prompt, str):
+        return [prompt]
+    texts = [p for p in prompt if isinstance(p, str)]
+    ids = [p for p in prompt if isinstance(p, int)]
+    lists = [p for p in prompt if isinstance(p, list)]
+    return [*texts] if texts else [ids] if ids else [*lists]
+
+
+def _logit_bias(bias: Mapping[str, float], vocab_size: int) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        if not key.isdigit() or int(key) >= vocab_size:
+            raise RequestError(
+                f"logit_bias.{key}", f"Invalid value for 'logit_bias': {key!r} is not a token id."
+            )
+        out[int(key)] = value
+    return out
+
+
+def _config_error(error: ChatStreamErrorLike, names: Mapping[str, str]) -> JSONResponse:
+    """A 400 for an option the core refused, in the client's words."""
+    if isinstance(error, PromptTooLongError):
+        return _error(400, str(error), "invalid_request_error", "context_length_exceeded")
+    option = getattr(error, "option", None)
+    param = names.get(str(option), str(option)) if option is not None else None
+    message = str(error)
+    if option is not None:
+        detail = message.removeprefix(f"{option}: ")
+        message = f"Invalid value for '{param}': {detail}."
+        for ours, theirs in names.items():
+            message = message.replace(ours, theirs)
+    return _error(400, message, "invalid_request_error", "invalid_value", param)
+
+
+ChatStreamErrorLike = ConfigError | PromptTooLongError
+
+
+# ---------------------------------------------------------------------- events of n requests
+
+
+class _Merged:
+    """The events of several requests as ``(index, event)``, in arrival order. With one
+    request it reads its handle directly; with more, one feeder task per request (started by
+    the response, in its task group) forwards into a shared stream."""
+
+    def __init__(self, handles: Sequence[_Timed]) -> None:
+        self.handles = handles
+        self.feeders: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._send: ObjectSendStream[tuple[int, RequestEvent]] | None = None
+        self._receive: ObjectReceiveStream[tuple[int, RequestEvent]] | None = None
+        if len(handles) > 1:
+            self._send, self._receive = anyio.create_memory_object_stream[tuple[int, RequestEvent]](
+                max_buffer_size=64 * len(handles)
+            )
+            self._open = len(handles)
+            self.feeders = [self._feeder(index) for index in range(len(handles))]
+
+    def _feeder(self, index: int) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def feed() -> None:
+            assert self._send is not None
+            try:
+                async for event in self.handles[index]:
+                    await self._send.send((index, event))
+            finally:
+                self._open -= 1
+                if not self._open:
+                    await self._send.aclose()
+
+        return feed
+
+    def __aiter__(self) -> _Merged:
+        return self
+
+    async def __anext__(self) -> tuple[int, RequestEvent]:
+        if self._receive is None:
+            return 0, await self.handles[0].__anext__()
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def run_feeders(self) -> None:
+        """For an answer that is not streamed: run the feeders here."""
+        async with anyio.create_task_group() as tg:
+            for feed in self.feeders:
+                tg.start_soon(feed)
+
+
+def _merged(handles: Sequence[RequestHandle], timers: Sequence[RequestTimer]) -> _Merged:
+    return _Merged([_Timed(h, t) for h, t in zip(handles, timers, strict=True)])
 
 
 class _Timed:
@@ -209,16 +418,328 @@ class _Timed:
         return event
 
 
-class _WholeResponse(Response):
-    """A non-streamed completion that still notices the client leaving: the generation is
-    cancelled and its slot freed, rather than finished for nobody."""
+# ---------------------------------------------------------------------- one choice
+
+
+class _Choice:
+    """One choice of a reply: its text, log-probabilities and tool call as they come."""
+
+    def __init__(self, index: int, answer: _Answer) -> None:
+        self.index = index
+        self.answer = answer
+        self.text: list[str] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.finished: Finished | None = None
+        self.mode = answer.plan.tool_mode
+        self.call = ToolCallStream()
+        self.call_id = call_id()
+        self.held = ""  # auto mode: text that may still be a call
+        self.tool_call: tuple[str, str] | None = None
+        # Forced mode: what was streamed of the call so far.
+        self.call_name: str | None = None
+        self.call_arguments = ""
+
+    # Streamed deltas -------------------------------------------------------
+
+    def on_text(self, event: TextDelta) -> list[dict[str, Any]]:
+        """The deltas (chat) or text pieces (completions) to send for new text."""
+        self.text.append(event.text)
+        self.logprobs += event.logprobs
+        if self.answer.plan.route == "completion":
+            offset = sum(len(t) for t in self.text[:-1])
+            return [{"text": event.text, "logprobs": self._legacy_logprobs(event.logprobs, offset)}]
+        if self.mode == "forced":
+            return self._call_deltas(event.text)
+        if self.mode == "auto" and self._may_be_call(self.held + event.text):
+            self.held += event.text
+            return []
+        text, self.held = self.held + event.text, ""
+        self.mode = "none"
+        return [{"content": text, "logprobs": self._logprobs(event.logprobs)}]
+
+    def on_finish(self, finished: Finished) -> list[dict[str, Any]]:
+        self.finished = finished
+        if self.answer.plan.route == "completion" or finished.reason not in (
+            FinishReason.STOP,
+            FinishReason.LENGTH,
+        ):
+            return []
+        if self.mode == "forced":
+            self.tool_call = (self.call_name or "", self.call_arguments + self.call.finish())
+            rest = self.tool_call[1][len(self.call_arguments) :]
+            return [self._call_delta(arguments=rest)] if rest else []
+        if self.mode == "auto":
+            parsed = parse_tool_call(self.held, self.answer.plan.tool_names)
+            if parsed is not None:
+                self.tool_call = (parsed.name, parsed.arguments)
+                return [self._call_delta(name=parsed.name, arguments=parsed.arguments)]
+            if self.held:
+                return [{"content": self.held}]
+        return []
+
+    def _call_deltas(self, text: str) -> list[dict[str, Any]]:
+        name, arguments = self.call.feed(text)
+        deltas = []
+        if name is not None:
+            self.call_name = name
+            deltas.append(self._call_delta(name=name, arguments=""))
+        if arguments:
+            self.call_arguments += arguments
+            deltas.append(self._call_delta(arguments=arguments))
+        return deltas
+
+    def _call_delta(self, *, name: str | None = None, arguments: str) -> dict[str, Any]:
+        function: dict[str, Any] = {"arguments": arguments}
+        call: dict[str, Any] = {"index": 0, "function": function}
+        if name is not None:
+            function["name"] = name
+            call.update(id=self.call_id, type="function")
+        return {"tool_calls": [call]}
+
+    @staticmethod
+    def _may_be_call(text: str) -> bool:
+        head = text.lstrip()
+        return not head or head.startswith(("{", "<tool_call>")) or "<tool_call>".startswith(head)
+
+    # Whole answers --------------------------------------------------------
+
+    def finish_reason(self) -> str:
+        finished = self.finished
+        if finished is not None and finished.reason is FinishReason.LENGTH:
+            return "length"
+        return "tool_calls" if self.tool_call is not None else "stop"
+
+    def message(self) -> dict[str, Any]:
+        text = "".join(self.text)
+        if self.mode == "forced":
+            name, arguments = self.tool_call or ("", "")
+            parsed = parse_tool_call(text, self.answer.plan.tool_names)
+            if parsed is not None:
+                name, arguments = parsed.name, parsed.arguments
+            self.tool_call = (name, arguments)
+        elif self.mode == "auto":
+            parsed = parse_tool_call(text, self.answer.plan.tool_names)
+            self.tool_call = None if parsed is None else (parsed.name, parsed.arguments)
+        if self.tool_call is not None:
+            name, arguments = self.tool_call
+            return {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": self.call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": arguments},
+                    }
+                ],
+            }
+        return {"role": "assistant", "content": text}
+
+    # Log-probabilities ----------------------------------------------------
+
+    def _logprobs(self, logprobs: Sequence[TokenLogprob]) -> dict[str, Any] | None:
+        if self.answer.plan.params.get("logprobs") is None:
+            return None
+        piece = self.answer.token_piece
+        return {
+            "content": [
+                {
+                    **_token_entry(piece(lp.token_id), lp.logprob),
+                    "top_logprobs": [_token_entry(piece(t), v) for t, v in lp.top],
+                }
+                for lp in logprobs
+            ],
+            "refusal": None,
+        }
+
+    def _legacy_logprobs(
+        self, logprobs: Sequence[TokenLogprob], offset: int
+    ) -> dict[str, Any] | None:
+        """The completions route's shape; ``offset``: where the first token's text starts in
+        the reply."""
+        if self.answer.plan.params.get("logprobs") is None:
+            return None
+
+        def text(token_id: int) -> str:
+            return self.answer.token_piece(token_id)[0]
+
+        tokens, offsets = [], []
+        for lp in logprobs:
+            tokens.append(text(lp.token_id))
+            offsets.append(offset)
+            offset += len(tokens[-1])
+        return {
+            "tokens": tokens,
+            "token_logprobs": [lp.logprob for lp in logprobs],
+            "top_logprobs": [{text(t): v for t, v in lp.top} for lp in logprobs],
+            "text_offset": offsets,
+        }
+
+
+def _token_entry(piece: tuple[str, bytes], logprob: float) -> dict[str, Any]:
+    text, exact = piece
+    return {"token": text, "logprob": logprob, "bytes": list(exact)}
+
+
+# ---------------------------------------------------------------------- the answer
+
+
+class _Answer:
+    """The response to one request: its choices, streamed or whole."""
 
     def __init__(
-        self, answer: Awaitable[Response], handle: RequestHandle, timer: RequestTimer
+        self,
+        api: OpenAIApi,
+        plan: _Plan,
+        handles: Sequence[RequestHandle],
+        timers: Sequence[RequestTimer],
+    ) -> None:
+        self.plan = plan
+        self.service = api.http.service
+        self.model = self.service.model_id
+        self.created = int(time.time())
+        prefix = "chatcmpl" if plan.route == "chat" else "cmpl"
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.choices = [_Choice(index, self) for index in range(len(handles))]
+        self._pieces: dict[int, tuple[str, bytes]] = {}
+
+    def token_piece(self, token_id: int) -> tuple[str, bytes]:
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            piece = self._pieces[token_id] = self.service.token_piece(token_id)
+        return piece
+
+    def _envelope(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        chunk = self.plan.route == "chat"
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk" if chunk else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
+
+    def _usage(self) -> dict[str, Any]:
+        usages = [c.finished.usage for c in self.choices if c.finished is not None]
+        # The prompt once per prompt, as OpenAI counts it; every choice's reply.
+        per_prompt = usages[:: self.plan.n]
+        prompt = sum(u.prompt_tokens for u in per_prompt)
+        completion = sum(u.completion_tokens for u in usages)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            # Prompt tokens whose KV was already held (prefix reuse), as OpenAI reports them.
+            "prompt_tokens_details": {"cached_tokens": sum(u.cached_tokens for u in per_prompt)},
+        }
+
+    # Streamed --------------------------------------------------------------
+
+    async def chunks(self, events: _Merged) -> AsyncIterator[bytes]:
+        chat = self.plan.route == "chat"
+        if chat:
+            for choice in self.choices:
+                yield self._chunk(choice, {"role": "assistant", "content": ""}, None)
+        elif self.plan.echo:
+            for choice in self.choices:
+                text = self.plan.echo[choice.index // self.plan.n]
+                yield self._chunk(choice, {"text": text, "logprobs": None}, None)
+        failure: str | None = None
+        async for index, event in events:
+            choice = self.choices[index]
+            if isinstance(event, TextDelta):
+                for delta in choice.on_text(event):
+                    yield self._chunk(choice, delta, None)
+            elif isinstance(event, Finished):
+                if event.reason is FinishReason.ERROR or event.error == SHUTDOWN_ERROR:
+                    failure = event.error
+                    yield _sse({"error": _stream_error(event)})
+                    continue
+                for delta in choice.on_finish(event):
+                    yield self._chunk(choice, delta, None)
+                if event.reason is not FinishReason.CANCELLED:
+                    yield self._chunk(choice, {} if chat else {"text": ""}, choice.finish_reason())
+        if self.plan.include_usage and failure is None:
+            yield _sse(self._envelope([], usage=self._usage()))
+        yield b"data: [DONE]\n\n"
+
+    def _chunk(self, choice: _Choice, delta: dict[str, Any], finish: str | None) -> bytes:
+        if self.plan.route == "chat":
+            logprobs = delta.pop("logprobs", None)
+            entry = {"index": choice.index, "delta": delta, "logprobs": logprobs}
+        else:
+            entry = {"index": choice.index, **delta}
+            entry.setdefault("logprobs", None)
+        entry["finish_reason"] = finish
+        return _sse(self._envelope([entry]))
+
+    # Whole -----------------------------------------------------------------
+
+    async def whole(self, events: _Merged) -> Response:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(events.run_feeders)
+            async for index, event in events:
+                choice = self.choices[index]
+                if isinstance(event, TextDelta):
+                    choice.on_text(event)
+                elif isinstance(event, Finished):
+                    choice.finished = event
+        for choice in self.choices:
+            finished = choice.finished
+            if finished is not None and finished.error == SHUTDOWN_ERROR:
+                response = _error(503, SHUTDOWN_ERROR, "server_error", "shutdown")
+                response.headers["Retry-After"] = "5"
+                return response
+            if finished is None or finished.reason is FinishReason.ERROR:
+                detail = finished.error if finished is not None else "the request was cancelled"
+                return _error(500, f"generation failed: {detail}", "server_error")
+        body = self._envelope([self._whole_choice(c) for c in self.choices], usage=self._usage())
+        body["object"] = "chat.completion" if self.plan.route == "chat" else "text_completion"
+        return JSONResponse(body)
+
+    def _whole_choice(self, choice: _Choice) -> dict[str, Any]:
+        if self.plan.route == "completion":
+            echo = self.plan.echo[choice.index // self.plan.n] if self.plan.echo else ""
+            return {
+                "index": choice.index,
+                "text": echo + "".join(choice.text),
+                "logprobs": choice._legacy_logprobs(choice.logprobs, 0),
+                "finish_reason": choice.finish_reason(),
+            }
+        message = choice.message()
+        logprobs = None if message.get("tool_calls") else choice._logprobs(choice.logprobs)
+        return {
+            "index": choice.index,
+            "message": message,
+            "logprobs": logprobs,
+            "finish_reason": choice.finish_reason(),
+        }
+
+
+def _stream_error(event: Finished) -> dict[str, Any]:
+    if event.error == SHUTDOWN_ERROR:
+        return {"message": SHUTDOWN_ERROR, "type": "server_error", "code": "shutdown"}
+    return {"message": f"generation failed: {event.error}", "type": "server_error"}
+
+
+def _sse(payload: Mapping[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
+class _WholeResponse(Response):
+    """A non-streamed completion that still notices the client leaving: the generations are
+    cancelled and their slots freed, rather than finished for nobody."""
+
+    def __init__(
+        self,
+        answer: Awaitable[Response],
+        handles: Sequence[RequestHandle],
+        timers: Sequence[RequestTimer],
     ) -> None:
         self.answer = answer
-        self.handle = handle
-        self.timer = timer
+        self.handles = handles
+        self.timers = timers
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -235,73 +756,17 @@ class _WholeResponse(Response):
                 response = await self.answer
                 tg.cancel_scope.cancel()
         finally:
-            self.handle.close()
-            self.timer.finished("cancelled")  # ignored when the request already finished
+            for handle, timer in zip(self.handles, self.timers, strict=True):
+                handle.close()
+                timer.finished("cancelled")  # ignored when the request already finished
         if response is not None:
             await response(scope, receive, send)
 
 
-def _closer(handle: RequestHandle, timer: RequestTimer) -> Any:
+def _closer(handles: Sequence[RequestHandle], timers: Sequence[RequestTimer]) -> Any:
     async def close(how: str) -> None:
-        handle.close()
-        timer.finished("cancelled")  # ignored when the request already finished
+        for handle, timer in zip(handles, timers, strict=True):
+            handle.close()
+            timer.finished("cancelled")  # ignored when the request already finished
 
     return close
-
-
-def _messages(value: object) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise ConfigError("messages", "must be a non-empty list")
-    messages = []
-    for index, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise ConfigError(f"messages[{index}]", "must be an object")
-        role, content = message.get("role"), message.get("content")
-        if role not in ("system", "user", "assistant"):
-            raise ConfigError(f"messages[{index}].role", f"unsupported role {role!r}")
-        if isinstance(content, list):  # content parts: only text is supported
-            parts = [p.get("text") for p in content if isinstance(p, dict)]
-            if not all(isinstance(p, str) for p in parts) or len(parts) != len(content):
-                raise ConfigError(f"messages[{index}].content", "only text parts are supported")
-            content = "".join(str(p) for p in parts)
-        if not isinstance(content, str):
-            raise ConfigError(f"messages[{index}].content", "must be a string")
-        messages.append({"role": str(role), "content": content})
-    return messages
-
-
-def _params(body: Mapping[str, Any]) -> dict[str, object]:
-    n = body.get("n", 1)
-    if n != 1:
-        raise ConfigError("n", "only n=1 is supported")
-    params: dict[str, object] = {
-        ours: body[theirs] for theirs, ours in _PARAMS.items() if body.get(theirs) is not None
-    }
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None:
-        params["max_new_tokens"] = max_tokens
-    stop = body.get("stop")
-    if stop is not None:
-        params["stop"] = [stop] if isinstance(stop, str) else stop
-    # OpenAI samples from the whole vocabulary unless told otherwise.
-    params["top_k"] = None
-    return params
-
-
-def _finish_reason(finished: Finished) -> str:
-    return "length" if finished.reason is FinishReason.LENGTH else "stop"
-
-
-def _usage(finished: Finished) -> dict[str, Any]:
-    usage = finished.usage
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        # Prompt tokens whose KV was already held (prefix reuse), as OpenAI reports them.
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
-
-
-def _code(error: Exception) -> str:
-    return "context_length_exceeded" if isinstance(error, PromptTooLongError) else "invalid_value"

@@ -9,7 +9,7 @@ queue (when nothing is being sent yet) is noticed at once and its place freed. S
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -46,6 +46,8 @@ class TurnResponse(Response):
         chunks: the body, produced lazily.
         on_end: awaited once, shielded, with "complete", "disconnected", "cancelled" (the
             server stopped the response) or "error" when the stream ends.
+        feeders: tasks that produce what ``chunks`` reads (several requests merged into one
+            stream), run beside it and cancelled with it.
     """
 
     def __init__(
@@ -56,8 +58,10 @@ class TurnResponse(Response):
         headers: Mapping[str, str] | None = None,
         status_code: int = 200,
         on_end: Callable[[str], Awaitable[None]] | None = None,
+        feeders: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     ) -> None:
         self.chunks = chunks
+        self._feeders = feeders
         self.status_code = status_code
         self.background = None
         self.init_headers(
@@ -83,6 +87,8 @@ class TurnResponse(Response):
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch_disconnect)
+            for feed in self._feeders:
+                tg.start_soon(feed)
             try:
                 await send(
                     {
