@@ -10,6 +10,7 @@ OpenAI's error shape with ``param`` spelled as the client sent it (``messages[2]
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -273,7 +274,8 @@ def parse_request(model: type[_BodyT], body: dict[str, Any]) -> _BodyT:
         RequestError: the first field's problem, naming the field as the client spells it.
     """
     try:
-        return model.model_validate(body)
+        # Strict, as JSON: "yes" is not a boolean and "5" not a number.
+        return model.model_validate_json(json.dumps(body), strict=True)
     except ValidationError as error:
         raise _request_error(_most_specific(error.errors())) from None
 
