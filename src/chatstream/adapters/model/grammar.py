@@ -174,15 +174,34 @@ class MaskBatch:
 
 class _Scratch(threading.local):
     """Per-thread buffers, so that model threads sharing one :class:`Grammars` never share
-    a bitmask."""
+    one. Reused across steps: a fresh megabyte-sized CPU tensor at every step costs more
+    (page faults) than the work done in it."""
 
     def __init__(self) -> None:
         self.bitmask: torch.Tensor | None = None
         # Additive tables (mask byte -> 8 entries of 0 or -inf), by device and dtype.
         self.tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self.buffers: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
         # Set after an asynchronous copy of the bitmask to a GPU: the next fill must not
         # overwrite the pinned buffer before that copy has read it.
         self.copied: torch.Event | None = None
+
+    def buffer(
+        self, name: str, numel: int, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """A 1-D tensor of ``numel`` elements, grown as needed, its content undefined."""
+        key = (name, device, dtype)
+        held = self.buffers.get(key)
+        if held is None or held.numel() < numel:
+            held = torch.empty(numel, dtype=dtype, device=device)
+            self.buffers[key] = held
+        return held[:numel]
+
+    def table(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        table = self.tables.get((device, dtype))
+        if table is None:
+            table = self.tables[(device, dtype)] = _byte_table(device, dtype)
+        return table
 
 
 class Grammars:
@@ -345,22 +364,24 @@ class Grammars:
 
     def _additive(self, bitmask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``[rows, vocab_size]`` of 0 (allowed) and -inf (forbidden), on the logits'
-        device and dtype."""
+        device and dtype, in this thread's buffers."""
         scratch = self._scratch
-        device = logits.device
-        if device.type == "cpu":
-            packed = bitmask
-        else:
-            packed = bitmask.to(device, non_blocking=True)
+        device, words = logits.device, bitmask.numel()
+        packed = bitmask
+        if device.type != "cpu":
+            packed = scratch.buffer("packed", words, torch.int32, device).view(bitmask.shape)
+            packed.copy_(bitmask, non_blocking=True)
             if device.type == "cuda":
                 scratch.copied = torch.Event(device=device)
                 scratch.copied.record()
-        table = scratch.tables.get((device, logits.dtype))
-        if table is None:
-            table = _byte_table(device, logits.dtype)
-            scratch.tables[(device, logits.dtype)] = table
-        indices = packed.view(torch.uint8).reshape(-1).to(torch.int64)
-        return table.index_select(0, indices).view(bitmask.shape[0], -1)[:, : logits.shape[1]]
+        # One table row per mask byte: byte k of the row holds tokens 8k to 8k + 7.
+        indices = scratch.buffer("indices", words * 4, torch.int32, device)
+        indices.copy_(packed.view(torch.uint8).reshape(-1))
+        expanded = scratch.buffer("expanded", words * 32, logits.dtype, device)
+        torch.index_select(
+            scratch.table(device, logits.dtype), 0, indices, out=expanded.view(words * 4, 8)
+        )
+        return expanded.view(bitmask.shape[0], -1)[:, : logits.shape[1]]
 
 
 def _grammar_kind(kind: str) -> GrammarKind:
