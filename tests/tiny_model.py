@@ -44,8 +44,10 @@ def tiny_llama_config(*, vocab_size: int, **options: Any) -> transformers.LlamaC
     )
 
 
-def build_tiny_model(directory: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
-    """Save a tokenizer and a random Llama into ``directory``; return it."""
+def build_tiny_model(
+    directory: pathlib.Path, *, seed: int = 0, max_positions: int = 512
+) -> pathlib.Path:
+    """Save a tokenizer and a random Llama of ``max_positions`` into ``directory``; return it."""
     transformers.utils.logging.disable_progress_bar()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -66,11 +68,11 @@ def build_tiny_model(directory: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
         additional_special_tokens=["<|im_start|>", "<|eos|>"],
         padding_side="left",
         chat_template=CHAT_TEMPLATE,
-        model_max_length=512,
+        model_max_length=max_positions,
     )
     config = tiny_llama_config(
         vocab_size=len(tokenizer),
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -384,6 +384,7 @@ class ChatStream(HttpMethods):
                 )
             _check_text(f"messages[{index}].content", str(message.get("content") or ""))
         users = [str(m.get("content") or "") for m in messages if m.get("role") == "user"]
+        await self._check_grammar(params)
         rendered = await anyio.to_thread.run_sync(self._render_messages, list(messages), tools)
         token_ids, stop_strings, replacements, strip = rendered
         return self._submit_rendered(
@@ -414,6 +415,7 @@ class ChatStream(HttpMethods):
         """
         self._apply_drain()
         params = self.config.generation_params(generation_params)
+        await self._check_grammar(params)
         if isinstance(prompt, str):
             _check_text("prompt", prompt)
             token_ids = await anyio.to_thread.run_sync(
@@ -431,6 +433,24 @@ class ChatStream(HttpMethods):
             DecodingOptions(stop_token_ids=self.backend.stop_token_ids),
             metadata={"user_input": prompt if isinstance(prompt, str) else "", "turn": 1},
         )
+
+    async def _check_grammar(self, params: GenerationParams) -> None:
+        """Compile the request's grammar at the edge, in a worker thread.
+
+        Raises:
+            ConfigError: (``grammar``) the backend has no grammar engine, or cannot use this
+                grammar.
+        """
+        grammar = params.grammar
+        if grammar is None:
+            return
+        check = getattr(self.backend, "check_grammar", None)
+        if check is None:
+            raise ConfigError("grammar", "this backend does not constrain replies")
+        try:
+            await anyio.to_thread.run_sync(check, grammar)
+        except ValueError as error:  # GrammarError, without importing the model layer here
+            raise ConfigError("grammar", str(error)) from None
 
     def _submit_rendered(
         self,

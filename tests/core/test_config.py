@@ -351,6 +351,7 @@ def test_the_openai_options_are_normalised() -> None:
         ({"kind": "yaml"}, "grammar.kind"),
         ({"kind": "json_schema"}, "grammar.source"),
         ({"kind": "regex", "source": 3}, "grammar.source"),
+        ({"kind": "json_object", "strict": 1}, "grammar.strict"),
     ],
 )
 def test_invalid_grammars_name_the_option(kwargs: dict[str, Any], option: str) -> None:

@@ -21,13 +21,14 @@ import transformers
 from tests.http.conftest import Server, launch_server
 from tests.tiny_model import build_tiny_model
 
-PROMPT = [{"role": "user", "content": "the quick brown fox"}]
+PROMPT: list[Any] = [{"role": "user", "content": "the quick brown fox"}]
 GREEDY: dict[str, Any] = {"temperature": 0, "extra_body": {"ignore_eos": True}}
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-openai"))
+    # Room for a tool prompt (~400 tokens) and a call.
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-openai"), max_positions=2048)
 
 
 @pytest.fixture(scope="module")
@@ -440,7 +441,9 @@ def test_a_streamed_completion(client: openai.OpenAI) -> None:
     )
     chunks = list(stream)
     text = "".join(c.choices[0].text for c in chunks)
-    whole = client.completions.create(model="tiny", prompt="the quick brown", max_tokens=5, **GREEDY)
+    whole = client.completions.create(
+        model="tiny", prompt="the quick brown", max_tokens=5, **GREEDY
+    )
     assert text == whole.choices[0].text
     assert chunks[-1].choices[0].finish_reason == "length"
 

@@ -157,10 +157,12 @@ def _token_ids(option: str, value: object) -> tuple[int, ...]:
 class Grammar:
     """A constraint on a reply's text, applied token by token by the backend's grammar
     engine. ``source`` is the schema's JSON text, the expression or the grammar (empty for
-    ``json_object``)."""
+    ``json_object``); ``strict`` closes the schema's objects to the properties they list
+    (OpenAI's strict mode)."""
 
     kind: GrammarKind
     source: str = ""
+    strict: bool = False
 
     def __post_init__(self) -> None:
         _choice("grammar.kind", self.kind, get_args(GrammarKind))
@@ -168,6 +170,7 @@ class Grammar:
             raise ConfigError("grammar.source", f"must be a string, got {self.source!r}")
         if self.kind != "json_object" and not self.source:
             raise ConfigError("grammar.source", f"a {self.kind} grammar needs a source")
+        _bool("grammar.strict", self.strict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,13 +26,12 @@ import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chatstream.adapters.http.openai_tools import forced_call_schema
 from chatstream.adapters.model.grammar import (
     CompiledGrammar,
     GrammarError,
     GrammarMatcher,
     Grammars,
-    close_objects,
-    tool_call_schema,
 )
 
 torch.set_num_threads(1)
@@ -132,33 +131,6 @@ def test_strict_closes_objects_that_list_their_properties(
     assert not feed(strict.matcher(), extra_at_top)
     assert not feed(strict.matcher(), extra_inside)
     assert feed(strict.matcher(), encode(tokenizer, '{"items": [{"a": 1}]}'))
-
-
-def test_close_objects_walks_schemas_only_and_leaves_combined_objects_open() -> None:
-    data = {"properties": {"not": "a schema"}}
-    schema = {
-        "type": "object",
-        "properties": {"p": {"properties": {}}, "q": {"enum": [data], "default": data}},
-        "$defs": {"d": {"properties": {"a": {}}}},
-        "anyOf": [{"properties": {"b": {}}}],
-        "items": [{"properties": {}}],
-    }
-    closed = close_objects(schema)
-    assert closed["properties"]["p"]["additionalProperties"] is False
-    assert closed["$defs"]["d"]["additionalProperties"] is False
-    assert closed["anyOf"][0]["additionalProperties"] is False
-    assert closed["items"][0]["additionalProperties"] is False
-    # Combined with anyOf: its branches add properties, so it stays open.
-    assert "additionalProperties" not in closed
-    # Data is never rewritten, and the input is not modified.
-    assert closed["properties"]["q"] == {"enum": [data], "default": data}
-    assert "additionalProperties" not in schema["properties"]["p"]  # type: ignore[index]
-    # An object without properties stays any object; an explicit choice is kept.
-    assert close_objects({"type": "object"}) == {"type": "object"}
-    kept = {"properties": {}, "additionalProperties": {"type": "integer"}}
-    assert close_objects(kept) == kept
-    # Boolean schemas are schemas too.
-    assert close_objects({"items": True, "not": False}) == {"items": True, "not": False}
 
 
 def test_regex_and_grammars(grammars: Grammars, tokenizer: Any) -> None:
@@ -611,37 +583,11 @@ WEATHER = {
 CLOCK = {"type": "function", "function": {"name": "now"}}
 
 
-def test_a_named_tool_choice_constrains_to_that_call() -> None:
-    schema = tool_call_schema([WEATHER, CLOCK], {"type": "function", "function": {"name": "now"}})
-    assert schema == {
-        "type": "object",
-        "properties": {
-            "name": {"const": "now"},
-            "arguments": {"type": "object", "properties": {}},
-        },
-        "required": ["name", "arguments"],
-        "additionalProperties": False,
-    }
-
-
-def test_required_is_any_of_the_tools_with_strict_parameters_closed() -> None:
-    schema = tool_call_schema([WEATHER, CLOCK], "required")
-    weather, clock = schema["anyOf"]
-    assert weather["properties"]["name"] == {"const": "get_weather"}
-    assert weather["properties"]["arguments"]["additionalProperties"] is False  # strict
-    assert clock["properties"]["name"] == {"const": "now"}
-    assert "additionalProperties" not in clock["properties"]["arguments"]  # not strict
-    # One tool needs no anyOf; parallel calls are a non-empty array.
-    assert tool_call_schema([CLOCK], "required")["properties"]["name"] == {"const": "now"}
-    parallel = tool_call_schema([WEATHER, CLOCK], "required", parallel=True)
-    assert parallel == {"type": "array", "items": schema, "minItems": 1}
-
-
 def test_a_tool_call_schema_compiles_and_constrains_the_reply(
     grammars: Grammars, tokenizer: Any
 ) -> None:
-    schema = json.dumps(tool_call_schema([WEATHER, CLOCK], "required"))
-    compiled = grammars.compile("json_schema", schema)
+    schema = json.dumps(forced_call_schema([WEATHER, CLOCK], None))
+    compiled = grammars.compile("json_schema", schema, strict=True)
     call = compiled.matcher()
     assert feed(call, encode(tokenizer, '{"name": "get_weather", "arguments": {"city": "京都"}}'))
     assert call.is_terminated
@@ -653,26 +599,6 @@ def test_a_tool_call_schema_compiles_and_constrains_the_reply(
         '{"arguments": {}, "name": "now"}',
     ):
         assert not feed(compiled.matcher(), encode(tokenizer, wrong)), wrong
-
-
-@pytest.mark.parametrize(
-    ("tools", "choice", "message"),
-    [
-        ([WEATHER], {"type": "function", "function": {"name": "nope"}}, "not in tools"),
-        ([WEATHER, WEATHER], "required", "two tools"),
-        ([], "required", "at least one tool"),
-        ([{"type": "retrieval"}], "required", r"tools\[0\] must be"),
-        ([{"type": "function", "function": {"name": ""}}], "required", "non-empty"),
-        ([{"type": "function", "function": {"name": "f", "parameters": 3}}], "required", "JSON"),
-        ([WEATHER], "auto", "not a constraint"),
-        ([WEATHER], {"type": "function"}, "named tool_choice"),
-    ],
-)
-def test_malformed_tools_raise_grammar_error(
-    tools: list[dict[str, Any]], choice: Any, message: str
-) -> None:
-    with pytest.raises(GrammarError, match=message):
-        tool_call_schema(tools, choice)
 
 
 # ---------------------------------------------------------------------------- SmolLM2

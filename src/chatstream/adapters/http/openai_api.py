@@ -202,20 +202,24 @@ class OpenAIApi:
         tools = [tool.model_dump(exclude_none=True) for tool in parsed.tools or ()]
         choice = parsed.tool_choice or ("auto" if tools else "none")
         tool_mode: ToolMode = "none"
+        grammar_field = "response_format"
         if tools and choice != "none":
             if choice == "auto":
                 tool_mode = "auto"
             else:
                 tool_mode = "forced"
                 name = choice.function.name if isinstance(choice, NamedToolChoice) else None
-                grammar = Grammar("json_schema", json.dumps(forced_call_schema(tools, name)))
-                params["grammar"] = grammar
+                chosen = [t for t in tools if name in (None, t["function"]["name"])]
+                schema = forced_call_schema(chosen, name)  # strict per function
+                params["grammar"] = Grammar("json_schema", json.dumps(schema))
+                grammar_field = "tools"
         format_ = parsed.response_format
         if isinstance(format_, JsonObjectFormat):
             params["grammar"] = Grammar("json_object")
         elif isinstance(format_, JsonSchemaFormat):
-            schema = format_.json_schema.json_schema or {}
-            params["grammar"] = Grammar("json_schema", json.dumps(schema))
+            schema = format_.json_schema.json_schema or {"type": "object"}
+            strict = bool(format_.json_schema.strict)
+            params["grammar"] = Grammar("json_schema", json.dumps(schema), strict=strict)
         messages = [m.model_dump(exclude_none=True) for m in parsed.messages]
         for message in messages:
             if isinstance(message.get("content"), list):  # text parts
@@ -236,7 +240,11 @@ class OpenAIApi:
             include_usage=bool(parsed.stream_options and parsed.stream_options.include_usage),
             tool_mode=tool_mode,
             tool_names=tuple(tool["function"]["name"] for tool in tools),
-            names={"max_new_tokens": max_field, "logprobs": "top_logprobs"},
+            names={
+                "max_new_tokens": max_field,
+                "logprobs": "top_logprobs",
+                "grammar": grammar_field,
+            },
         )
 
     async def _completion_plan(self, body: dict[str, Any]) -> _Plan:
@@ -512,11 +520,11 @@ class _Choice:
     def message(self) -> dict[str, Any]:
         text = "".join(self.text)
         if self.mode == "forced":
-            name, arguments = self.tool_call or ("", "")
             parsed = parse_tool_call(text, self.answer.plan.tool_names)
             if parsed is not None:
-                name, arguments = parsed.name, parsed.arguments
-            self.tool_call = (name, arguments)
+                self.tool_call = (parsed.name, parsed.arguments)
+            elif self.tool_call is None:  # cut by the length limit: what there is of it
+                self.tool_call = (self.call_name or "", self.call_arguments + self.call.finish())
         elif self.mode == "auto":
             parsed = parse_tool_call(text, self.answer.plan.tool_names)
             self.tool_call = None if parsed is None else (parsed.name, parsed.arguments)

@@ -224,6 +224,9 @@ class ChatCompletionRequest(_SamplingFields):
             raise _field_error("top_logprobs", "only allowed when logprobs is true")
         if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
             raise _field_error("tool_choice", "only allowed when tools are given")
+        names = [tool.function.name for tool in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise _field_error("tools", "two tools have the same name")
         if isinstance(self.tool_choice, NamedToolChoice) and self.tools:
             names = {tool.function.name for tool in self.tools}
             if self.tool_choice.function.name not in names:

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatstream.core.json_schema import close_objects
+
 __all__ = ["ParsedCall", "ToolCallStream", "call_id", "forced_call_schema", "parse_tool_call"]
 
 _OPEN_TAG = "<tool_call>"
@@ -25,6 +27,10 @@ _CLOSE_TAG = "</tool_call>"
 _HEADER = re.compile(
     r'\s*(?:<tool_call>\s*)?\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*(?=\S)'
 )
+
+
+#: OpenAI: a function declared without parameters takes none.
+_NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +47,16 @@ def call_id() -> str:
 def forced_call_schema(tools: Sequence[Mapping[str, Any]], name: str | None) -> dict[str, Any]:
     """The JSON schema of one call: to the function ``name``, or to any of ``tools``
     (``tool_choice: "required"``). ``name`` comes first so that a call streams its name before
-    its arguments."""
+    its arguments; a function with ``"strict": true`` takes no arguments but those it lists
+    (OpenAI: a function without ``parameters`` takes none)."""
     calls = []
     for tool in tools:
         function = tool["function"]
         if name is not None and function["name"] != name:
             continue
-        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        parameters = function.get("parameters") or _NO_ARGUMENTS
+        if function.get("strict"):
+            parameters = close_objects(parameters)
         calls.append(
             {
                 "type": "object",
@@ -115,18 +124,18 @@ class ToolCallStream:
 
 
 def _held_tail(text: str) -> str:
-    """The end of ``text`` that may still turn out to close the call: braces, white space and
-    a partial closing tag."""
+    """The end of ``text`` that may still turn out to close the call: braces, white space,
+    a closing tag, and a closing tag's beginning at the very end."""
     end = len(text)
+    for size in range(len(_CLOSE_TAG) - 1, 0, -1):
+        if text.endswith(_CLOSE_TAG[:size]):
+            end -= size
+            break
     while True:
-        stripped = text[:end].rstrip()
-        for suffix in (_CLOSE_TAG, "}"):
-            if stripped.endswith(suffix):
-                end = len(stripped) - len(suffix)
-                break
+        head = text[:end].rstrip()
+        if head.endswith(_CLOSE_TAG):
+            end = len(head) - len(_CLOSE_TAG)
+        elif head.endswith("}"):
+            end = len(head) - 1
         else:
-            for size in range(len(_CLOSE_TAG) - 1, 0, -1):
-                if stripped.endswith(_CLOSE_TAG[:size]):
-                    stripped = stripped[:-size]
-                    break
-            return text[len(stripped) :]
+            return text[len(head) :]

@@ -1,5 +1,5 @@
 """Grammar-constrained decoding: OpenAI ``response_format`` (``json_object``, ``json_schema``
-with ``strict``), regular expressions, context-free grammars and tool-call constraints.
+with ``strict``), regular expressions and context-free grammars.
 
 A :class:`Grammars` is built once per model from its HuggingFace tokenizer. It compiles a
 constraint into a :class:`CompiledGrammar` (cached), each request gets its own
@@ -22,14 +22,15 @@ Written here, by hand, and why:
   small or random models take it forever; fixed separators keep every reply bounded by its
   content;
 * OpenAI ``strict``: JSON Schema lets an object without ``additionalProperties`` carry any
-  other key, OpenAI's strict mode does not. :func:`close_objects` adds
+  other key, OpenAI's strict mode does not. :func:`~chatstream.core.json_schema.close_objects` adds
   ``"additionalProperties": false`` to every object schema that lists its ``properties``;
 * applying a packed bitmask to float logits: llguidance's own helper is a
   ``torch.compile`` kernel (a C++ toolchain at run time on a CPU). Here a 256-entry table
   turns each mask byte into eight additive entries (``0`` or ``-inf``) with one
-  ``index_select``, the same code on CPU and CUDA;
-* the tool-call schema (:func:`tool_call_schema`): OpenAI's ``tools`` and ``tool_choice``
-  into one JSON schema for ``{"name": ..., "arguments": {...}}``.
+  ``index_select``, the same code on CPU and CUDA.
+
+The schema of a tool call is the HTTP layer's (:mod:`chatstream.adapters.http.openai_tools`):
+here it is one more JSON schema.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ import dataclasses
 import json
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import llguidance
 import llguidance.hf
 import torch
+
+from chatstream.core.json_schema import close_objects
 
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
@@ -57,8 +60,6 @@ __all__ = [
     "GrammarMatcher",
     "Grammars",
     "MaskBatch",
-    "close_objects",
-    "tool_call_schema",
 ]
 
 GrammarKind = Literal["json_object", "json_schema", "regex", "grammar", "ebnf"]
@@ -265,7 +266,7 @@ class Grammars:
                 ``grammar`` or ``ebnf`` (a Lark or GBNF grammar).
             source: the schema, expression or grammar.
             strict: for ``json_schema``, OpenAI's strict mode: objects that list their
-                properties allow no others (see :func:`close_objects`).
+                properties allow no others (see :func:`~chatstream.core.json_schema.close_objects`).
 
         Raises:
             GrammarError: the constraint is invalid or uses something unsupported.
@@ -438,165 +439,3 @@ def _parse_schema(source: str) -> dict[str, Any]:
 
 def _json_grammar(schema: dict[str, Any]) -> str:
     return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=_JSON_LAYOUT)
-
-
-# Where a JSON schema holds other schemas (everything else is data or a constraint value:
-# ``enum``, ``const``, ``default`` and ``examples`` are never walked).
-_SCHEMA_MAPS: Final = (
-    "properties",
-    "patternProperties",
-    "$defs",
-    "definitions",
-    "dependentSchemas",
-)
-_SCHEMA_LISTS: Final = ("anyOf", "allOf", "oneOf", "prefixItems")
-_SCHEMA_VALUES: Final = (
-    "items",
-    "additionalItems",
-    "additionalProperties",
-    "unevaluatedItems",
-    "unevaluatedProperties",
-    "contains",
-    "propertyNames",
-    "not",
-    "if",
-    "then",
-    "else",
-)
-# Keywords that combine a schema with others: closing it there would forbid the
-# properties the other branches add.
-_COMBINERS: Final = ("anyOf", "allOf", "oneOf", "$ref")
-_OPEN_KEYWORDS: Final = ("additionalProperties", "patternProperties", "unevaluatedProperties")
-
-
-def close_objects(schema: Any) -> Any:
-    """OpenAI's strict semantics: a copy of ``schema`` where every object schema that lists
-    its ``properties`` and says nothing about other keys gets
-    ``"additionalProperties": false``.
-
-    Left open: an object without ``properties`` (``{"type": "object"}`` stays any object),
-    one that sets ``additionalProperties``, ``patternProperties`` or
-    ``unevaluatedProperties`` itself, and one combined with ``anyOf``, ``allOf``,
-    ``oneOf`` or ``$ref`` (its branches may add properties). Unlike OpenAI, optional
-    properties stay optional: ``required`` is kept as written.
-    """
-    if not isinstance(schema, dict):
-        return schema
-    closed = dict(schema)
-    for keyword in _SCHEMA_MAPS:
-        if isinstance(closed.get(keyword), dict):
-            closed[keyword] = {name: close_objects(s) for name, s in closed[keyword].items()}
-    for keyword in _SCHEMA_LISTS:
-        if isinstance(closed.get(keyword), list):
-            closed[keyword] = [close_objects(s) for s in closed[keyword]]
-    for keyword in _SCHEMA_VALUES:
-        if keyword in closed:
-            value = closed[keyword]
-            # ``items`` was a list of schemas before draft 2020-12.
-            closed[keyword] = (
-                [close_objects(s) for s in value]
-                if isinstance(value, list)
-                else close_objects(value)
-            )
-    if (
-        isinstance(closed.get("properties"), dict)
-        and not any(keyword in closed for keyword in _OPEN_KEYWORDS)
-        and not any(keyword in closed for keyword in _COMBINERS)
-    ):
-        closed["additionalProperties"] = False
-    return closed
-
-
-# ---------------------------------------------------------------------- tool calls
-
-
-def tool_call_schema(
-    tools: Sequence[Mapping[str, Any]],
-    choice: Literal["required"] | Mapping[str, Any],
-    *,
-    parallel: bool = False,
-) -> dict[str, Any]:
-    """The JSON schema of a tool call that follows OpenAI's ``tools`` and ``tool_choice``.
-
-    The reply is one JSON object ``{"name": <a tool's name>, "arguments": {...}}`` whose
-    arguments follow that tool's ``parameters`` (closed as by :func:`close_objects` where
-    the function says ``"strict": true``). With ``parallel``, it is a JSON array of one or
-    more such objects. Compile it with ``compile("json_schema", json.dumps(schema))``.
-
-    Args:
-        tools: OpenAI's ``tools``: ``{"type": "function", "function": {"name",
-            "description", "parameters", "strict"}}`` each.
-        choice: ``"required"`` (any of the tools) or one named function,
-            ``{"type": "function", "function": {"name": ...}}``. ``"auto"`` and
-            ``"none"`` are no constraint: the caller does not compile anything for them.
-        parallel: allow several calls (an array).
-
-    Raises:
-        GrammarError: malformed tools, duplicate names, or a choice naming no tool.
-    """
-    calls = _tool_calls(tools)
-    if choice == "required":
-        if not calls:
-            raise GrammarError('tool_choice "required" needs at least one tool')
-        names = list(calls)
-        call = calls[names[0]] if len(names) == 1 else {"anyOf": [calls[n] for n in names]}
-    elif isinstance(choice, Mapping):
-        name = _chosen_name(choice)
-        if name not in calls:
-            raise GrammarError(f"tool_choice names the function {name!r}, which is not in tools")
-        call = calls[name]
-    else:
-        raise GrammarError(
-            f'tool_choice {choice!r} is not a constraint: use "required" or a named function'
-        )
-    if parallel:
-        return {"type": "array", "items": call, "minItems": 1}
-    return call
-
-
-def _tool_calls(tools: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each tool's call schema, by name, in the order of ``tools``."""
-    calls: dict[str, dict[str, Any]] = {}
-    for index, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, Mapping) else None
-        if (
-            not isinstance(tool, Mapping)
-            or tool.get("type") != "function"
-            or not isinstance(function, Mapping)
-        ):
-            raise GrammarError(
-                f'tools[{index}] must be {{"type": "function", "function": {{...}}}}'
-            )
-        name = function.get("name")
-        if not isinstance(name, str) or not name:
-            raise GrammarError(f"tools[{index}].function.name must be a non-empty string")
-        if name in calls:
-            raise GrammarError(f"two tools are named {name!r}")
-        calls[name] = _call_schema(name, function, index)
-    return calls
-
-
-def _call_schema(name: str, function: Mapping[str, Any], index: int) -> dict[str, Any]:
-    # OpenAI: omitted parameters mean a function without arguments.
-    parameters = function.get("parameters", {"type": "object", "properties": {}})
-    if not isinstance(parameters, Mapping):
-        raise GrammarError(f"tools[{index}].function.parameters must be a JSON schema object")
-    arguments = dict(parameters)
-    if function.get("strict") is True:
-        arguments = close_objects(arguments)
-    return {
-        "type": "object",
-        "properties": {"name": {"const": name}, "arguments": arguments},
-        "required": ["name", "arguments"],
-        "additionalProperties": False,
-    }
-
-
-def _chosen_name(choice: Mapping[str, Any]) -> str:
-    function = choice.get("function")
-    name = function.get("name") if isinstance(function, Mapping) else None
-    if choice.get("type") != "function" or not isinstance(name, str):
-        raise GrammarError(
-            'a named tool_choice must be {"type": "function", "function": {"name": ...}}'
-        )
-    return name

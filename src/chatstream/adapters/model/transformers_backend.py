@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from chatstream.core import (
     DecodeItem,
     DropKV,
     GenerationParams,
+    Grammar,
     KVTransfer,
     PrefillChunk,
     RequestId,
@@ -35,6 +37,7 @@ from chatstream.core import (
 )
 
 from .backend import TransferLog
+from .grammar import CompiledGrammar, GrammarError, GrammarMatcher, Grammars
 from .sampling import BatchSampler, make_generator, to_device, token_logprobs
 from .slot_cache import SCRATCH_COLUMN, SlotKVCache
 from .split_attention import RowGroup, plan_split, split_attention, splittable
@@ -59,6 +62,8 @@ class _Slot:
     generator: torch.Generator | None = None
     #: Tokens sampled for this request so far (for ``min_tokens``).
     generated: int = 0
+    #: Where the request's grammar stands, if it has one.
+    matcher: GrammarMatcher | None = None
 
 
 class TransformersBackend:
@@ -121,6 +126,9 @@ class TransformersBackend:
         self._saved: dict[int, list[torch.Tensor]] = {}
         self._transfers = TransferLog()
         self._sampler = BatchSampler(self.stop_token_ids)
+        # Made on the first request with a grammar (reading the vocabulary takes ~0.4 s).
+        self._grammars: Grammars | None = None
+        self._grammars_lock = threading.Lock()
         vocab = int(model.config.vocab_size)
         # Tokens each slot has seen, for the repetition penalty: kept up to date at every
         # step (a scatter of a few ids), read only by rows that use a penalty.
@@ -167,6 +175,25 @@ class TransformersBackend:
         if self._rust_decode is not None:
             return self._rust_decode(list(token_ids), skip_special_tokens=True)
         return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+
+    def check_grammar(self, grammar: Grammar) -> None:
+        """Compile ``grammar`` (and keep it for the request that uses it). Called from worker
+        threads at the edge, so that a bad schema is the client's 400.
+
+        Raises:
+            GrammarError: the schema, expression or grammar cannot be used.
+        """
+        self._compile(grammar)
+
+    def _compile(self, grammar: Grammar) -> CompiledGrammar:
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = Grammars(
+                    self.tokenizer,
+                    int(self.model.config.vocab_size),
+                    stop_token_ids=self.stop_token_ids,
+                )
+        return self._grammars.compile(grammar.kind, grammar.source, strict=grammar.strict)
 
     # ------------------------------------------------------------------ steps
 
@@ -238,7 +265,16 @@ class TransformersBackend:
                 generator = None
                 if chunk.params.seed is not None:
                     generator = make_generator(chunk.params.seed, self.device)
-                self._slots[chunk.slot] = _Slot(chunk.request_id, chunk.params, generator)
+                matcher = None
+                if chunk.params.grammar is not None:
+                    try:
+                        matcher = self._compile(chunk.params.grammar).matcher()
+                    except GrammarError as error:  # checked at the edge: a cache eviction
+                        errors[chunk.request_id] = f"the grammar cannot be used: {error}"
+                        continue
+                self._slots[chunk.slot] = _Slot(
+                    chunk.request_id, chunk.params, generator, matcher=matcher
+                )
                 self._seen[chunk.slot] = False
                 if self._counts is None and _counts_tokens(chunk.params):
                     self._counts = torch.zeros(self._seen.shape, device=self.device)
@@ -248,6 +284,9 @@ class TransformersBackend:
                     # The slot still holds the KV of these ids from an earlier request.
                     reused = to_device(list(chunk.reused_ids), torch.long, self.device)
                     self._seen[chunk.slot, reused] = True
+        chunks = tuple(c for c in chunks if c.request_id not in errors)
+        if not chunks:
+            return []
         try:
             return list(zip(chunks, self._prefill(chunks), strict=True))
         except Exception as error:
@@ -387,6 +426,14 @@ class TransformersBackend:
         counts = None
         if self._counts is not None and any(_counts_tokens(p) for p in params):
             counts = self._counts[slot_index]
+        matchers = [slot.matcher for slot in slots]
+        constrain = None
+        if self._grammars is not None and any(matchers):
+            grammars = self._grammars
+
+            def constrain(scores: torch.Tensor) -> None:
+                grammars.mask_logits(scores, matchers)
+
         sampled = self._sampler.sample(
             batch,
             params,
@@ -394,6 +441,7 @@ class TransformersBackend:
             counts=counts,
             generated=[slot.generated for slot in slots],
             generators=[slot.generator for slot in slots],
+            constrain=constrain,
         )
         broken = torch.isnan(batch).any(dim=-1)
         self._seen[slot_index, sampled] = True
@@ -411,6 +459,8 @@ class TransformersBackend:
                 errors[request_id] = "the model produced NaN logits"
                 continue
             slot.generated += 1
+            if slot.matcher is not None:
+                slot.matcher.accept(int(token))
             result[request_id] = (int(token),)
             if logprob is not None:
                 reported[request_id] = (logprob,)
