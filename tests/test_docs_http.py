@@ -161,6 +161,7 @@ def test_every_endpoint_is_in_the_table_with_its_default_access() -> None:
 
     endpoints = [(path, methods, name) for name, (path, methods) in API_PATHS.items()]
     endpoints.append(("/v1/models", ("GET",), "openai"))
+    endpoints.append(("/v1/completions", ("POST",), "openai"))
     for path, methods, name in endpoints:
         method, row = methods[0], by_path.get(f"`{path}`")
         assert row is not None, path
@@ -244,10 +245,12 @@ def test_every_error_code_is_documented() -> None:
     text = page("http-api.md")
     for code in sorted(codes):
         assert f"`{code}`" in text, code
-    # The OpenAI-compatible API: error types and codes.
-    openai = _error_codes(HTTP_ADAPTERS / "openai_api.py", {"_error": (2, 3)}, {"_code"})
+    # The OpenAI-compatible API: error types and codes, on its own page.
+    openai = _error_codes(HTTP_ADAPTERS / "openai_api.py", {"_error": (2, 3)}, set())
+    openai |= _error_codes(HTTP_ADAPTERS / "openai_schemas.py", {"RequestError": (2,)}, set())
     assert {"invalid_request_error", "rate_limit_exceeded", "context_length_exceeded"} <= openai
-    openai_section = section(text, "## The OpenAI-compatible API")
+    assert {"missing_required", "unknown_parameter", "invalid_value"} <= openai
+    openai_section = section(page("openai-api.md"), "## Errors")
     for code in sorted(openai):
         assert f"`{code}`" in openai_section, code
 

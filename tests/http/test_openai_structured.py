@@ -24,7 +24,7 @@ from .test_openai_conformance import PROMPT, idle, model_dir, post, refusal, ser
 
 __all__ = ["model_dir", "server", "tokenizer"]  # the fixtures, shared with the conformance tests
 
-CITY = {
+CITY: dict[str, Any] = {
     "type": "object",
     "properties": {
         "city": {"type": "string", "maxLength": 6},
@@ -32,7 +32,7 @@ CITY = {
     },
     "required": ["city", "days"],
 }
-WEATHER = {
+WEATHER: Any = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -41,7 +41,7 @@ WEATHER = {
         "strict": True,
     },
 }
-CLOCK = {"type": "function", "function": {"name": "now", "description": "The time."}}
+CLOCK: Any = {"type": "function", "function": {"name": "now", "description": "The time."}}
 
 
 @pytest.fixture
@@ -179,7 +179,7 @@ def test_a_named_tool_choice_calls_that_function(client: openai.OpenAI) -> None:
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     (call,) = reply.choices[0].message.tool_calls or []
-    assert call.function.name == "get_weather"
+    assert call.type == "function" and call.function.name == "get_weather"
     assert set(json.loads(call.function.arguments)) == {"city", "days"}
 
 
@@ -194,7 +194,7 @@ def test_a_forced_call_streams_its_name_then_its_arguments(client: openai.OpenAI
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
     }
     whole = client.chat.completions.create(**options)
-    deltas = []
+    deltas: list[Any] = []
     finish = None
     for chunk in client.chat.completions.create(stream=True, **options):
         for choice in chunk.choices:
@@ -293,10 +293,8 @@ def test_langchain_with_structured_output(
 
 
 def test_the_api_refuses_tools_it_cannot_constrain(server: Server) -> None:
-    bad = {
-        **WEATHER,
-        "function": {**WEATHER["function"], "parameters": {"type": "object", "not": {}}},
-    }  # type: ignore[dict-item]
+    function = {"name": "bad", "parameters": {"type": "object", "not": {}}}
+    bad = {"type": "function", "function": function}
     error = refusal(server, {"messages": PROMPT, "tools": [bad], "tool_choice": "required"})
     assert error["param"] == "tools"
     duplicate = refusal(server, {"messages": PROMPT, "tools": [WEATHER, WEATHER]})

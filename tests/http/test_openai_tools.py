@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -89,7 +90,7 @@ def test_nothing_streams_before_the_head_of_the_call() -> None:
 
 
 def test_a_forced_call_schema() -> None:
-    weather = {
+    weather: Any = {
         "type": "function",
         "function": {
             "name": "get_weather",

@@ -227,10 +227,13 @@ class ChatCompletionRequest(_SamplingFields):
         names = [tool.function.name for tool in self.tools or ()]
         if len(set(names)) != len(names):
             raise _field_error("tools", "two tools have the same name")
-        if isinstance(self.tool_choice, NamedToolChoice) and self.tools:
-            names = {tool.function.name for tool in self.tools}
-            if self.tool_choice.function.name not in names:
-                raise _field_error("tool_choice", "names a function that is not in tools")
+        named = (
+            self.tool_choice.function.name
+            if isinstance(self.tool_choice, NamedToolChoice)
+            else None
+        )
+        if named is not None and named not in names:
+            raise _field_error("tool_choice", "names a function that is not in tools")
         if (
             self.tools
             and self.tool_choice != "none"

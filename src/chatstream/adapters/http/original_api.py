@@ -375,8 +375,8 @@ class HttpApi:
         if context.session is None:
             return JSONResponse({"success": False, "message": "no session"})
         earlier = context.data.generation_params if context.data is not None else {}
-        merged = {**earlier, **_canonical(body)}
         try:
+            merged = {**earlier, **_canonical(body)}
             self.service.config.generation_params(merged)
         except ConfigError as error:
             return error_response(400, "invalid_generation_params", str(error))
@@ -572,7 +572,20 @@ def _not_running() -> Response:
     )
 
 
+#: Generation options only the OpenAI-compatible API can carry (its answers have room for
+#: log-probabilities; a grammar is built from its ``response_format``).
+_OPENAI_ONLY = ("logprobs", "grammar")
+
+
 def _canonical(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Our names for the original's, refusing the options this API cannot honour.
+
+    Raises:
+        ConfigError: ``logprobs`` or ``grammar``.
+    """
+    for name in _OPENAI_ONLY:
+        if name in params:
+            raise ConfigError(name, "only the OpenAI-compatible API (/v1/...) takes it")
     return {_PARAM_ALIASES.get(str(k), str(k)): v for k, v in params.items()}
 
 
