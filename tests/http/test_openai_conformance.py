@@ -189,10 +189,16 @@ def test_an_invalid_field_is_a_400_naming_it(
     assert "max_new_tokens" not in error["message"]  # the client's names only
 
 
-def test_a_missing_model_is_named(server: Server) -> None:
-    response = post(server, "/v1/chat/completions", {"messages": PROMPT})
+def test_the_model_may_be_left_out(server: Server) -> None:
+    response = post(server, "/v1/chat/completions", {"messages": PROMPT, "max_tokens": 2})
+    assert response.status_code == 200, response.text
+
+
+def test_a_missing_field_is_named(server: Server) -> None:
+    response = post(server, "/v1/chat/completions", {"model": "tiny"})
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "model"
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("messages", "missing_required")
 
 
 def test_a_form_encoded_body_is_refused(server: Server) -> None:

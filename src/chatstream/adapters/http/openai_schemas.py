@@ -173,7 +173,8 @@ Stop = str | Annotated[list[str], Field(max_length=16)]
 class _SamplingFields(_Body):
     """What both routes share."""
 
-    model: str
+    #: Optional (as in vLLM's and llama.cpp's servers): there is one model.
+    model: str | None = None
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
     logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field()] | None = (

@@ -118,6 +118,13 @@ class SlotKVCache:
                 raise RuntimeError("the cache holds nothing yet")
             buffer[slot, :, 1 : length + 1].copy_(copy[:, :length], non_blocking=True)
 
+    def copy(self, source: int, target: int, length: int) -> None:
+        """Copy positions ``0 .. length - 1`` of slot ``source`` into slot ``target``."""
+        for buffer in (*self._keys, *self._values):
+            if buffer is None:
+                raise RuntimeError("the cache holds nothing yet")
+            buffer[target, :, 1 : length + 1].copy_(buffer[source, :, 1 : length + 1])
+
     # What transformers may ask of a cache besides update(); answers for the read window.
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return max(self._kv_columns - 1, 0)

@@ -39,6 +39,7 @@ from chatstream.core import (
 from .backend import TransferLog
 from .grammar import CompiledGrammar, GrammarError, GrammarMatcher, Grammars
 from .sampling import BatchSampler, make_generator, to_device, token_logprobs
+from .shared_prefill import HeldTokens
 from .slot_cache import SCRATCH_COLUMN, SlotKVCache
 from .split_attention import RowGroup, plan_split, split_attention, splittable
 
@@ -125,6 +126,9 @@ class TransformersBackend:
         #: Host copies of prefixes no slot holds any more, by entry (see ``run_step``).
         self._saved: dict[int, list[torch.Tensor]] = {}
         self._transfers = TransferLog()
+        self._held = HeldTokens(num_slots)
+        #: Prompt tokens whose KV was copied from another slot instead of computed.
+        self.shared_prefill_tokens = 0
         self._sampler = BatchSampler(self.stop_token_ids)
         # Made on the first request with a grammar (reading the vocabulary takes ~0.4 s).
         self._grammars: Grammars | None = None
@@ -208,14 +212,18 @@ class TransformersBackend:
             self._mask[release.slot, SCRATCH_COLUMN] = 0
         rows: list[tuple[RequestId, int, GenerationParams]] = []
         logits: list[torch.Tensor] = []
-        chunks = tuple(c for c in plan.prefill if c.request_id not in errors)
-        for chunk, last_logits in self._prefill_all(chunks, errors):
-            if chunk.last:
-                rows.append((chunk.request_id, chunk.slot, chunk.params))
-                logits.append(last_logits[None, :])
-        if plan.decode:
-            rows += [(d.request_id, d.slot, d.params) for d in plan.decode]
-            logits.append(self._decode(plan.decode))
+        try:
+            for chunk, last_logits in self._prefill_sharing(plan.prefill, errors):
+                if chunk.last:
+                    rows.append((chunk.request_id, chunk.slot, chunk.params))
+                    logits.append(last_logits[None, :])
+            if plan.decode:
+                rows += [(d.request_id, d.slot, d.params) for d in plan.decode]
+                logits.append(self._decode(plan.decode))
+        except BaseException:
+            # Whatever the step wrote is not known: no slot of it lends its KV any more.
+            self._held.forget([c.slot for c in plan.prefill] + [d.slot for d in plan.decode])
+            raise
         if not rows:
             return StepCompleted(step=plan.step, errors=errors)
         # The batch's slots, for the sampler's per-slot state.
@@ -232,6 +240,7 @@ class TransformersBackend:
                 case SaveKV(entry=entry, slot=slot, length=length):
                     self._saved[entry] = self._cache.save(slot, length)
                 case RestoreKV(entry=entry, slot=slot, length=length, request_id=request_id):
+                    self._held.forget([slot])  # its first chunk names what it holds
                     copies = self._saved.pop(entry, None)
                     if copies is None:
                         errors[request_id] = "the saved conversation state is gone"
@@ -252,6 +261,30 @@ class TransformersBackend:
         self._cache = SlotKVCache(num_layers=0, num_slots=0, max_positions=0)
 
     # ------------------------------------------------------------------ internals
+
+    def _prefill_sharing(
+        self, chunks: Sequence[PrefillChunk], errors: dict[RequestId, str]
+    ) -> list[tuple[PrefillChunk, torch.Tensor]]:
+        """Every chunk, copying from other slots the KV they already hold (see
+        :mod:`.shared_prefill`): the chunks that repeat another chunk of this step go in a
+        second round, after it."""
+        chunks = tuple(c for c in chunks if c.request_id not in errors)
+        leaders, followers = self._held.split_followers(chunks)
+        done = self._prefill_copying(leaders, errors)
+        if followers:
+            done += self._prefill_copying(
+                tuple(c for c in followers if c.request_id not in errors), errors
+            )
+        return done
+
+    def _prefill_copying(
+        self, chunks: tuple[PrefillChunk, ...], errors: dict[RequestId, str]
+    ) -> list[tuple[PrefillChunk, torch.Tensor]]:
+        chunks, copies = self._held.plan_copies(chunks)
+        for copy in copies:
+            self._cache.copy(copy.source, copy.target, copy.length)
+            self.shared_prefill_tokens += copy.length
+        return self._prefill_all(chunks, errors)
 
     def _prefill_all(
         self, chunks: tuple[PrefillChunk, ...], errors: dict[RequestId, str]
@@ -288,8 +321,9 @@ class TransformersBackend:
         if not chunks:
             return []
         try:
-            return list(zip(chunks, self._prefill(chunks), strict=True))
+            done = list(zip(chunks, self._prefill(chunks), strict=True))
         except Exception as error:
+            self._held.forget(c.slot for c in chunks)
             if len(chunks) == 1:
                 # Its own failure only, in words that quote nothing of the model's internals;
                 # the traceback goes to the log.
@@ -297,10 +331,14 @@ class TransformersBackend:
                 logger.warning("the prompt of request %d failed", request_id, exc_info=error)
                 errors[request_id] = f"the model failed on this request ({type(error).__name__})"
                 return []
-        done = []
+        else:
+            for chunk in chunks:
+                self._held.prefilled(chunk)
+            return done
+        one_by_one: list[tuple[PrefillChunk, torch.Tensor]] = []
         for chunk in chunks:
-            done += self._prefill_all((chunk,), errors)
-        return done
+            one_by_one += self._prefill_all((chunk,), errors)
+        return one_by_one
 
     def _prefill(self, chunks: tuple[PrefillChunk, ...]) -> torch.Tensor:
         # Prompts of different lengths go in one batch, left-padded so that each row's last
@@ -391,6 +429,8 @@ class TransformersBackend:
             )
             with split_attention(self.model, groups):
                 out = self._forward(ids, position_ids, decode_mask)
+        for item in items:
+            self._held.decoded(item.slot, item.token_id, item.position)
         if order == list(range(batch)):
             return out[:, -1]
         return out[step[3, : len(items)], -1]
