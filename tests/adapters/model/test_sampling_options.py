@@ -16,7 +16,7 @@ import torch
 from chatstream.adapters.model.sampling import BatchSampler, token_logprobs
 from chatstream.core import GenerationParams
 
-from .test_sampling import INF, LOGITS, N, assert_distribution, counts_of, expected, gp
+from .test_sampling import CPU, INF, LOGITS, N, assert_distribution, counts_of, expected, gp
 
 torch.set_num_threads(1)
 
@@ -200,3 +200,54 @@ def test_a_sampler_without_stop_ids_still_masks_the_rows_own() -> None:
     logits = torch.tensor([[0.0, 3.0, 2.0]])
     params = [gp(temperature=0.0, min_tokens=2, stop_token_ids=(1,))]
     assert sampler.sample(logits, params, generated=[0]).tolist() == [2]
+
+
+def peaked(rows: int, vocab: int = 5000) -> torch.Tensor:
+    """Logits like a model's: a few likely tokens, a long tail."""
+    logits = torch.randn(rows, vocab) * 2.0
+    logits[:, :40] += 9.0
+    return logits
+
+
+@pytest.mark.parametrize(
+    "params",
+    [gp(top_p=0.9), gp(top_p=0.5, temperature=0.7), gp(top_p=0.95, min_p=0.01)],
+)
+def test_top_p_inside_a_window_draws_what_the_whole_sort_draws(params: GenerationParams) -> None:
+    from chatstream.adapters.model.sampling import _draw_nucleus, _draw_window, make_generator
+
+    logits = peaked(6)
+    for seed in range(5):
+        window = _draw_nucleus(
+            logits, [params] * 6, [make_generator(seed + i, CPU) for i in range(6)]
+        )
+        whole = _draw_window(
+            logits, [params] * 6, [make_generator(seed + i, CPU) for i in range(6)]
+        )
+        assert torch.equal(window, whole)
+
+
+def test_a_flat_distribution_falls_back_to_the_whole_sort() -> None:
+    from chatstream.adapters.model.sampling import _draw_nucleus, _draw_window, make_generator
+
+    flat = torch.zeros(2, 3000)  # top-p 0.9 keeps 2,700 tokens: past the window
+    params = [gp(top_p=0.9)] * 2
+    window = _draw_nucleus(flat, params, [make_generator(1, CPU), make_generator(2, CPU)])
+    whole = _draw_window(flat, params, [make_generator(1, CPU), make_generator(2, CPU)])
+    assert torch.equal(window, whole)
+    counts = counts_of(SAMPLER.sample(flat[:1].repeat(20_000, 1), [gp(top_p=0.9)] * 20_000), 3000)
+    assert 2000 < sum(c > 0 for c in counts) <= 2700  # the kept 90 %, in sorted order
+
+
+def test_rows_of_one_batch_take_the_window_each_needs() -> None:
+    from chatstream.adapters.model.sampling import _draw_nucleus, _draw_window, make_generator
+
+    logits = torch.zeros(3, 6000)
+    logits[0, :10] = 12.0  # 10 tokens hold almost everything
+    logits[1, :1000] = 9.0  # 1,000 do
+    # Row 2 is flat: 90 % of it is 5,400 tokens, past every window.
+    params = [gp(top_p=0.9, temperature=0.8)] * 3
+    for seed in range(3):
+        gens = [make_generator(seed * 3 + i, CPU) for i in range(3)]
+        again = [make_generator(seed * 3 + i, CPU) for i in range(3)]
+        assert torch.equal(_draw_nucleus(logits, params, gens), _draw_window(logits, params, again))

@@ -10,9 +10,9 @@ nothing for them: each is applied, vectorized, to the rows that use it.
 Rows are split by what they need into at most four groups, each handled in one vectorized
 pass: greedy rows (an argmax), plain rows (a race over the whole vocabulary), top-k rows (a
 race inside a ``topk`` window as wide as the largest k) and top-p-only rows (the same on a
-full sort). Nothing reads a tensor value on the host, so on a GPU the call queues kernels
-and returns without a sync (:func:`token_logprobs`, asked for by some requests only, is the
-exception).
+full sort, or on a CPU inside the best 1,024 tokens when they hold the mass top-p keeps).
+Nothing reads a tensor value on the host on a GPU, so there the call queues kernels and returns
+without a sync (:func:`token_logprobs`, asked for by some requests only, is the exception).
 
 The draw is the exponential race: ``argmax(p / E)`` with ``E ~ Exponential(1)`` picks token
 i with probability ``p_i / sum(p)``, so the weights need no normalizing, and each row's noise
@@ -131,7 +131,7 @@ class BatchSampler:
                 (plain, _draw_plain),
                 # Kept apart so that rows with a small k do not pay for the full sort.
                 (top_k, _draw_window),
-                (top_p, _draw_window),
+                (top_p, _draw_nucleus),
             )
             if rows
         ]
@@ -349,6 +349,58 @@ def _apply_min_p(weights: torch.Tensor, params: Sequence[GenerationParams]) -> N
     ``weights`` are probabilities divided by the row's largest, so the test is direct."""
     if any(p.min_p > 0 for p in params):
         weights.masked_fill_(weights < _column([p.min_p for p in params], weights.device), 0.0)
+
+
+#: The windows of the best tokens a top-p-only row tries in turn; it sorts the whole vocabulary
+#: only when none holds the mass top-p keeps (a flat distribution).
+_NUCLEUS_WINDOWS = (256, 2048)
+
+
+def _draw_nucleus(
+    scores: torch.Tensor, params: Sequence[GenerationParams], generators: _Generators
+) -> torch.Tensor:
+    """Top-p without top-k, inside the smallest window of the best tokens that holds the mass
+    ``top_p`` keeps (a sort of the whole vocabulary costs ~4 ms a row on a CPU); the rows no
+    window serves go to :func:`_draw_window`, over the whole vocabulary."""
+    device = scores.device
+    vocab = scores.shape[-1]
+    # On a GPU the sort is cheap and the coverage test would cost a host sync.
+    if device.type != "cpu":
+        return _draw_window(scores, params, generators)
+    scaled = scores / _column([p.temperature for p in params], device)
+    # Each token's mass relative to the row's best, after min-p, and the row's total.
+    mass = scaled.sub_(scaled.amax(dim=-1, keepdim=True)).exp_()
+    _apply_min_p(mass, params)
+    limits = _column([p.top_p for p in params], device) * mass.sum(dim=-1, keepdim=True)
+    tokens = torch.empty(len(params), dtype=torch.long, device=device)
+    rows = list(range(len(params)))
+    for width in _NUCLEUS_WINDOWS:
+        if width >= vocab or not rows:
+            break
+        index = to_device(rows, torch.long, device)
+        weights, ids = mass.index_select(0, index).topk(width, dim=-1)
+        cumulative = weights.cumsum(dim=-1)
+        row_limits = limits.index_select(0, index)
+        covered = (cumulative[:, -1:] >= row_limits).squeeze(-1).tolist()
+        served = [i for i, ok in enumerate(covered) if ok]
+        if served:
+            keep = to_device(served, torch.long, device)
+            # The whole sort's rule: keep a token while the mass before it is below p.
+            kept = weights.masked_fill(cumulative - weights >= row_limits, 0.0).index_select(
+                0, keep
+            )
+            kept_ids = ids.index_select(0, keep)
+            choice = _race(kept, [generators[rows[i]] for i in served], kept_ids, vocab)
+            tokens[to_device([rows[i] for i in served], torch.long, device)] = kept_ids.gather(
+                -1, choice[:, None]
+            ).squeeze(-1)
+        rows = [row for row, ok in zip(rows, covered, strict=True) if not ok]
+    if rows:
+        index = to_device(rows, torch.long, device)
+        tokens[index] = _draw_window(
+            scores.index_select(0, index), [params[r] for r in rows], [generators[r] for r in rows]
+        )
+    return tokens
 
 
 def _draw_window(
