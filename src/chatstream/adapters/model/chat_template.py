@@ -86,9 +86,7 @@ def generic_tool_messages(
             for call in message["tool_calls"]:
                 function = call["function"]
                 names[str(call.get("id", ""))] = function["name"]
-                calls.append(
-                    json.dumps({"name": function["name"], "arguments": function["arguments"]})
-                )
+                calls.append(json.dumps({"name": function["name"], "arguments": _arguments(call)}))
             text = str(message.get("content") or "")
             out.append({"role": "assistant", "content": "\n".join([text, *calls]).strip()})
         elif role == "tool":
