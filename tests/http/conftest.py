@@ -95,7 +95,12 @@ def launch_server(
     with log.open("wb") as stderr:
         process = subprocess.Popen(
             command,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            # The tests' package, and the sources of this checkout (not only an installed copy).
+            env={
+                **os.environ,
+                **env,
+                "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")]),
+            },
             cwd=ROOT,
             stderr=stderr,
             preexec_fn=preexec_fn,
