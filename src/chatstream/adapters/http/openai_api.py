@@ -23,7 +23,6 @@ from chatstream.adapters.driver import RequestEvent, RequestHandle
 from chatstream.adapters.service import SHUTDOWN_ERROR
 from chatstream.adapters.turn import RequestRejected
 from chatstream.core import (
-    Admitted,
     ConfigError,
     Finished,
     FinishReason,
@@ -199,13 +198,7 @@ class _Timed:
 
     async def __anext__(self) -> RequestEvent:
         event = await self.handle.__anext__()
-        if isinstance(event, Admitted):
-            self.timer.admitted()
-        elif isinstance(event, TextDelta):
-            self.timer.delta()
-        elif isinstance(event, Finished):
-            outcome = {FinishReason.ERROR: "error", FinishReason.CANCELLED: "cancelled"}
-            self.timer.finished(outcome.get(event.reason, "finished"), event.usage)
+        self.timer.observe(event)
         return event
 
 
@@ -236,7 +229,8 @@ class _WholeResponse(Response):
                 tg.cancel_scope.cancel()
         finally:
             self.handle.close()
-            self.timer.finished("cancelled")  # ignored when the request already finished
+            # Ignored when the request already finished; else its tokens so far count.
+            self.timer.finished(FinishReason.CANCELLED, self.handle.usage)
         if response is not None:
             await response(scope, receive, send)
 
@@ -244,7 +238,8 @@ class _WholeResponse(Response):
 def _closer(handle: RequestHandle, timer: RequestTimer) -> Any:
     async def close(how: str) -> None:
         handle.close()
-        timer.finished("cancelled")  # ignored when the request already finished
+        # Ignored when the request already finished; else its tokens so far count.
+        timer.finished(FinishReason.CANCELLED, handle.usage)
 
     return close
 

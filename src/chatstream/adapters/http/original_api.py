@@ -82,7 +82,7 @@ class HttpApi:
         self.service = service
         self.roles: ClientRoles = service.roles
         self.options = options or HttpOptions()
-        self.metrics = metrics or ChatMetrics()
+        self.metrics = metrics or ChatMetrics(model_name=lambda: service.model_id)
         self._durations = _RunningMean()
         self._busy_sessions: set[str] = set()
 
@@ -180,9 +180,9 @@ class HttpApi:
                 message = "client_disconnected_while_streaming"
             else:
                 message = "client_disconnected_before_streaming"
+            # A turn that ended unheard (the client left) counts its tokens so far too.
             timer.finished(
-                _metrics_outcome(finished),
-                finished.usage if finished is not None else None,
+                finished.reason if finished is not None else FinishReason.CANCELLED, turn.usage
             )
             if context.session is not None and context.data is not None:
                 await context.session.save()
@@ -594,12 +594,6 @@ def _session_hint(context: RequestContext) -> str | None:
     if context.session is None and context.role is None:
         return "no session: add chat_stream.append_middlewares(app) or use create_app()"
     return None
-
-
-def _metrics_outcome(finished: Finished | None) -> str:
-    if finished is None or finished.reason is FinishReason.CANCELLED:
-        return "cancelled"
-    return "error" if finished.reason is FinishReason.ERROR else "finished"
 
 
 async def _call(cs: ChatService, function: Callable[..., Any], *args: Any) -> None:
