@@ -113,6 +113,7 @@ class ChatStream(HttpMethods):
         quantize: Quantize | Literal["none"] | None = None,
         torch_threads: int | None = None,
         backend: BackendFactory | Sequence[BackendFactory] | None = None,
+        served_model_name: str | None = None,
     ) -> None:
         if isinstance(mock_params, Mapping):
             mock_params = MockParams.from_mapping(mock_params)
@@ -184,6 +185,7 @@ class ChatStream(HttpMethods):
         )
         self.num_gpus = _count_gpus(self._models, self._devices, num_gpus, use_mock_response)
         self._torch_threads = torch_threads
+        self.served_model_name = _served_name(served_model_name)
         self._pool: ModelPool | None = None
         self._drain_requested = False
         self._driver: EngineDriver | None = None
@@ -393,15 +395,24 @@ class ChatStream(HttpMethods):
         return handle
 
     def _render_messages(
-        self, messages: list[Mapping[str, str]]
+        self,
+        messages: list[Mapping[str, str]],
+        *,
+        add_generation_prompt: bool = True,
+        add_special_tokens: bool | None = None,
     ) -> tuple[tuple[int, ...], tuple[str, ...], tuple[tuple[str, str], ...], bool]:
         # In a worker thread: templates and tokenizers are not for the event loop.
         backend = self.backend
         if not self.config.use_mock_response and has_chat_template(self.tokenizer):
             text = self.tokenizer.apply_chat_template(
-                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+                [dict(m) for m in messages],
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
             )
-            ids = _encode(backend, str(text), add_special_tokens=False)
+            # The template writes the special tokens itself.
+            ids = _encode(
+                backend, str(text), add_special_tokens=bool(add_special_tokens), field="messages"
+            )
             return tuple(ids), (), (), True
         prompt = self.chat_prompt_clazz()
         prompt.build_initial_prompt(prompt)
@@ -415,11 +426,16 @@ class ChatStream(HttpMethods):
                 prompt.add_responder_msg(content)
             else:
                 raise ConfigError("messages", f"unknown role {role!r}")
-        prompt.add_responder_msg(None)
-        add_special = self.config.add_special_tokens
+        if add_generation_prompt:
+            prompt.add_responder_msg(None)
+        add_special = add_special_tokens
+        if add_special is None:
+            add_special = self.config.add_special_tokens
         if add_special is None:
             add_special = prompt.add_special_tokens
-        ids = _encode(backend, prompt.create_prompt(), add_special_tokens=add_special)
+        ids = _encode(
+            backend, prompt.create_prompt(), add_special_tokens=add_special, field="messages"
+        )
         return (
             tuple(ids),
             tuple(prompt.get_stop_strs()),
@@ -468,8 +484,61 @@ class ChatStream(HttpMethods):
 
     @property
     def model_id(self) -> str:
-        """The model's name as the OpenAI-compatible API reports it."""
-        return self._model_name()
+        """The model's name as the OpenAI-compatible API reports it: ``served_model_name``
+        if given, else the model's own."""
+        return self.served_model_name or self._model_name()
+
+    @property
+    def max_model_len(self) -> int:
+        """Prompt plus reply tokens one request may hold (the context length in force)."""
+        return self.driver.engine.config.context_len
+
+    async def tokenize(
+        self,
+        prompt: str | Sequence[Mapping[str, str]],
+        *,
+        add_special_tokens: bool | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """The token ids of a text, or of messages rendered as :meth:`submit_messages`
+        renders them (``add_generation_prompt=False`` leaves out the assistant's opening);
+        ``add_special_tokens=None`` adds what a prompt of that kind gets.
+
+        Raises:
+            ConfigError: text the tokenizer refuses, or malformed messages.
+        """
+        backend = self.backend  # raises unless running
+        if isinstance(prompt, str):
+            _check_text("prompt", prompt)
+            encode = functools.partial(
+                _encode, backend, prompt, add_special_tokens=add_special_tokens, field="prompt"
+            )
+            return await anyio.to_thread.run_sync(encode)
+        for index, message in enumerate(prompt):
+            _check_text(f"messages[{index}].content", message.get("content", ""))
+        render = functools.partial(
+            self._render_messages,
+            list(prompt),
+            add_generation_prompt=add_generation_prompt,
+            add_special_tokens=add_special_tokens,
+        )
+        return list((await anyio.to_thread.run_sync(render))[0])
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens skipped.
+
+        Raises:
+            ConfigError: an id outside the vocabulary (the option named ``tokens``).
+        """
+        backend = self.backend
+        vocab_size: int | None = getattr(backend, "vocab_size", None)
+        outside = [t for t in token_ids if t < 0 or (vocab_size is not None and t >= vocab_size)]
+        if outside:
+            top = "" if vocab_size is None else f" (0 to {vocab_size - 1})"
+            raise ConfigError("tokens", f"ids outside the vocabulary{top}: {outside[:5]}")
+        text = await anyio.to_thread.run_sync(backend.decode, list(token_ids))
+        # A lone surrogate (a mock's code point) is no character a response can carry.
+        return text.encode("utf-8", "replace").decode("utf-8")
 
     # ------------------------------------------------------------------ draining
 
@@ -656,15 +725,23 @@ def _check_text(option: str, text: str) -> None:
             raise ConfigError(option, "holds a lone surrogate, which is not a character") from None
 
 
-def _encode(backend: Backend, text: str, *, add_special_tokens: bool | None) -> list[int]:
+def _encode(
+    backend: Backend, text: str, *, add_special_tokens: bool | None, field: str = "user_input"
+) -> list[int]:
     # What the client wrote is what a tokenizer refuses (a TypeError or ValueError from the
-    # Rust side): a 400 for that request, not a 500 or a failed step.
+    # Rust side): a 400 for that request naming ``field``, not a 500 or a failed step.
     try:
         return backend.encode(text, add_special_tokens=add_special_tokens)
     except (TypeError, ValueError, UnicodeError) as error:
         raise ConfigError(
-            "user_input", f"the tokenizer cannot encode this text ({type(error).__name__})"
+            field, f"the tokenizer cannot encode this text ({type(error).__name__})"
         ) from None
+
+
+def _served_name(name: str | None) -> str | None:
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ConfigError("served_model_name", f"must be a non-empty string, got {name!r}")
+    return name
 
 
 def _count_gpus(models: list[Any], devices: list[Any], num_gpus: int | None, mock: bool) -> int:

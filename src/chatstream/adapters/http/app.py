@@ -29,6 +29,7 @@ from chatstream.adapters.service import ChatService
 
 from .common import HttpOptions
 from .openai_api import OpenAIApi
+from .operations import OperationsApi
 from .original_api import configure_http, http_api_of
 from .rate_limit import RateLimitMiddleware
 from .request_body import RequestBodyGuard
@@ -95,8 +96,9 @@ def routes(
     chat_stream: ChatService,
     opts: Mapping[str, Any] | None = None,
 ) -> list[BaseRoute]:
-    """The routes of the chosen APIs (all by default), plus ``/health`` and
-    ``/v1/models``, ready for ``Starlette(routes=...)`` or ``Mount``."""
+    """The routes of the chosen APIs (all by default), plus ``/health``, and with the
+    ``openai`` API ``/v1/models``, ``/v1/models/{model}``, ``/tokenize``, ``/detokenize`` and
+    ``/version``, ready for ``Starlette(routes=...)`` or ``Mount``."""
     http = http_api_of(chat_stream)
     openai = OpenAIApi(http)
     web_ui_params = dict((opts or {}).get("web_ui_params") or {})
@@ -122,7 +124,14 @@ def routes(
     ]
     out.append(Route("/health", http.handle_health_request, methods=["GET"]))
     if "openai" in selected:
-        out.append(Route("/v1/models", openai.models, methods=["GET"]))
+        operations = OperationsApi(http)
+        out += [
+            Route("/v1/models", openai.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", openai.model, methods=["GET"]),
+            Route("/tokenize", operations.tokenize, methods=["POST"]),
+            Route("/detokenize", operations.detokenize, methods=["POST"]),
+            Route("/version", operations.version, methods=["GET"]),
+        ]
     return out
 
 

@@ -33,6 +33,7 @@ from chatstream.core import (
 
 from .common import BadRequest, RequestContext, read_json_object
 from .metrics import RequestTimer
+from .openai_models import model_card, unknown_model
 from .streaming import TurnResponse
 
 if TYPE_CHECKING:
@@ -56,16 +57,19 @@ class OpenAIApi:
         self.http = http
 
     async def models(self, request: Request) -> Response:
+        """``GET /v1/models``: the one served model."""
         context = await RequestContext.of(request, self.http.roles, create_session=False)
         if not context.allows("openai"):
             return _error(403, "forbidden on the role layer", "permission_error")
-        model = {
-            "id": self.http.service.model_id,
-            "object": "model",
-            "created": 0,
-            "owned_by": "chatstream",
-        }
-        return JSONResponse({"object": "list", "data": [model]})
+        return JSONResponse({"object": "list", "data": [model_card(self.http.service)]})
+
+    async def model(self, request: Request) -> Response:
+        """``GET /v1/models/{model}``: the served model's card, or a 404."""
+        context = await RequestContext.of(request, self.http.roles, create_session=False)
+        if not context.allows("openai"):
+            return _error(403, "forbidden on the role layer", "permission_error")
+        refusal = unknown_model(self.http.service, request.path_params["model"])
+        return refusal or JSONResponse(model_card(self.http.service))
 
     async def chat_completions(self, request: Request) -> Response | TurnResponse:
         cs = self.http.service
