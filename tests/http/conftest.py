@@ -134,6 +134,7 @@ def start_server(loop: str) -> Iterator[ServerFactory]:
         factory: str = "tests.http.apps:mock_app",
         options: dict[str, Any] | None = None,
         http: dict[str, Any] | None = None,
+        app: dict[str, Any] | None = None,
         drain_timeout: float = 10.0,
         server_args: Sequence[str] = (),
         preexec_fn: Callable[[], None] | None = None,
@@ -141,6 +142,7 @@ def start_server(loop: str) -> Iterator[ServerFactory]:
         env = {
             "CHATSTREAM_TEST_OPTIONS": json.dumps(options or {}),
             "CHATSTREAM_TEST_HTTP": json.dumps(http or {}),
+            "CHATSTREAM_TEST_APP": json.dumps(app or {}),
         }
         server = launch_server(
             factory=factory,

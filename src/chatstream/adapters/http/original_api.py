@@ -528,9 +528,15 @@ class HttpApi:
         )
 
     async def handle_metrics_request(self, request: Request) -> Response:
+        """``GET /metrics`` for callers whose role allows ``metrics``."""
         context = await RequestContext.of(request, self.roles, create_session=False)
         if not context.allows("metrics"):
             return forbidden(_session_hint(context))
+        return await self.render_metrics(request)
+
+    async def render_metrics(self, request: Request) -> Response:
+        """``GET /metrics`` without a role check (an app that opens it, or guards it with a
+        token of its own)."""
         text = self.metrics.render(self.service.statistics())
         return PlainTextResponse(text, media_type=METRICS_CONTENT_TYPE)
 
