@@ -16,13 +16,19 @@ library's own exporters serve to a scraper that asks for nothing else). Counters
 made by prometheus_client also expose their ``*_created`` series, as the library does by
 default.
 
-Example::
+Example (what a request handler does)::
 
-    metrics = ChatMetrics()
+    metrics = ChatMetrics(model_name="my-model")
     timer = RequestTimer(metrics)
     timer.submitted()
-    ...                          # on Admitted: timer.admitted(); on TextDelta: timer.delta()
-    timer.finished(event.reason, event.usage)
+    handle = await service.submit_messages(...)
+    try:
+        async for event in handle:
+            timer.observe(event)     # Admitted, TextDelta, Finished (the rest is ignored)
+            ...
+    finally:
+        handle.close()               # the client left: the usage of its tokens so far
+        timer.finished(FinishReason.CANCELLED, handle.usage)   # ignored once it finished
     body = metrics.render(engine.statistics())   # served with CONTENT_TYPE
 """
 
