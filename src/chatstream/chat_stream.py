@@ -404,11 +404,16 @@ class ChatStream(HttpMethods):
         # In a worker thread: templates and tokenizers are not for the event loop.
         backend = self.backend
         if not self.config.use_mock_response and has_chat_template(self.tokenizer):
-            text = self.tokenizer.apply_chat_template(
-                [dict(m) for m in messages],
-                tokenize=False,
-                add_generation_prompt=add_generation_prompt,
-            )
+            try:
+                text = self.tokenizer.apply_chat_template(
+                    [dict(m) for m in messages],
+                    tokenize=False,
+                    add_generation_prompt=add_generation_prompt,
+                )
+            except Exception as error:  # a template may refuse messages (raise_exception)
+                raise ConfigError(
+                    "messages", f"the chat template refuses them: {error}"[:500]
+                ) from None
             # The template writes the special tokens itself.
             ids = _encode(
                 backend, str(text), add_special_tokens=bool(add_special_tokens), field="messages"

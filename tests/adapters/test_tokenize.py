@@ -3,12 +3,14 @@ event loops: what ``/tokenize`` and ``/detokenize`` answer."""
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import pytest
 
 from chatstream import ChatStream
 from chatstream.core import ConfigError, Finished
+from tests.tiny_model import load_tiny_model
 
 pytestmark = pytest.mark.anyio
 
@@ -74,3 +76,21 @@ async def test_ids_outside_the_tokenizer_are_refused(tiny_model: tuple[Any, Any]
 async def test_the_served_name_is_the_model_id(tiny_model: tuple[Any, Any]) -> None:
     assert tiny(tiny_model).model_id != "team/tiny"
     assert tiny(tiny_model, served_model_name="team/tiny").model_id == "team/tiny"
+
+
+async def test_messages_a_chat_template_refuses_are_a_config_error(
+    tiny_model_dir: pathlib.Path,
+) -> None:
+    model, tokenizer = load_tiny_model(tiny_model_dir)
+    tokenizer.chat_template = (  # type: ignore[attr-defined]
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System messages are not supported') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    async with tiny((model, tokenizer)) as chat_stream:
+        with pytest.raises(ConfigError, match="System messages are not supported") as caught:
+            await chat_stream.tokenize(MESSAGES)
+        assert caught.value.option == "messages"
+        with pytest.raises(ConfigError, match="refuses"):
+            await chat_stream.submit_messages(MESSAGES)  # a completion is a 400 too
+        assert await chat_stream.tokenize(MESSAGES[1:])
