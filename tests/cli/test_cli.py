@@ -166,15 +166,17 @@ def test_serve_with_a_key_a_metrics_token_cors_and_a_served_name(tmp_path: Path,
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_serving(process, url)
-        keyless = openai.OpenAI(base_url=url + "v1", api_key="wrong", max_retries=0)
-        with pytest.raises(openai.AuthenticationError):
+        with (
+            openai.OpenAI(base_url=url + "v1", api_key="wrong", max_retries=0) as keyless,
+            pytest.raises(openai.AuthenticationError),
+        ):
             keyless.models.list()
-        sdk = openai.OpenAI(base_url=url + "v1", api_key="s3cret-key", max_retries=0)
-        assert [m.id for m in sdk.models.list().data] == ["team/chat"]
-        completion = sdk.chat.completions.create(
-            model="team/chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2
-        )
-        assert completion.model == "team/chat"
+        with openai.OpenAI(base_url=url + "v1", api_key="s3cret-key", max_retries=0) as sdk:
+            assert [m.id for m in sdk.models.list().data] == ["team/chat"]
+            completion = sdk.chat.completions.create(
+                model="team/chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+            )
+            assert completion.model == "team/chat"
         with httpx.Client(base_url=url, timeout=10) as client:
             # The file's token, not the environment's; the API key is no metrics token.
             for token in (None, "not this one", "s3cret-key"):

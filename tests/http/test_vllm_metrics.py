@@ -29,7 +29,9 @@ def counter(families: dict[str, Metric], name: str, **labels: str) -> float:
     return value(families, name, name, **labels)
 
 
-def test_vllm_families_count_every_ended_request(start_server: ServerFactory) -> None:
+def test_vllm_families_count_every_ended_request(
+    start_server: ServerFactory, request: pytest.FixtureRequest
+) -> None:
     server = start_server(
         options={
             "num_of_concurrent_executions": 2,
@@ -40,6 +42,7 @@ def test_vllm_families_count_every_ended_request(start_server: ServerFactory) ->
         app={"open_metrics": True},
     )
     sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    request.addfinalizer(sdk.close)
     with server.client() as client:
         prompt_tokens = client.post("/tokenize", json={"messages": MESSAGES}).json()["count"]
 
