@@ -160,8 +160,14 @@ def test_every_endpoint_is_in_the_table_with_its_default_access() -> None:
         return "yes" if allowed else "no"
 
     endpoints = [(path, methods, name) for name, (path, methods) in API_PATHS.items()]
-    endpoints.append(("/v1/models", ("GET",), "openai"))
-    endpoints.append(("/v1/completions", ("POST",), "openai"))
+    endpoints += [
+        ("/v1/models", ("GET",), "openai"),
+        ("/v1/models/{model}", ("GET",), "openai"),
+        ("/v1/completions", ("POST",), "openai"),
+        ("/tokenize", ("POST",), "openai"),
+        ("/detokenize", ("POST",), "openai"),
+        ("/version", ("GET",), "openai"),
+    ]
     for path, methods, name in endpoints:
         method, row = methods[0], by_path.get(f"`{path}`")
         assert row is not None, path
@@ -213,16 +219,24 @@ def _constants(node: ast.AST) -> list[str]:
 
 
 def _error_codes(
-    path: pathlib.Path, calls: Mapping[str, tuple[int, ...]], functions: set[str]
+    path: pathlib.Path,
+    calls: Mapping[str, tuple[int, ...]],
+    functions: set[str],
+    keywords: tuple[str, ...] = (),
 ) -> set[str]:
-    """String constants given at ``calls[name]`` argument positions, the values of ``"error"``
-    keys in dict literals, and the strings returned by ``functions``."""
+    """String constants given at ``calls[name]`` argument positions (and as their
+    ``keywords``), the values of ``"error"`` keys in dict literals, and the strings returned by
+    ``functions``."""
     codes: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             for index in calls.get(node.func.id, ()):
                 if index < len(node.args):
                     codes.update(_constants(node.args[index]))
+            if node.func.id in calls:
+                for keyword in node.keywords:
+                    if keyword.arg in keywords:
+                        codes.update(_constants(keyword.value))
         elif isinstance(node, ast.Dict):
             for key, value in zip(node.keys, node.values, strict=True):
                 if key is not None and _constants(key) == ["error"]:
@@ -249,7 +263,12 @@ def test_every_error_code_is_documented() -> None:
     openai = _error_codes(HTTP_ADAPTERS / "openai_api.py", {"_error": (2, 3)}, set())
     openai |= _error_codes(HTTP_ADAPTERS / "openai_schemas.py", {"RequestError": (2,)}, set())
     assert {"invalid_request_error", "rate_limit_exceeded", "context_length_exceeded"} <= openai
+    for module in ("openai_models.py", "operations.py"):
+        openai |= _error_codes(
+            HTTP_ADAPTERS / module, {"openai_error": (2,)}, set(), keywords=("code",)
+        )
     assert {"missing_required", "unknown_parameter", "invalid_value"} <= openai
+    assert {"model_not_found", "permission_error"} <= openai
     openai_section = section(page("openai-api.md"), "## Errors")
     for code in sorted(openai):
         assert f"`{code}`" in openai_section, code

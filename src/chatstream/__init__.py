@@ -21,11 +21,11 @@ from .core import (
     Conversation,
     GenerationParams,
 )
+from .core.version import VERSION as __version__
 
 if TYPE_CHECKING:
     from .chat_stream import ChatStream, RequestRejected, Turn
 
-__version__ = "0.1.0.dev0"
 __all__ = [
     "AbstractChatPrompt",
     "ChatContent",

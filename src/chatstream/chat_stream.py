@@ -121,6 +121,7 @@ class ChatStream(HttpMethods):
         quantize: Quantize | Literal["none"] | None = None,
         torch_threads: int | None = None,
         backend: BackendFactory | Sequence[BackendFactory] | None = None,
+        served_model_name: str | None = None,
     ) -> None:
         if isinstance(mock_params, Mapping):
             mock_params = MockParams.from_mapping(mock_params)
@@ -192,6 +193,7 @@ class ChatStream(HttpMethods):
         )
         self.num_gpus = _count_gpus(self._models, self._devices, num_gpus, use_mock_response)
         self._torch_threads = torch_threads
+        self.served_model_name = _served_name(served_model_name)
         self._pool: ModelPool | None = None
         self._drain_requested = False
         self._driver: EngineDriver | None = None
@@ -419,7 +421,7 @@ class ChatStream(HttpMethods):
         if isinstance(prompt, str):
             _check_text("prompt", prompt)
             token_ids = await anyio.to_thread.run_sync(
-                lambda: _encode(self.backend, prompt, add_special_tokens=None, option="prompt")
+                lambda: _encode(self.backend, prompt, add_special_tokens=None, field="prompt")
             )
         else:
             token_ids = list(prompt)
@@ -475,9 +477,8 @@ class ChatStream(HttpMethods):
     @property
     def vocab_size(self) -> int:
         """Token ids a client may name (logit bias, stop token ids, prompts) are below this."""
-        if self.config.use_mock_response or self.tokenizer is None:
-            return 0x110000 + 1_000_000  # the mock's code points and reply pieces
-        return len(self.tokenizer)
+        size: int | None = getattr(self.backend, "vocab_size", None)
+        return size if size is not None else len(self.tokenizer)
 
     def check_token_ids(self, option: str, token_ids: Sequence[int]) -> None:
         """Refuse ids the tokenizer does not have, naming ``option``.
@@ -502,18 +503,29 @@ class ChatStream(HttpMethods):
             return text, text.encode()
         return exact.decode("utf-8", errors="replace"), exact
 
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        """The text of token ids (special tokens skipped)."""
-        return self.backend.decode(token_ids)
-
     def _render_messages(
-        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        add_special_tokens: bool | None = None,
     ) -> tuple[tuple[int, ...], tuple[str, ...], tuple[tuple[str, str], ...], bool]:
         # In a worker thread: templates and tokenizers are not for the event loop.
         backend = self.backend
         if not self.config.use_mock_response and has_chat_template(self.tokenizer):
-            text = render_chat(self.tokenizer, messages, tools)
-            ids = _encode(backend, text, add_special_tokens=False, option="messages")
+            try:
+                text = render_chat(
+                    self.tokenizer, messages, tools, add_generation_prompt=add_generation_prompt
+                )
+            except Exception as error:  # a template may refuse messages (raise_exception)
+                raise ConfigError(
+                    "messages", f"the chat template refuses them: {error}"[:500]
+                ) from None
+            # The template writes the special tokens itself.
+            ids = _encode(
+                backend, text, add_special_tokens=bool(add_special_tokens), field="messages"
+            )
             return tuple(ids), (), (), messages[-1]["role"] != "assistant"
         if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
             messages = generic_tool_messages(template_messages(messages), tools or ())
@@ -531,12 +543,15 @@ class ChatStream(HttpMethods):
                 prompt.add_responder_msg(content)
             else:
                 prompt.add_requester_msg(content)
-        prompt.add_responder_msg(None)
-        add_special = self.config.add_special_tokens
+        if add_generation_prompt:
+            prompt.add_responder_msg(None)
+        add_special = add_special_tokens
+        if add_special is None:
+            add_special = self.config.add_special_tokens
         if add_special is None:
             add_special = prompt.add_special_tokens
         text = prompt.create_prompt() + (prefill or "")
-        ids = _encode(backend, text, add_special_tokens=add_special, option="messages")
+        ids = _encode(backend, text, add_special_tokens=add_special, field="messages")
         return (
             tuple(ids),
             tuple(prompt.get_stop_strs()),
@@ -585,8 +600,61 @@ class ChatStream(HttpMethods):
 
     @property
     def model_id(self) -> str:
-        """The model's name as the OpenAI-compatible API reports it."""
-        return self._model_name()
+        """The model's name as the OpenAI-compatible API reports it: ``served_model_name``
+        if given, else the model's own."""
+        return self.served_model_name or self._model_name()
+
+    @property
+    def max_model_len(self) -> int:
+        """Prompt plus reply tokens one request may hold (the context length in force)."""
+        return self.driver.engine.config.context_len
+
+    async def tokenize(
+        self,
+        prompt: str | Sequence[Mapping[str, str]],
+        *,
+        add_special_tokens: bool | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """The token ids of a text, or of messages rendered as :meth:`submit_messages`
+        renders them (``add_generation_prompt=False`` leaves out the assistant's opening);
+        ``add_special_tokens=None`` adds what a prompt of that kind gets.
+
+        Raises:
+            ConfigError: text the tokenizer refuses, or malformed messages.
+        """
+        backend = self.backend  # raises unless running
+        if isinstance(prompt, str):
+            _check_text("prompt", prompt)
+            encode = functools.partial(
+                _encode, backend, prompt, add_special_tokens=add_special_tokens, field="prompt"
+            )
+            return await anyio.to_thread.run_sync(encode)
+        for index, message in enumerate(prompt):
+            _check_text(f"messages[{index}].content", message.get("content", ""))
+        render = functools.partial(
+            self._render_messages,
+            list(prompt),
+            add_generation_prompt=add_generation_prompt,
+            add_special_tokens=add_special_tokens,
+        )
+        return list((await anyio.to_thread.run_sync(render))[0])
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens skipped.
+
+        Raises:
+            ConfigError: an id outside the vocabulary (the option named ``tokens``).
+        """
+        backend = self.backend
+        vocab_size: int | None = getattr(backend, "vocab_size", None)
+        outside = [t for t in token_ids if t < 0 or (vocab_size is not None and t >= vocab_size)]
+        if outside:
+            top = "" if vocab_size is None else f" (0 to {vocab_size - 1})"
+            raise ConfigError("tokens", f"ids outside the vocabulary{top}: {outside[:5]}")
+        text = await anyio.to_thread.run_sync(backend.decode, list(token_ids))
+        # A lone surrogate (a mock's code point) is no character a response can carry.
+        return text.encode("utf-8", "replace").decode("utf-8")
 
     # ------------------------------------------------------------------ draining
 
@@ -778,16 +846,22 @@ def _check_text(option: str, text: str) -> None:
 
 
 def _encode(
-    backend: Backend, text: str, *, add_special_tokens: bool | None, option: str = "user_input"
+    backend: Backend, text: str, *, add_special_tokens: bool | None, field: str = "user_input"
 ) -> list[int]:
     # What the client wrote is what a tokenizer refuses (a TypeError or ValueError from the
-    # Rust side): a 400 for that request, not a 500 or a failed step.
+    # Rust side): a 400 for that request naming ``field``, not a 500 or a failed step.
     try:
         return backend.encode(text, add_special_tokens=add_special_tokens)
     except (TypeError, ValueError, UnicodeError) as error:
         raise ConfigError(
-            option, f"the tokenizer cannot encode this text ({type(error).__name__})"
+            field, f"the tokenizer cannot encode this text ({type(error).__name__})"
         ) from None
+
+
+def _served_name(name: str | None) -> str | None:
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ConfigError("served_model_name", f"must be a non-empty string, got {name!r}")
+    return name
 
 
 def _count_gpus(models: list[Any], devices: list[Any], num_gpus: int | None, mock: bool) -> int:

@@ -41,11 +41,18 @@ class HttpMethods:
 
         return OpenAIApi(http_api_of(self))
 
-    def routes(self: ChatService, opts: Mapping[str, Any] | None = None) -> list[Any]:
-        """Routes for ``Starlette(routes=...)`` or ``Mount`` (all APIs by default)."""
+    def routes(
+        self: ChatService,
+        opts: Mapping[str, Any] | None = None,
+        *,
+        open_metrics: bool = False,
+        metrics_token: str | None = None,
+    ) -> list[Any]:
+        """Routes for ``Starlette(routes=...)`` or ``Mount`` (all APIs by default);
+        ``open_metrics`` and ``metrics_token`` as for ``create_app``."""
         from .adapters.http.app import routes
 
-        return routes(self, opts)
+        return routes(self, opts, open_metrics=open_metrics, metrics_token=metrics_token)
 
     def append_apis(self: ChatService, app: Any, opts: Mapping[str, Any] | None = None) -> None:
         """Register the built-in routes on a Starlette/FastAPI app, as the original did:

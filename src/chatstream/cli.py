@@ -4,6 +4,10 @@
 With no ``--model``, both use the embedded SmolLM2-135M-Instruct (see ``chatstream.embedded``).
 Every option can also come from a config file (``--config file.toml`` or ``.json``), whose
 keys are the long option names with underscores; options on the command line win.
+
+Secrets never go on the command line (where ``ps`` shows them): the API key comes from the
+environment variable ``CHATSTREAM_API_KEY`` or a file (``--api-key-file``), the metrics token
+from ``CHATSTREAM_METRICS_TOKEN`` or ``--metrics-token-file``.
 """
 
 from __future__ import annotations
@@ -49,7 +53,15 @@ _DEFAULTS: dict[str, Any] = {
     "torch_threads": None,
     "system": None,
     "lang": None,
+    "served_model_name": None,
+    "api_key_file": None,
+    "cors_origin": None,
+    "metrics_token_file": None,
 }
+
+#: The environment variables that hold the secrets of ``serve``.
+API_KEY_ENV = "CHATSTREAM_API_KEY"
+METRICS_TOKEN_ENV = "CHATSTREAM_METRICS_TOKEN"
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -170,6 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same budget for each browser session (none)",
     )
     server.add_argument("--lang", choices=["en", "ja"], help="web UI language (the browser's)")
+    openai = serve.add_argument_group("OpenAI-compatible API and operations")
+    openai.add_argument(
+        "--served-model-name",
+        metavar="NAME",
+        help="the model's name in /v1/models and in every response's 'model' (the model "
+        "folder's name)",
+    )
+    openai.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help=f"a file holding the key every /v1/ route then needs as 'Authorization: Bearer "
+        f"<key>'; or set {API_KEY_ENV} (no key: open)",
+    )
+    openai.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let pages of this origin call the server, e.g. https://app.example.com; "
+        "repeat for more, '*' for any (none: same-origin only)",
+    )
+    openai.add_argument(
+        "--metrics-token-file",
+        metavar="PATH",
+        help=f"a file holding the token /metrics then needs as 'Authorization: Bearer "
+        f"<token>'; or set {METRICS_TOKEN_ENV} (none: /metrics is open)",
+    )
 
     chat = commands.add_parser("chat", help="chat in the terminal")
     chat.add_argument("--config", metavar="FILE", help="TOML or JSON file of options")
@@ -222,6 +260,7 @@ def build_chat_stream(options: dict[str, Any]) -> Any:
         "torch_threads": options["torch_threads"],
         "prefix_cache": options["prefix_cache"],
         "prefix_cache_mb": options["prefix_cache_mb"],
+        "served_model_name": options["served_model_name"],
     }
     if options["mock"]:
         mock_params = {
@@ -295,6 +334,11 @@ def serve(options: dict[str, Any]) -> None:
         )
     except ConfigError as error:
         raise SystemExit(f"chatstream serve: {error}") from None
+    api_key = _secret(options["api_key_file"], "--api-key-file", API_KEY_ENV)
+    metrics_token = _secret(
+        options["metrics_token_file"], "--metrics-token-file", METRICS_TOKEN_ENV
+    )
+    cors_origins = _origins(options["cors_origin"])
     chat_stream = build_chat_stream(options)
     url = f"http://{options['host']}:{options['port']}/"
     ui = {"lang": options["lang"]} if options["lang"] else None
@@ -303,6 +347,11 @@ def serve(options: dict[str, Any]) -> None:
         secret_key=options["secret_key"],
         http_options=http_options,
         web_ui_params=ui,
+        api_key=api_key,
+        cors_origins=cors_origins,
+        # As vLLM's: scrapers need no role (the web UI's browsers have none for it).
+        open_metrics=True,
+        metrics_token=metrics_token,
         on_ready=lambda: print(
             f"chatstream: serving {chat_stream.model_id} ({options['loop']}, "
             f"{weights_label(chat_stream)}); "
@@ -320,6 +369,30 @@ def serve(options: dict[str, Any]) -> None:
         header_timeout=options["header_timeout"],
         max_connections=options["max_connections"],
     )
+
+
+def _secret(path: str | None, flag: str, variable: str) -> str | None:
+    """A secret from the file ``path`` names (its text, surrounding whitespace taken off),
+    else from the environment variable; None when neither gives one."""
+    if path is None:
+        return os.environ.get(variable, "").strip() or None
+    try:
+        secret = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SystemExit(f"chatstream serve: {flag}: cannot read {path}: {error}") from None
+    if not secret:
+        raise SystemExit(f"chatstream serve: {flag}: {path} is empty")
+    return secret
+
+
+def _origins(value: object) -> list[str]:
+    """``--cors-origin`` values (a config file may give one string or a list)."""
+    if value is None:
+        return []
+    origins = [value] if isinstance(value, str) else value
+    if not isinstance(origins, list) or not all(isinstance(o, str) and o for o in origins):
+        raise SystemExit(f"chatstream serve: cors_origin: not a list of origins: {value!r}")
+    return origins
 
 
 def chat(options: dict[str, Any]) -> None:

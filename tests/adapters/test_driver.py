@@ -16,9 +16,11 @@ from chatstream.core import (
     Engine,
     Finished,
     GenerationParams,
+    Rejected,
     StepCompleted,
     StepPlan,
     TextDelta,
+    Usage,
 )
 
 pytestmark = pytest.mark.anyio
@@ -75,3 +77,54 @@ async def test_receive_takes_queued_events_at_once_and_times_out_without_ending(
             assert await handle.receive(timeout=30) is None
             assert await handle.receive() is None
         assert handle.outcome == events[0]
+
+
+def answer_until_ended(runner: HandRunner, driver: EngineDriver, request_id: int) -> None:
+    while driver.engine.is_active(request_id):
+        runner.answer("x")
+
+
+async def test_a_closed_handle_knows_the_tokens_its_request_used() -> None:
+    config = ChatStreamConfig(
+        num_of_concurrent_executions=1, max_queue_size=1, max_new_tokens=8, context_len=64
+    )
+    runner = HandRunner()
+    async with EngineDriver(Engine(config, CharDetokenizer()), runner) as driver:
+        # Cancelled by its close after two tokens: the usage so far, though nobody heard
+        # the end.
+        running = driver.submit((1, 2, 3), GenerationParams(max_new_tokens=8), DecodingOptions())
+        waiting = driver.submit((4, 5), GenerationParams(max_new_tokens=5), DecodingOptions())
+        runner.answer("a")
+        runner.answer("b")
+        assert running.usage is None
+        running.close()
+        assert running.usage == Usage(prompt_tokens=3, completion_tokens=2)
+        assert running.finished is None
+        # Its end routed but unread when it closed: the usage of that end.
+        answer_until_ended(runner, driver, waiting.request_id)
+        assert waiting.usage is None
+        waiting.close()
+        assert waiting.usage == Usage(prompt_tokens=2, completion_tokens=5)
+        # Read to its end: the usage of its Finished; a later close changes nothing.
+        done = driver.submit((6,), GenerationParams(max_new_tokens=1), DecodingOptions())
+        answer_until_ended(runner, driver, done.request_id)
+        with anyio.fail_after(5):
+            events = [event async for event in done]
+        assert isinstance(events[-1], Finished) and done.usage == events[-1].usage
+        done.close()
+        assert done.usage == Usage(prompt_tokens=1, completion_tokens=1)
+
+
+async def test_a_rejected_request_has_no_usage() -> None:
+    config = ChatStreamConfig(
+        num_of_concurrent_executions=1, max_queue_size=0, max_new_tokens=8, context_len=64
+    )
+    runner = HandRunner()
+    async with EngineDriver(Engine(config, CharDetokenizer()), runner) as driver:
+        first = driver.submit((1,), GenerationParams(max_new_tokens=8), DecodingOptions())
+        second = driver.submit((1,), GenerationParams(max_new_tokens=8), DecodingOptions())
+        assert isinstance(second.outcome, Rejected)
+        second.close()
+        assert second.usage is None
+        first.close()
+        assert first.usage == Usage(prompt_tokens=1, completion_tokens=0)

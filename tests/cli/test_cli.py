@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from chatstream.adapters.model import mock_texts
+from chatstream.cli import build_parser
 from tests.http.conftest import free_port
 
 ROOT = Path(__file__).parent.parent.parent
@@ -46,8 +48,26 @@ def test_help_explains_every_option() -> None:
         "--config",
         "--drain-timeout",
         "--quantize",
+        "--served-model-name",
+        "--api-key-file",
+        "--cors-origin",
+        "--metrics-token-file",
     ):
         assert option in serve, option
+    assert "CHATSTREAM_API_KEY" in serve and "CHATSTREAM_METRICS_TOKEN" in serve
+
+
+def test_every_serve_option_is_in_the_cli_page() -> None:
+    page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    (serve,) = [
+        choices["serve"]
+        for action in build_parser()._actions
+        if isinstance(choices := getattr(action, "choices", None), dict)
+    ]
+    options = [o for action in serve._actions for o in action.option_strings if o.startswith("--")]
+    assert "--api-key-file" in options
+    for option in options:
+        assert f"`{option}" in page or option in ("--help", "--config"), option
 
 
 def wait_until_serving(process: subprocess.Popen[str], url: str) -> None:
@@ -92,12 +112,114 @@ def test_serve_with_a_config_file(tmp_path: Path, loop: str) -> None:
             assert client.get("/").status_code == 200
             with client.stream("POST", "/chat_stream", json={"user_input": "ping pong"}) as r:
                 assert r.read().decode().split("<::EOS::>")[-2] == "ping pong"
+            # Without secrets: the OpenAI-compatible API and the metrics are open.
+            assert client.get("/v1/models").json()["data"][0]["id"] == "mock"
+            metrics = client.get("/metrics")
+            assert metrics.status_code == 200, metrics.text
+            assert 'model_name="mock"' in metrics.text
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     assert f"open {url} in a browser" in stderr
     assert f"({loop}, mock)" in stderr
     assert process.returncode in (0, -signal.SIGTERM)
+
+
+def serve_process(
+    tmp_path: Path, port: int, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        chatstream("serve", "--mock", "--mock-time-per-token", "0", "--port", str(port), *args),
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    return stderr
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_serve_with_a_key_a_metrics_token_cors_and_a_served_name(tmp_path: Path, loop: str) -> None:
+    port = free_port()
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text("scrape-me\n")
+    process = serve_process(
+        tmp_path,
+        port,
+        "--loop",
+        loop,
+        "--served-model-name",
+        "team/chat",
+        "--metrics-token-file",
+        str(token_file),
+        "--cors-origin",
+        "https://a.example",
+        "--cors-origin",
+        "https://b.example",
+        env={"CHATSTREAM_API_KEY": "s3cret-key", "CHATSTREAM_METRICS_TOKEN": "not this one"},
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(process, url)
+        with (
+            openai.OpenAI(base_url=url + "v1", api_key="wrong", max_retries=0) as keyless,
+            pytest.raises(openai.AuthenticationError),
+        ):
+            keyless.models.list()
+        with openai.OpenAI(base_url=url + "v1", api_key="s3cret-key", max_retries=0) as sdk:
+            assert [m.id for m in sdk.models.list().data] == ["team/chat"]
+            completion = sdk.chat.completions.create(
+                model="team/chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+            )
+            assert completion.model == "team/chat"
+        with httpx.Client(base_url=url, timeout=10) as client:
+            # The file's token, not the environment's; the API key is no metrics token.
+            for token in (None, "not this one", "s3cret-key"):
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                assert client.get("/metrics", headers=headers).status_code == 401
+            scraped = client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+            assert 'model_name="team/chat"' in scraped.text
+            preflight = client.options(
+                "/v1/chat/completions",
+                headers={
+                    "Origin": "https://b.example",
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "authorization",
+                },
+            )
+            assert preflight.headers["access-control-allow-origin"] == "https://b.example"
+            # What needs no key still needs none.
+            assert client.get("/health").status_code == 200
+            assert client.post("/tokenize", json={"prompt": "ab"}).json()["count"] == 2
+            with client.stream("POST", "/chat_stream", json={"user_input": "hi"}) as r:
+                assert r.status_code == 200 and r.read()
+    finally:
+        stderr = stop(process)
+    assert "s3cret-key" not in stderr and "scrape-me" not in stderr
+
+
+@pytest.mark.parametrize("content", [None, "", "  \n"])
+def test_an_unreadable_or_empty_key_file_stops_the_start(
+    tmp_path: Path, content: str | None
+) -> None:
+    key_file = tmp_path / "key"
+    if content is not None:
+        key_file.write_text(content)
+    result = subprocess.run(
+        chatstream("serve", "--mock", "--api-key-file", str(key_file)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    expected = "cannot read" if content is None else "is empty"
+    assert "--api-key-file: " in result.stderr and expected in result.stderr
 
 
 def test_console_chat_commands_and_ctrl_c(tmp_path: Path) -> None:

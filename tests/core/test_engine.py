@@ -449,3 +449,21 @@ def test_a_stop_tokens_logprob_is_not_reported() -> None:
     )
     deltas = [e for e in drain(engine) if isinstance(e, TextDelta)]
     assert deltas == []
+
+
+def test_kv_statistics_count_the_positions_running_requests_hold() -> None:
+    engine = make_engine(num_of_concurrent_executions=2, max_queue_size=1)
+    stats = engine.statistics()
+    assert (stats.kv_tokens_used, stats.kv_tokens_capacity) == (0, 2 * 64)
+    submit(engine, 1, prompt_len=3)
+    submit(engine, 2, prompt_len=1)
+    submit(engine, 3, prompt_len=2)
+    (plan,) = plans(drain(engine))
+    # Two run (3 + 1 positions); the third waits and holds none.
+    assert engine.statistics().kv_tokens_used == 4
+    engine.send(answer(plan))
+    drain(engine)
+    assert engine.statistics().kv_tokens_used == 4 + 2  # a token each
+    engine.send(Cancel(request_id=1))
+    drain(engine)
+    assert engine.statistics().kv_tokens_used == 2 + 2  # request 2, and 3 admitted

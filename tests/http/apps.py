@@ -1,7 +1,8 @@
 """Apps the HTTP tests serve in a real server process, configured by environment variables.
 
 ``CHATSTREAM_TEST_OPTIONS`` holds JSON keyword arguments for ``ChatStream`` (mock mode);
-``CHATSTREAM_TEST_HTTP`` holds JSON keyword arguments for ``HttpOptions``.
+``CHATSTREAM_TEST_HTTP`` holds JSON keyword arguments for ``HttpOptions``;
+``CHATSTREAM_TEST_APP`` holds more JSON keyword arguments for ``create_app``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,12 @@ def tiny_model_app() -> Starlette:
 
 def mock_app() -> Starlette:
     """The app factory's app: every API, sessions, health, metrics."""
-    return create_app(_chat_stream(), secret_key="test secret", http_options=_http_options())
+    return create_app(
+        _chat_stream(),
+        secret_key="test secret",
+        http_options=_http_options(),
+        **json.loads(os.environ.get("CHATSTREAM_TEST_APP", "{}")),
+    )
 
 
 def original_style_app() -> Starlette:

@@ -95,7 +95,12 @@ def launch_server(
     with log.open("wb") as stderr:
         process = subprocess.Popen(
             command,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            # The tests' package, and the sources of this checkout (not only an installed copy).
+            env={
+                **os.environ,
+                **env,
+                "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")]),
+            },
             cwd=ROOT,
             stderr=stderr,
             preexec_fn=preexec_fn,
@@ -129,6 +134,7 @@ def start_server(loop: str) -> Iterator[ServerFactory]:
         factory: str = "tests.http.apps:mock_app",
         options: dict[str, Any] | None = None,
         http: dict[str, Any] | None = None,
+        app: dict[str, Any] | None = None,
         drain_timeout: float = 10.0,
         server_args: Sequence[str] = (),
         preexec_fn: Callable[[], None] | None = None,
@@ -136,6 +142,7 @@ def start_server(loop: str) -> Iterator[ServerFactory]:
         env = {
             "CHATSTREAM_TEST_OPTIONS": json.dumps(options or {}),
             "CHATSTREAM_TEST_HTTP": json.dumps(http or {}),
+            "CHATSTREAM_TEST_APP": json.dumps(app or {}),
         }
         server = launch_server(
             factory=factory,

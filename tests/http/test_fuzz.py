@@ -92,12 +92,23 @@ ROUTES: list[tuple[str, str]] = [
     ("GET", "/get_load"),
     ("GET", "/get_resource_usage"),
     ("GET", "/v1/models"),
+    ("GET", "/v1/models/mock"),
+    ("POST", "/tokenize"),
+    ("POST", "/detokenize"),
+    ("GET", "/version"),
     ("GET", "/health"),
     ("GET", "/metrics"),
     ("GET", "/"),
     ("GET", "/chatstream.js"),
 ]
-BODY_ROUTES = ["/chat_stream", "/set_generation_params", "/set_feedback", "/v1/chat/completions"]
+BODY_ROUTES = [
+    "/chat_stream",
+    "/set_generation_params",
+    "/set_feedback",
+    "/v1/chat/completions",
+    "/tokenize",
+    "/detokenize",
+]
 UNKNOWN_PATHS = ["/nope", "/chat_stream/", "/v1/chat/completions/x", "/v1", "/get_load.json"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
@@ -131,6 +142,10 @@ FIELD_NAMES = [
     "form_data",
     "message_id",
     "is_like",
+    "prompt",
+    "tokens",
+    "add_generation_prompt",
+    "add_special_tokens",
 ]
 
 
@@ -318,6 +333,22 @@ COMPLETION = st.fixed_dictionaries(
         **{name: PARAM_VALUES[name] for name in ("temperature", "top_p", "seed", "stop")},
     },
 )
+TOKENIZE = st.fixed_dictionaries(
+    {},
+    optional={
+        "prompt": maybe(TEXT),
+        "messages": maybe(CONVERSATION),
+        "add_generation_prompt": maybe(st.booleans()),
+        "add_special_tokens": maybe(st.booleans()),
+        "model": maybe(st.just("mock")),
+    },
+)
+# Code points, the mock's piece ids above them, and ids no tokenizer has.
+TOKEN_IDS = st.integers(-1, 0x110010) | st.sampled_from([0, 0xD800, 0x10FFFF]) | EDGE_INTS
+DETOKENIZE = st.fixed_dictionaries(
+    {"tokens": maybe(st.lists(TOKEN_IDS, max_size=20))},
+    optional={"model": maybe(st.just("mock"))},
+)
 # Deep-ish nesting, around the limit of 32 levels.
 NESTED = st.dictionaries(KEYS, nested(), min_size=1, max_size=2)
 ANY_OBJECT = st.dictionaries(KEYS, VALUES, max_size=6)
@@ -402,6 +433,8 @@ def bodies_for(path: str, message_ids: list[str]) -> st.SearchStrategy[bytes]:
         "/set_generation_params": PARAMS,
         "/set_feedback": feedback_bodies(message_ids),
         "/v1/chat/completions": COMPLETION,
+        "/tokenize": TOKENIZE,
+        "/detokenize": DETOKENIZE,
     }
     own = shapes.get(path, ANY_OBJECT)
     anything = st.one_of(*shapes.values(), ANY_OBJECT, VALUES)

@@ -3,6 +3,7 @@ snapshots, one registry per instance, the process and platform collectors."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import itertools
@@ -25,10 +26,21 @@ from chatstream.adapters.http.metrics import (
     DURATION_BUCKETS,
     INTER_TOKEN_BUCKETS,
     LATENCY_BUCKETS,
+    TOKEN_BUCKETS,
     ChatMetrics,
     RequestTimer,
 )
-from chatstream.core import EngineStatistics, FinishReason, PrefixStatistics, RejectReason, Usage
+from chatstream.core import (
+    Admitted,
+    EngineStatistics,
+    Finished,
+    FinishReason,
+    PrefixStatistics,
+    Queued,
+    RejectReason,
+    TextDelta,
+    Usage,
+)
 
 # The families as exposed: name on the TYPE line -> (type, help). prometheus_client's parser
 # names a counter family without its ``_total``; :func:`parse` keys them as exposed.
@@ -49,10 +61,45 @@ FAMILIES = {
         "histogram",
         "Time from submission to the end of a request that was not rejected.",
     ),
-    "chatstream_generated_tokens_total": ("counter", "Completion tokens of finished requests."),
-    "chatstream_prompt_tokens_total": ("counter", "Prompt tokens of finished requests."),
+    "chatstream_generated_tokens_total": (
+        "counter",
+        "Completion tokens of ended requests, cancelled and failed ones included.",
+    ),
+    "chatstream_prompt_tokens_total": (
+        "counter",
+        "Prompt tokens of ended requests that got a slot, cancelled ones included.",
+    ),
     "chatstream_requests_total": ("counter", "Requests by outcome."),
     "chatstream_rejected_requests_total": ("counter", "Rejected requests by reason."),
+    # vLLM's request families, labelled with model_name.
+    "chatstream_request_success_total": (
+        "counter",
+        "Ended requests by finished_reason: stop, length, abort (cancelled) or error.",
+    ),
+    "chatstream_request_prompt_tokens": (
+        "histogram",
+        "Prompt tokens of each ended request that got a slot.",
+    ),
+    "chatstream_request_generation_tokens": (
+        "histogram",
+        "Generated tokens of each ended request that got a slot.",
+    ),
+    "chatstream_request_prefill_time_seconds": (
+        "histogram",
+        "Time from admission into a slot to the first text of the reply.",
+    ),
+    "chatstream_request_decode_time_seconds": (
+        "histogram",
+        "Time from the first text of the reply to the end of the request.",
+    ),
+    "chatstream_request_inference_time_seconds": (
+        "histogram",
+        "Time from admission into a slot to the end of the request.",
+    ),
+    "chatstream_request_time_per_output_token_seconds": (
+        "histogram",
+        "Decode time of a request divided by its generated tokens after the first.",
+    ),
     "chatstream_requests_running": ("gauge", "Requests holding a slot."),
     "chatstream_requests_waiting": ("gauge", "Requests waiting for a slot."),
     "chatstream_slots": ("gauge", "Slots: requests that can run at once."),
@@ -94,11 +141,19 @@ FAMILIES = {
         "counter",
         "Of the hit tokens, those copied back from host memory.",
     ),
+    "chatstream_kv_cache_usage_perc": (
+        "gauge",
+        "Fraction of the KV positions of all slots that running requests hold (0 to 1).",
+    ),
 }
 # Families made by prometheus_client's Counter/Histogram: each has a ``*_created`` gauge.
-REQUEST_FAMILIES = list(FAMILIES)[:8]
-# The engine families, from a snapshot: no ``*_created``, nothing before the first render.
-ENGINE_FAMILIES = list(FAMILIES)[8:]
+REQUEST_FAMILIES = list(FAMILIES)[:15]
+# Of those, the ones labelled with model_name.
+MODEL_FAMILIES = REQUEST_FAMILIES[8:]
+# The engine families, from a snapshot: no ``*_created``, nothing before the first render;
+# all but the last (the KV usage, labelled with model_name) without labels.
+ENGINE_FAMILIES = list(FAMILIES)[15:-1]
+KV_USAGE = "chatstream_kv_cache_usage_perc"
 
 
 def _created_name(name: str) -> str:
@@ -138,9 +193,12 @@ def buckets(families: dict[str, Metric], name: str) -> dict[float, float]:
     }
 
 
-def hist(families: dict[str, Metric], name: str) -> tuple[float, float]:
+def hist(families: dict[str, Metric], name: str, **labels: str) -> tuple[float, float]:
     """A histogram's (sum, count)."""
-    return (value(families, name, name + "_sum"), value(families, name, name + "_count"))
+    return (
+        value(families, name, name + "_sum", **labels),
+        value(families, name, name + "_count", **labels),
+    )
 
 
 def _stats(
@@ -154,6 +212,7 @@ def _stats(
     draining: bool = False,
     lost: str | None = None,
     prefix: PrefixStatistics | None = None,
+    kv_tokens_used: int = 0,
 ) -> EngineStatistics:
     return EngineStatistics(
         running=running,
@@ -171,6 +230,8 @@ def _stats(
         draining=draining,
         lost=lost,
         prefix=prefix,
+        kv_tokens_used=kv_tokens_used,
+        kv_tokens_capacity=4 * 64,
     )
 
 
@@ -197,6 +258,7 @@ def test_the_hand_written_client_is_gone() -> None:
         "DURATION_BUCKETS",
         "INTER_TOKEN_BUCKETS",
         "LATENCY_BUCKETS",
+        "TOKEN_BUCKETS",
         "ChatMetrics",
         "RequestTimer",
     }
@@ -226,6 +288,18 @@ def test_every_family_with_its_type_help_and_buckets() -> None:
         assert list(buckets(families, name)) == [*bounds, math.inf]
         assert all(count == 0 for count in buckets(families, name).values())
         assert hist(families, name) == (0, 0)
+    assert TOKEN_BUCKETS[:4] == (1, 2, 5, 10) and TOKEN_BUCKETS[-1] == 500_000
+    for name, bounds in [
+        ("chatstream_request_prompt_tokens", TOKEN_BUCKETS),
+        ("chatstream_request_generation_tokens", TOKEN_BUCKETS),
+        ("chatstream_request_prefill_time_seconds", LATENCY_BUCKETS),
+        ("chatstream_request_decode_time_seconds", DURATION_BUCKETS),
+        ("chatstream_request_inference_time_seconds", DURATION_BUCKETS),
+        ("chatstream_request_time_per_output_token_seconds", INTER_TOKEN_BUCKETS),
+    ]:
+        assert list(bounds) == sorted(set(bounds))
+        assert list(buckets(families, name)) == [*bounds, math.inf]
+        assert hist(families, name, model_name="") == (0, 0)
 
 
 def test_labelled_series_exist_from_the_start_at_zero() -> None:
@@ -246,6 +320,11 @@ def test_labelled_series_exist_from_the_start_at_zero() -> None:
     }
     for name in ("chatstream_generated_tokens_total", "chatstream_prompt_tokens_total"):
         assert value(families, name, name) == 0
+    success = "chatstream_request_success_total"
+    assert {
+        (s.labels["model_name"], s.labels["finished_reason"]): s.value
+        for s in families[success].samples
+    } == {("", reason): 0 for reason in ("stop", "length", "abort", "error")}
 
 
 def test_process_platform_and_gc_collectors() -> None:
@@ -314,7 +393,7 @@ def test_engine_family_names_are_claimed_on_the_registry() -> None:
 
 
 def test_scripted_requests() -> None:
-    metrics = ChatMetrics()
+    metrics = ChatMetrics(model_name="tiny")
     clock = FakeClock()
 
     # A: queued 1/64 s, three deltas, stops after 1 s. Times are binary fractions: exact sums.
@@ -389,6 +468,31 @@ def test_scripted_requests() -> None:
         counts = list(buckets(families, name).values())
         assert counts == sorted(counts)
         assert counts[-1] == hist(families, name)[1]
+
+    # vLLM's families, labelled with the model's name. The request that never got a slot
+    # (E) observes no per-request tokens; the cancelled one (B) does.
+    success = "chatstream_request_success_total"
+    assert {r: v(success, model_name="tiny", finished_reason=r) for r in ("stop", "length")} == {
+        "stop": 2,
+        "length": 1,
+    }
+    assert v(success, model_name="tiny", finished_reason="abort") == 1
+    assert v(success, model_name="tiny", finished_reason="error") == 1
+    prompt = "chatstream_request_prompt_tokens"
+    assert hist(families, prompt, model_name="tiny") == (7 + 4 + 5 + 1, 4)
+    assert [buckets(families, prompt)[le] for le in (1, 2, 5, 10)] == [1, 1, 3, 4]
+    generation = "chatstream_request_generation_tokens"
+    assert hist(families, generation, model_name="tiny") == (3 + 0 + 1 + 1, 4)
+    # A: admitted at 1/64 s, first text at 0.5 s, end at 1 s; B: admitted at 2 s, ended at
+    # 2.25 s without text; E: text at 3.25 s, ended at 3.5 s, never admitted.
+    inference = "chatstream_request_inference_time_seconds"
+    assert hist(families, inference, model_name="tiny") == (1 - 0.015625 + 0.25, 2)
+    prefill = "chatstream_request_prefill_time_seconds"
+    assert hist(families, prefill, model_name="tiny") == (0.5 - 0.015625, 1)
+    decode = "chatstream_request_decode_time_seconds"
+    assert hist(families, decode, model_name="tiny") == (0.5 + 0.25, 2)
+    per_token = "chatstream_request_time_per_output_token_seconds"
+    assert hist(families, per_token, model_name="tiny") == (0.5 / 2, 1)
 
     assert v("chatstream_requests_running") == 2
     assert v("chatstream_requests_waiting") == 1
@@ -521,3 +625,74 @@ def test_default_clock_is_monotonic() -> None:
     name = "chatstream_request_duration_seconds"
     assert value(families, name, name + "_count") == 1
     assert value(families, name, name + "_sum") >= 0
+
+
+def test_cancelled_requests_count_their_tokens_so_far() -> None:
+    metrics = ChatMetrics(model_name="tiny")
+    clock = FakeClock()
+    # Admitted, two deltas, then its client left: the handle's usage says 5 tokens so far.
+    running = RequestTimer(metrics, clock)
+    running.submitted()
+    for event in (
+        Admitted(request_id=1, slot=0),
+        TextDelta(request_id=1, text="a"),
+        TextDelta(request_id=1, text="b"),
+    ):
+        running.observe(event)
+    running.finished(FinishReason.CANCELLED, Usage(prompt_tokens=12, completion_tokens=5))
+    # Cancelled while waiting: its prompt was never prefilled, so it is not counted.
+    waiting = RequestTimer(metrics, clock)
+    waiting.submitted()
+    waiting.observe(Queued(request_id=2, position=1))
+    waiting.finished(FinishReason.CANCELLED, Usage(prompt_tokens=30, completion_tokens=0))
+    families = parse(metrics.render(_stats()))
+
+    def v(name: str, **labels: str) -> float:
+        return value(families, name, name, **labels)
+
+    assert v("chatstream_prompt_tokens_total") == 12
+    assert v("chatstream_generated_tokens_total") == 5
+    assert v("chatstream_requests_total", outcome="cancelled") == 2
+    assert v("chatstream_request_success_total", model_name="tiny", finished_reason="abort") == 2
+    assert hist(families, "chatstream_request_prompt_tokens", model_name="tiny") == (12, 1)
+    assert hist(families, "chatstream_request_generation_tokens", model_name="tiny") == (5, 1)
+
+
+def test_observe_takes_a_finished_event_with_its_reason() -> None:
+    metrics = ChatMetrics(model_name="tiny")
+    timer = RequestTimer(metrics, FakeClock())
+    timer.submitted()
+    timer.observe(Admitted(request_id=1, slot=0))
+    usage = Usage(prompt_tokens=3, completion_tokens=2)
+    timer.observe(Finished(request_id=1, reason=FinishReason.LENGTH, usage=usage))
+    timer.observe(Finished(request_id=1, reason=FinishReason.STOP, usage=usage))  # ignored
+    families = parse(metrics.render(_stats()))
+    success = "chatstream_request_success_total"
+    assert value(families, success, success, model_name="tiny", finished_reason="length") == 1
+    assert value(families, success, success, model_name="tiny", finished_reason="stop") == 0
+
+
+def test_model_name_is_read_at_each_observation_and_scrape() -> None:
+    current = {"name": "before"}
+
+    def model_name() -> str:
+        return current["name"]
+
+    metrics = ChatMetrics(model_name=model_name)
+    metrics.observe_request(0.5, FinishReason.STOP, 2, 1)
+    current["name"] = "served"
+    families = parse(metrics.render(_stats(kv_tokens_used=64)))
+    success = "chatstream_request_success_total"
+    assert value(families, success, success, model_name="before", finished_reason="stop") == 1
+    # The new name's series exist from its first scrape, at 0.
+    assert value(families, success, success, model_name="served", finished_reason="stop") == 0
+    assert value(families, KV_USAGE, KV_USAGE, model_name="served") == 0.25
+
+
+def test_kv_usage_is_the_share_of_slot_positions_held() -> None:
+    metrics = ChatMetrics(model_name="m")
+    for used, share in ((0, 0.0), (64, 0.25), (256, 1.0)):
+        families = parse(metrics.render(_stats(kv_tokens_used=used)))
+        assert value(families, KV_USAGE, KV_USAGE, model_name="m") == share
+    empty = dataclasses.replace(_stats(), kv_tokens_capacity=0)
+    assert value(parse(metrics.render(empty)), KV_USAGE, KV_USAGE, model_name="m") == 0

@@ -41,6 +41,7 @@ from chatstream.core import (
     StepPlan,
     Submit,
     TextDelta,
+    Usage,
 )
 
 from .model.model_thread import StepDone, StepResult
@@ -81,6 +82,11 @@ class RequestHandle:
         self._peeked: RequestEvent | None = None
         self._outcome: RequestEvent | None = None
         self.finished: Finished | Rejected | None = None
+        #: The request's token counts once it ended, whether or not its end was heard here:
+        #: from its ``Finished`` event, or, for a handle closed first, from the ``Finished``
+        #: that the close caused or left unread (the tokens of a cancelled request count
+        #: too). None while it runs, and for a rejected request.
+        self.usage: Usage | None = None
 
     @property
     def outcome(self) -> RequestEvent:
@@ -113,6 +119,8 @@ class RequestHandle:
             self._outcome = event
         if isinstance(event, Finished | Rejected):
             self.finished = event
+            if isinstance(event, Finished):
+                self.usage = event.usage
             self._events.close()  # nothing follows a terminal event
         return event
 
@@ -132,9 +140,25 @@ class RequestHandle:
         return await anext(self, None)
 
     def close(self) -> None:
-        """Stop listening; cancels the request if it has not ended."""
+        """Stop listening; cancels the request if it has not ended. Either way
+        :attr:`usage` then holds what the request used."""
+        if self.usage is None:
+            self.usage = self._unread_usage()
         self._events.close()
-        self._driver.cancel(self.request_id)
+        ended = self._driver.cancel(self.request_id)
+        if self.usage is None and ended is not None:
+            self.usage = ended.usage
+
+    def _unread_usage(self) -> Usage | None:
+        """The usage of a ``Finished`` routed here but not read yet (nobody reads it now)."""
+        pending = [self._peeked] if self._peeked is not None else []
+        try:
+            while True:
+                pending.append(self._events.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            pass
+        ends = [event for event in pending if isinstance(event, Finished)]
+        return ends[0].usage if ends else None
 
     def __enter__(self) -> RequestHandle:
         return self
@@ -165,6 +189,8 @@ class EngineDriver:
         self._running = False
         # Requests being cut by cancel_all: their ends are no failures to log.
         self._cutting: set[int] = set()
+        # Requests being cancelled by their handle, and the end each got (nobody listens).
+        self._unheard_ends: dict[int, Finished | None] = {}
         config = engine.config
         # Every event a request can produce, so that routing never blocks: the admission
         # outcome, queue moves, one delta per token, and the terminal event.
@@ -211,14 +237,21 @@ class EngineDriver:
         self._flush()
         return RequestHandle(self, request_id, receive)
 
-    def cancel(self, request_id: int) -> None:
-        """Cancel a request; nothing happens if it already ended."""
+    def cancel(self, request_id: int) -> Finished | None:
+        """Cancel a request; nothing happens if it already ended. Returns the ``Finished``
+        event this cancel ended it with (its usage counts the tokens so far), else None."""
         stream = self._streams.pop(request_id, None)
         if stream is not None:
             stream.close()
-        if self.engine.is_active(request_id):
+        if not self.engine.is_active(request_id):
+            return None
+        self._unheard_ends[request_id] = None
+        try:
             self.engine.send(Cancel(request_id=request_id))
             self._flush()
+            return self._unheard_ends[request_id]
+        finally:
+            del self._unheard_ends[request_id]
 
     def cancel_all(self, error: str | None = None) -> int:
         """Cancel every request; with ``error``, each ends with it as its error (a shutdown
@@ -259,6 +292,8 @@ class EngineDriver:
         request_id = event.request_id
         stream = self._streams.get(request_id)
         if stream is None:
+            if isinstance(event, Finished) and request_id in self._unheard_ends:
+                self._unheard_ends[request_id] = event
             return
         terminal = isinstance(event, Finished | Rejected)
         try:

@@ -120,12 +120,36 @@ class ChatService(Protocol):
         """One token's text and exact bytes, for log-probabilities."""
         ...
 
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        """The text of token ids (special tokens skipped)."""
-        ...
-
     def render_history(self, conversation: Conversation) -> str | None:
         """The conversation as the prompt class renders it (None when empty)."""
+        ...
+
+    @property
+    def max_model_len(self) -> int:
+        """Prompt plus reply tokens one request may hold (the context length in force)."""
+        ...
+
+    async def tokenize(
+        self,
+        prompt: str | Sequence[Mapping[str, str]],
+        *,
+        add_special_tokens: bool | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """The token ids of a text, or of ``{"role", "content"}`` messages rendered as
+        :meth:`submit_messages` renders them; tokenized off the event loop.
+
+        Raises:
+            ConfigError: text the tokenizer refuses, or malformed messages.
+        """
+        ...
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids (special tokens skipped); decoded off the event loop.
+
+        Raises:
+            ConfigError: an id outside the vocabulary (the option named ``tokens``).
+        """
         ...
 
     def start_drain(self) -> None:

@@ -11,6 +11,7 @@ from chatstream.core import (
     RejectReason,
     RenderedPrompt,
     TextDelta,
+    Usage,
 )
 
 from .driver import RequestEvent, RequestHandle
@@ -53,6 +54,12 @@ class Turn:
     def outcome(self) -> RequestEvent:
         """Admitted or Queued (a rejected turn never gets this far)."""
         return self._handle.outcome
+
+    @property
+    def usage(self) -> Usage | None:
+        """What the turn used once it ended, heard or not (a cancelled turn's tokens so
+        far); None while it runs."""
+        return self._handle.usage
 
     def events(self) -> Turn:
         """Every event of the turn; the last one is ``Finished``. (The turn itself.)"""

@@ -76,6 +76,11 @@ class EngineStatistics(AdmissionStatistics):
     consecutive_failures: int = 0
     #: The prefix directory's counters; None when prefix reuse is off.
     prefix: PrefixStatistics | None = None
+    #: KV positions the running requests hold (their prompts and the tokens generated so
+    #: far; the prefixes parked for reuse are not counted, as they give way on demand).
+    kv_tokens_used: int = 0
+    #: KV positions all slots can hold: slots times ``context_len``.
+    kv_tokens_capacity: int = 0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -204,6 +209,12 @@ class Engine:
             failed_total=self._failed_total,
             consecutive_failures=self._consecutive_failures,
             prefix=None if self._prefix is None else self._prefix.statistics(),
+            kv_tokens_used=sum(
+                len(request.prompt) + request.generated
+                for request_id, request in self._requests.items()
+                if self._admission.slot_of(request_id) is not None
+            ),
+            kv_tokens_capacity=admission.capacity * self.config.context_len,
         )
 
     @property

@@ -26,10 +26,13 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
 from chatstream.adapters.service import ChatService
+from chatstream.core import ConfigError
 
+from .auth import ApiKeyMiddleware, guarded_by_token
 from .common import HttpOptions
 from .openai_api import OpenAIApi
-from .original_api import configure_http, http_api_of
+from .operations import OperationsApi
+from .original_api import HttpApi, configure_http, http_api_of
 from .rate_limit import RateLimitMiddleware
 from .request_body import RequestBodyGuard
 from .session_stores import SessionStore
@@ -40,6 +43,7 @@ __all__ = [
     "API_PATHS",
     "append_apis",
     "append_middlewares",
+    "cors_middleware",
     "create_app",
     "mountable_app",
     "routes",
@@ -94,9 +98,20 @@ def select_apis(opts: Mapping[str, Any] | None) -> list[str]:
 def routes(
     chat_stream: ChatService,
     opts: Mapping[str, Any] | None = None,
+    *,
+    open_metrics: bool = False,
+    metrics_token: str | None = None,
 ) -> list[BaseRoute]:
-    """The routes of the chosen APIs (all by default), plus ``/health`` and
-    ``/v1/models``, ready for ``Starlette(routes=...)`` or ``Mount``."""
+    """The routes of the chosen APIs (all by default), plus ``/health``, and with the
+    ``openai`` API ``/v1/models``, ``/v1/models/{model}``, ``/tokenize``, ``/detokenize`` and
+    ``/version``, ready for ``Starlette(routes=...)`` or ``Mount``.
+
+    Args:
+        open_metrics: ``/metrics`` answers everyone, as vLLM's does; by default the
+            caller's role decides (API name ``metrics``).
+        metrics_token: ``/metrics`` answers only ``Authorization: Bearer <metrics_token>``
+            (whatever the role, or ``open_metrics``).
+    """
     http = http_api_of(chat_stream)
     openai = OpenAIApi(http)
     web_ui_params = dict((opts or {}).get("web_ui_params") or {})
@@ -112,7 +127,7 @@ def routes(
         "webui_index": lambda request: index_page(request, http.roles, web_ui_params),
         "webui_js": lambda request: script(request, http.roles),
         "openai": openai.chat_completions,
-        "metrics": http.handle_metrics_request,
+        "metrics": _metrics_handler(http, open_metrics, metrics_token),
         "get_history": http.handle_get_history_request,
     }
     selected = select_apis(opts)
@@ -122,9 +137,24 @@ def routes(
     ]
     out.append(Route("/health", http.handle_health_request, methods=["GET"]))
     if "openai" in selected:
-        out.append(Route("/v1/models", openai.models, methods=["GET"]))
-        out.append(Route("/v1/completions", openai.completions, methods=["POST"]))
+        operations = OperationsApi(http)
+        out += [
+            Route("/v1/models", openai.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", openai.model, methods=["GET"]),
+            Route("/v1/completions", openai.completions, methods=["POST"]),
+            Route("/tokenize", operations.tokenize, methods=["POST"]),
+            Route("/detokenize", operations.detokenize, methods=["POST"]),
+            Route("/version", operations.version, methods=["GET"]),
+        ]
     return out
+
+
+def _metrics_handler(
+    http: HttpApi, open_metrics: bool, token: str | None
+) -> Callable[[Request], Any]:
+    if token:
+        return guarded_by_token(token, http.render_metrics)
+    return http.render_metrics if open_metrics else http.handle_metrics_request
 
 
 def _endpoint(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
@@ -187,9 +217,10 @@ def _middleware(
     store: SessionStore | None,
     secret_key: str | bytes | None,
     secure: bool,
+    api_key: str | None,
 ) -> list[Middleware]:
     """The body deadline outside, then sessions, then the rate limit (which reads the
-    session), around the routes."""
+    session, and bounds the guesses of an API key), then the API key, around the routes."""
 
     def options() -> HttpOptions:  # read per request: a later configure_http applies
         return http_api_of(chat_stream).options
@@ -198,6 +229,30 @@ def _middleware(
         Middleware(RequestBodyGuard, options=options),
         *session_middleware({"secret_key": secret_key, "store": store, "secure": secure}),
         Middleware(RateLimitMiddleware, options=options),
+        Middleware(ApiKeyMiddleware, api_key=api_key),
+    ]
+
+
+def cors_middleware(origins: Sequence[str]) -> list[Middleware]:
+    """Starlette's CORS middleware for these origins (``"*"``: any), or none for none (only
+    same-origin pages may call). No credentials: cross-origin callers send a bearer key, not
+    the session cookie.
+
+    Raises:
+        ConfigError: ``origins`` is a string, or holds something else than strings.
+    """
+    if isinstance(origins, str) or not all(isinstance(o, str) and o for o in origins):
+        raise ConfigError("cors_origins", f"must be a list of origins, got {origins!r}")
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After", "X-ChatStream-Last-Generated-Message-Id"],
+        )
     ]
 
 
@@ -218,9 +273,18 @@ def create_app(
     web_ui_params: Mapping[str, Any] | None = None,
     on_ready: Callable[[], None] | None = None,
     debug: bool = False,
+    api_key: str | None = None,
+    cors_origins: Sequence[str] = (),
+    open_metrics: bool = False,
+    metrics_token: str | None = None,
 ) -> Starlette:
     """A Starlette app serving ``chat_stream``: every API (or the chosen ones), the web UI,
-    sessions, ``/health`` and ``/metrics``, with the model loaded in the app's lifespan."""
+    sessions, ``/health`` and ``/metrics``, with the model loaded in the app's lifespan.
+
+    ``api_key`` guards every route under ``/v1/`` (:class:`~.auth.ApiKeyMiddleware`);
+    ``cors_origins`` lets pages of those origins call the app (:func:`cors_middleware`);
+    ``open_metrics`` and ``metrics_token`` decide who reads ``/metrics`` (:func:`routes`).
+    """
     if http_options is not None:
         configure_http(chat_stream, http_options)
     drain_timeout = http_api_of(chat_stream).options.drain_timeout_sec
@@ -249,13 +313,17 @@ def create_app(
                 with anyio.CancelScope(shield=True):
                     await chat_stream.drain(app.state.drain_timeout)
 
-    middleware = _middleware(chat_stream, store, secret_key, secure_cookies)
+    middleware = [
+        *cors_middleware(cors_origins),
+        *_middleware(chat_stream, store, secret_key, secure_cookies, api_key),
+    ]
     selection: dict[str, Any] = dict(apis) if apis is not None else {"all": True}
     if web_ui_params:
         selection["web_ui_params"] = dict(web_ui_params)
-    app = Starlette(
-        debug=debug, routes=routes(chat_stream, selection), middleware=middleware, lifespan=lifespan
+    app_routes = routes(
+        chat_stream, selection, open_metrics=open_metrics, metrics_token=metrics_token
     )
+    app = Starlette(debug=debug, routes=app_routes, middleware=middleware, lifespan=lifespan)
     # The server runner finds it here to start draining on SIGTERM, may change the drain
     # timeout, and sets ``app.state.on_drained`` to be told when the drain is over.
     app.state.chat_stream = chat_stream
@@ -270,9 +338,13 @@ def mountable_app(
     secret_key: str | bytes | None = None,
     store: SessionStore | None = None,
     secure_cookies: bool = False,
+    api_key: str | None = None,
+    open_metrics: bool = False,
+    metrics_token: str | None = None,
 ) -> Starlette:
     """The routes and sessions of ``create_app`` without a lifespan, for ``Mount`` or
     FastAPI's ``app.mount(...)``: the host app runs ``async with chat_stream:`` in its own
-    lifespan."""
-    middleware = _middleware(chat_stream, store, secret_key, secure_cookies)
-    return Starlette(routes=routes(chat_stream, apis), middleware=middleware)
+    lifespan (and adds CORS, if it wants it, around everything it serves)."""
+    middleware = _middleware(chat_stream, store, secret_key, secure_cookies, api_key)
+    app_routes = routes(chat_stream, apis, open_metrics=open_metrics, metrics_token=metrics_token)
+    return Starlette(routes=app_routes, middleware=middleware)

@@ -16,6 +16,7 @@ from typing import Any
 from limits import RateLimitItem, parse_many
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import Scope
 
 from chatstream.core import ConfigError
 from chatstream.core.roles import ClientRole, ClientRoles
@@ -31,8 +32,10 @@ __all__ = [
     "check_json_value",
     "error_response",
     "forbidden",
+    "may_have_body",
     "parse_rate_limit",
     "read_json_object",
+    "route_path",
 ]
 
 #: The header an agent (a program, not a browser) sends its credential in.
@@ -103,6 +106,23 @@ class BadRequest(Exception):
 
     def response(self) -> JSONResponse:
         return error_response(self.status, self.error, self.message)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path within the app: under a Mount, ``path`` still starts with the
+    mount point (``root_path``), which is taken off."""
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def may_have_body(scope: Scope) -> bool:
+    """True when the request says it sends a body (a refusal that leaves it unread must
+    then close the connection)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
 
 def error_response(

@@ -16,13 +16,19 @@ library's own exporters serve to a scraper that asks for nothing else). Counters
 made by prometheus_client also expose their ``*_created`` series, as the library does by
 default.
 
-Example::
+Example (what a request handler does)::
 
-    metrics = ChatMetrics()
+    metrics = ChatMetrics(model_name="my-model")
     timer = RequestTimer(metrics)
     timer.submitted()
-    ...                          # on Admitted: timer.admitted(); on TextDelta: timer.delta()
-    timer.finished(event.reason, event.usage)
+    handle = await service.submit_messages(...)
+    try:
+        async for event in handle:
+            timer.observe(event)     # Admitted, TextDelta, Finished (the rest is ignored)
+            ...
+    finally:
+        handle.close()               # the client left: the usage of its tokens so far
+        timer.finished(FinishReason.CANCELLED, handle.usage)   # ignored once it finished
     body = metrics.render(engine.statistics())   # served with CONTENT_TYPE
 """
 
@@ -43,13 +49,22 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from chatstream.core import EngineStatistics, FinishReason, RejectReason, Usage
+from chatstream.core import (
+    Admitted,
+    EngineStatistics,
+    Finished,
+    FinishReason,
+    RejectReason,
+    TextDelta,
+    Usage,
+)
 
 __all__ = [
     "CONTENT_TYPE",
     "DURATION_BUCKETS",
     "INTER_TOKEN_BUCKETS",
     "LATENCY_BUCKETS",
+    "TOKEN_BUCKETS",
     "ChatMetrics",
     "RequestTimer",
 ]
@@ -63,6 +78,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 #: Whole request, submit to terminal event (seconds).
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+#: Tokens of one request's prompt or reply (1-2-5 steps).
+TOKEN_BUCKETS = tuple(float(m * 10**e) for e in range(6) for m in (1, 2, 5))
 
 
 # Request outcomes, keyed by what a handler has: a FinishReason or an outcome name.
@@ -74,6 +91,17 @@ _OUTCOMES: dict[str, str] = {
     "finished": "finished",
 }
 _OUTCOME_LABELS = ("finished", "cancelled", "error", "rejected")
+# The same, as vLLM's ``finished_reason`` label says them (a plain "finished" is a stop).
+_FINISHED_REASONS: dict[str, str] = {
+    FinishReason.STOP: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.CANCELLED: "abort",
+    FinishReason.ERROR: "error",
+    "finished": "stop",
+    "cancelled": "abort",
+    "error": "error",
+}
+_FINISHED_REASON_LABELS = ("stop", "length", "abort", "error")
 
 # The engine-level families: (name, help, how to read it from a snapshot), in render order.
 _ENGINE_GAUGES: tuple[tuple[str, str, Callable[[EngineStatistics], float]], ...] = (
@@ -143,6 +171,19 @@ _ENGINE_COUNTERS: tuple[tuple[str, str, Callable[[EngineStatistics], float]], ..
 )
 
 
+#: The engine family labelled with the model's name.
+_KV_USAGE = (
+    "chatstream_kv_cache_usage_perc",
+    "Fraction of the KV positions of all slots that running requests hold (0 to 1).",
+)
+
+
+def _kv_usage(stats: EngineStatistics) -> float:
+    if stats.kv_tokens_capacity <= 0:
+        return 0.0
+    return min(1.0, stats.kv_tokens_used / stats.kv_tokens_capacity)
+
+
 class _EngineCollector:
     """The engine-level families, read from the latest :class:`EngineStatistics` snapshot.
 
@@ -150,8 +191,9 @@ class _EngineCollector:
     before the first snapshot nothing is collected.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, model_name: Callable[[], str]) -> None:
         self.stats: EngineStatistics | None = None
+        self._model_name = model_name
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples, so the registry knows their names."""
@@ -159,6 +201,7 @@ class _EngineCollector:
             yield GaugeMetricFamily(name, documentation)
         for name, documentation, _ in _ENGINE_COUNTERS:
             yield CounterMetricFamily(name, documentation)
+        yield GaugeMetricFamily(*_KV_USAGE, labels=("model_name",))
 
     def collect(self) -> Iterator[Metric]:
         """The families with their values from :attr:`stats`."""
@@ -169,6 +212,9 @@ class _EngineCollector:
             yield GaugeMetricFamily(name, documentation, value=read(stats))
         for name, documentation, read in _ENGINE_COUNTERS:
             yield CounterMetricFamily(name, documentation, value=read(stats))
+        kv_usage = GaugeMetricFamily(*_KV_USAGE, labels=("model_name",))
+        kv_usage.add_metric([self._model_name()], _kv_usage(stats))
+        yield kv_usage
 
 
 class ChatMetrics:
@@ -176,12 +222,21 @@ class ChatMetrics:
 
     Request-level families are fed by the ``observe_*`` methods (or a :class:`RequestTimer`);
     engine-level ones are taken from an :class:`EngineStatistics` snapshot in :meth:`render`.
+    The families that vLLM labels with ``model_name`` (``chatstream_request_*`` and
+    ``chatstream_kv_cache_usage_perc``) carry that label too.
     :attr:`registry` also holds the process, platform and GC collectors of prometheus_client;
     more families can be added to it (``Gauge(..., registry=metrics.registry)``) and are
     rendered after these.
+
+    Args:
+        model_name: the ``model_name`` label, or a function that returns it (read at each
+            observation and scrape: a served name may be known only once the model runs).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, model_name: str | Callable[[], str] = "") -> None:
+        self._model_name: Callable[[], str] = (
+            model_name if callable(model_name) else lambda: model_name
+        )
         #: This instance's own registry: what :meth:`render` writes.
         self.registry = registry = CollectorRegistry()
         self._queue_time = Histogram(
@@ -210,12 +265,12 @@ class ChatMetrics:
         )
         self._generated = Counter(
             "chatstream_generated_tokens_total",
-            "Completion tokens of finished requests.",
+            "Completion tokens of ended requests, cancelled and failed ones included.",
             registry=registry,
         )
         self._prompt = Counter(
             "chatstream_prompt_tokens_total",
-            "Prompt tokens of finished requests.",
+            "Prompt tokens of ended requests that got a slot, cancelled ones included.",
             registry=registry,
         )
         self._requests = Counter(
@@ -231,11 +286,83 @@ class ChatMetrics:
         )
         for reason in RejectReason:
             self._rejected.labels(reason=reason.value)
-        self._engine = _EngineCollector()
+        self._add_model_families(registry)
+        self._engine = _EngineCollector(self._model_name)
         registry.register(self._engine)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
+
+    def _add_model_families(self, registry: CollectorRegistry) -> None:
+        """The request families named and labelled as vLLM's (``model_name``)."""
+        model = ("model_name",)
+        self._success = Counter(
+            "chatstream_request_success_total",
+            "Ended requests by finished_reason: stop, length, abort (cancelled) or error.",
+            (*model, "finished_reason"),
+            registry=registry,
+        )
+        self._prompt_per_request = Histogram(
+            "chatstream_request_prompt_tokens",
+            "Prompt tokens of each ended request that got a slot.",
+            model,
+            buckets=TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self._generated_per_request = Histogram(
+            "chatstream_request_generation_tokens",
+            "Generated tokens of each ended request that got a slot.",
+            model,
+            buckets=TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self._prefill = Histogram(
+            "chatstream_request_prefill_time_seconds",
+            "Time from admission into a slot to the first text of the reply.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._decode = Histogram(
+            "chatstream_request_decode_time_seconds",
+            "Time from the first text of the reply to the end of the request.",
+            model,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self._inference = Histogram(
+            "chatstream_request_inference_time_seconds",
+            "Time from admission into a slot to the end of the request.",
+            model,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self._per_output_token = Histogram(
+            "chatstream_request_time_per_output_token_seconds",
+            "Decode time of a request divided by its generated tokens after the first.",
+            model,
+            buckets=INTER_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self._labelled_for: set[str] = set()
+
+    def _model(self) -> str:
+        """The model's name, its labelled series made (at 0) on first sight."""
+        name = self._model_name()
+        if name not in self._labelled_for:
+            for reason in _FINISHED_REASON_LABELS:
+                self._success.labels(model_name=name, finished_reason=reason)
+            for histogram in (
+                self._prompt_per_request,
+                self._generated_per_request,
+                self._prefill,
+                self._decode,
+                self._inference,
+                self._per_output_token,
+            ):
+                histogram.labels(model_name=name)
+            self._labelled_for.add(name)
+        return name
 
     def observe_queue_time(self, seconds: float) -> None:
         """One request's time from submission to admission."""
@@ -249,6 +376,22 @@ class ChatMetrics:
         """The time between two consecutive text deltas of one request."""
         self._inter_token.observe(seconds)
 
+    def observe_prefill_time(self, seconds: float) -> None:
+        """One request's time from admission to its first text."""
+        self._prefill.labels(model_name=self._model()).observe(seconds)
+
+    def observe_decode_time(self, seconds: float) -> None:
+        """One request's time from its first text to its end."""
+        self._decode.labels(model_name=self._model()).observe(seconds)
+
+    def observe_inference_time(self, seconds: float) -> None:
+        """One request's time from admission to its end."""
+        self._inference.labels(model_name=self._model()).observe(seconds)
+
+    def observe_time_per_output_token(self, seconds: float) -> None:
+        """One request's decode time per generated token after the first."""
+        self._per_output_token.labels(model_name=self._model()).observe(seconds)
+
     def observe_request(
         self,
         duration: float,
@@ -261,9 +404,10 @@ class ChatMetrics:
         Args:
             duration: seconds from submission to the terminal event.
             outcome: a :class:`FinishReason` (stop and length count as ``finished``) or one
-                of ``finished``, ``cancelled``, ``error``.
-            prompt_tokens: from :class:`Usage`.
-            completion_tokens: from :class:`Usage`.
+                of ``finished`` (a stop for ``finished_reason``), ``cancelled``, ``error``.
+            prompt_tokens: from :class:`Usage`; 0 for a request that never got a slot
+                (which then observes no per-request token histogram).
+            completion_tokens: from :class:`Usage`, the tokens so far for a cancelled one.
 
         Raises:
             ValueError: an unknown outcome (rejected requests go to :meth:`observe_rejected`),
@@ -274,10 +418,15 @@ class ChatMetrics:
             raise ValueError(f"unknown outcome {outcome!r} (rejections: observe_rejected)")
         if prompt_tokens < 0 or completion_tokens < 0:
             raise ValueError(f"negative token counts: {prompt_tokens}, {completion_tokens}")
+        model = self._model()
         self._duration.observe(duration)
         self._requests.labels(outcome=name).inc()
+        self._success.labels(model_name=model, finished_reason=_FINISHED_REASONS[outcome]).inc()
         self._prompt.inc(prompt_tokens)
         self._generated.inc(completion_tokens)
+        if prompt_tokens > 0:  # it got a slot: every prompt has a token
+            self._prompt_per_request.labels(model_name=model).observe(prompt_tokens)
+            self._generated_per_request.labels(model_name=model).observe(completion_tokens)
 
     def observe_rejected(self, reason: RejectReason | str) -> None:
         """A request refused before it ran (counted as outcome ``rejected`` too).
@@ -290,6 +439,7 @@ class ChatMetrics:
 
     def render(self, stats: EngineStatistics) -> str:
         """The whole registry in the text format 0.0.4, engine families taken from ``stats``."""
+        self._model()
         self._engine.stats = stats
         return generate_latest(self.registry).decode()
 
@@ -297,10 +447,12 @@ class ChatMetrics:
 class RequestTimer:
     """Times one request and feeds a :class:`ChatMetrics`.
 
-    Call :meth:`submitted` first, then :meth:`admitted` on ``Admitted``, :meth:`delta` on
-    each ``TextDelta``, and :meth:`finished` (or :meth:`rejected`) on the terminal event.
-    Only the first terminal call counts, so a ``finally`` block may call :meth:`finished`
-    again safely.
+    Call :meth:`submitted` first, then :meth:`observe` with each event of the request (or
+    :meth:`admitted` on ``Admitted``, :meth:`delta` on each ``TextDelta`` and
+    :meth:`finished` on ``Finished``), or :meth:`rejected` when it was refused. A handler
+    that stops listening calls :meth:`finished` with ``FinishReason.CANCELLED`` and the
+    handle's ``usage``, so that the tokens of a cancelled request count. Only the first
+    terminal call counts, so a ``finally`` block may call :meth:`finished` again safely.
 
     Args:
         metrics: where the observations go.
@@ -311,6 +463,8 @@ class RequestTimer:
         self._metrics = metrics
         self._clock = clock
         self._submitted_at: float | None = None
+        self._admitted_at: float | None = None
+        self._first_delta_at: float | None = None
         self._last_delta_at: float | None = None
         self._done = False
 
@@ -324,30 +478,63 @@ class RequestTimer:
         """The request was submitted to the engine: start timing."""
         self._submitted_at = self._clock()
 
+    def observe(self, event: object) -> None:
+        """One event of the request: ``Admitted``, ``TextDelta`` and ``Finished`` count,
+        the others (``Queued``, ...) are ignored."""
+        if isinstance(event, Admitted):
+            self.admitted()
+        elif isinstance(event, TextDelta):
+            self.delta()
+        elif isinstance(event, Finished):
+            self.finished(event.reason, event.usage)
+
     def admitted(self) -> None:
         """The request got a slot: observe its queue time."""
-        self._metrics.observe_queue_time(self._since_submitted()[1])
+        now, elapsed = self._since_submitted()
+        self._admitted_at = now
+        self._metrics.observe_queue_time(elapsed)
 
     def delta(self) -> None:
         """Text arrived: the first observes time to first token, later ones inter-token time."""
         now, elapsed = self._since_submitted()
         if self._last_delta_at is None:
+            self._first_delta_at = now
             self._metrics.observe_time_to_first_token(elapsed)
         else:
             self._metrics.observe_inter_token(now - self._last_delta_at)
         self._last_delta_at = now
 
     def finished(self, outcome: FinishReason | str, usage: Usage | None = None) -> None:
-        """The request ended: observe its duration, outcome and tokens (once)."""
+        """The request ended: observe its duration, outcome and tokens (once).
+
+        Args:
+            outcome: as :meth:`ChatMetrics.observe_request` takes it.
+            usage: its token counts (a cancelled request's so far); None counts none.
+        """
         if self._done:
             return
-        elapsed = self._since_submitted()[1]
+        now, elapsed = self._since_submitted()
         if usage is None:
             usage = Usage(prompt_tokens=0, completion_tokens=0)
+        ran = self._admitted_at is not None or _FINISHED_REASONS.get(outcome) in ("stop", "length")
         self._metrics.observe_request(
-            elapsed, outcome, usage.prompt_tokens, usage.completion_tokens
+            elapsed, outcome, usage.prompt_tokens if ran else 0, usage.completion_tokens
         )
         self._done = True
+        self._observe_phases(now, usage.completion_tokens)
+
+    def _observe_phases(self, now: float, completion_tokens: int) -> None:
+        admitted, first = self._admitted_at, self._first_delta_at
+        if admitted is not None:
+            self._metrics.observe_inference_time(now - admitted)
+            if first is not None:
+                self._metrics.observe_prefill_time(first - admitted)
+        if first is None:
+            return
+        decode = now - first
+        self._metrics.observe_decode_time(decode)
+        if completion_tokens > 1:
+            self._metrics.observe_time_per_output_token(decode / (completion_tokens - 1))
 
     def rejected(self, reason: RejectReason | str) -> None:
         """The request was refused before it ran (once)."""

@@ -30,7 +30,6 @@ from chatstream.adapters.service import SHUTDOWN_ERROR
 from chatstream.adapters.turn import RequestRejected
 from chatstream.core import (
     MAX_SEED,
-    Admitted,
     ConfigError,
     Finished,
     FinishReason,
@@ -43,6 +42,7 @@ from chatstream.core import (
 
 from .common import BadRequest, RequestContext, read_json_object
 from .metrics import RequestTimer
+from .openai_models import model_card, unknown_model
 from .openai_schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -97,16 +97,19 @@ class OpenAIApi:
         self.http = http
 
     async def models(self, request: Request) -> Response:
+        """``GET /v1/models``: the one served model."""
         context = await RequestContext.of(request, self.http.roles, create_session=False)
         if not context.allows("openai"):
             return _error(403, "forbidden on the role layer", "permission_error")
-        model = {
-            "id": self.http.service.model_id,
-            "object": "model",
-            "created": 0,
-            "owned_by": "chatstream",
-        }
-        return JSONResponse({"object": "list", "data": [model]})
+        return JSONResponse({"object": "list", "data": [model_card(self.http.service)]})
+
+    async def model(self, request: Request) -> Response:
+        """``GET /v1/models/{model}``: the served model's card, or a 404."""
+        context = await RequestContext.of(request, self.http.roles, create_session=False)
+        if not context.allows("openai"):
+            return _error(403, "forbidden on the role layer", "permission_error")
+        refusal = unknown_model(self.http.service, request.path_params["model"])
+        return refusal or JSONResponse(model_card(self.http.service))
 
     async def chat_completions(self, request: Request) -> Response:
         return await self._serve(request, "chat")
@@ -134,6 +137,9 @@ class OpenAIApi:
         context = await RequestContext.of(request, self.http.roles, create_session=False)
         if not context.allows("openai"):
             return _error(403, "forbidden on the role layer", "permission_error")
+        refusal = unknown_model(cs, body.get("model"))
+        if refusal is not None:
+            return refusal
         names: Mapping[str, str] = {}
         try:
             plan = await (self._chat_plan(body) if route == "chat" else self._completion_plan(body))
@@ -261,7 +267,7 @@ class OpenAIApi:
                 cs.check_token_ids("prompt" if len(prompts) == 1 else f"prompt[{index}]", one)
         echo = []
         if parsed.echo:
-            echo = [p if isinstance(p, str) else cs.detokenize(p) for p in prompts]
+            echo = [p if isinstance(p, str) else await cs.detokenize(p) for p in prompts]
 
         def submitter(one: str | list[int]) -> Callable[[Mapping[str, object]], Any]:
             async def submit(overrides: Mapping[str, object]) -> RequestHandle:
@@ -416,13 +422,7 @@ class _Timed:
 
     async def __anext__(self) -> RequestEvent:
         event = await self.handle.__anext__()
-        if isinstance(event, Admitted):
-            self.timer.admitted()
-        elif isinstance(event, TextDelta):
-            self.timer.delta()
-        elif isinstance(event, Finished):
-            outcome = {FinishReason.ERROR: "error", FinishReason.CANCELLED: "cancelled"}
-            self.timer.finished(outcome.get(event.reason, "finished"), event.usage)
+        self.timer.observe(event)
         return event
 
 
@@ -766,7 +766,8 @@ class _WholeResponse(Response):
         finally:
             for handle, timer in zip(self.handles, self.timers, strict=True):
                 handle.close()
-                timer.finished("cancelled")  # ignored when the request already finished
+                # Ignored when the request already finished; else its tokens so far count.
+                timer.finished(FinishReason.CANCELLED, handle.usage)
         if response is not None:
             await response(scope, receive, send)
 
@@ -775,6 +776,7 @@ def _closer(handles: Sequence[RequestHandle], timers: Sequence[RequestTimer]) ->
     async def close(how: str) -> None:
         for handle, timer in zip(handles, timers, strict=True):
             handle.close()
-            timer.finished("cancelled")  # ignored when the request already finished
+            # Ignored when the request already finished; else its tokens so far count.
+            timer.finished(FinishReason.CANCELLED, handle.usage)
 
     return close

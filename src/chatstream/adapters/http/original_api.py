@@ -82,7 +82,7 @@ class HttpApi:
         self.service = service
         self.roles: ClientRoles = service.roles
         self.options = options or HttpOptions()
-        self.metrics = metrics or ChatMetrics()
+        self.metrics = metrics or ChatMetrics(model_name=lambda: service.model_id)
         self._durations = _RunningMean()
         self._busy_sessions: set[str] = set()
 
@@ -180,9 +180,9 @@ class HttpApi:
                 message = "client_disconnected_while_streaming"
             else:
                 message = "client_disconnected_before_streaming"
+            # A turn that ended unheard (the client left) counts its tokens so far too.
             timer.finished(
-                _metrics_outcome(finished),
-                finished.usage if finished is not None else None,
+                finished.reason if finished is not None else FinishReason.CANCELLED, turn.usage
             )
             if context.session is not None and context.data is not None:
                 await context.session.save()
@@ -528,9 +528,15 @@ class HttpApi:
         )
 
     async def handle_metrics_request(self, request: Request) -> Response:
+        """``GET /metrics`` for callers whose role allows ``metrics``."""
         context = await RequestContext.of(request, self.roles, create_session=False)
         if not context.allows("metrics"):
             return forbidden(_session_hint(context))
+        return await self.render_metrics(request)
+
+    async def render_metrics(self, request: Request) -> Response:
+        """``GET /metrics`` without a role check (an app that opens it, or guards it with a
+        token of its own)."""
         text = self.metrics.render(self.service.statistics())
         return PlainTextResponse(text, media_type=METRICS_CONTENT_TYPE)
 
@@ -607,12 +613,6 @@ def _session_hint(context: RequestContext) -> str | None:
     if context.session is None and context.role is None:
         return "no session: add chat_stream.append_middlewares(app) or use create_app()"
     return None
-
-
-def _metrics_outcome(finished: Finished | None) -> str:
-    if finished is None or finished.reason is FinishReason.CANCELLED:
-        return "cancelled"
-    return "error" if finished.reason is FinishReason.ERROR else "finished"
 
 
 async def _call(cs: ChatService, function: Callable[..., Any], *args: Any) -> None:

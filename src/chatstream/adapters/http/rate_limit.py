@@ -32,7 +32,7 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .common import HttpOptions, error_response, parse_rate_limit
+from .common import HttpOptions, error_response, may_have_body, parse_rate_limit, route_path
 from .sessions import SESSION_SCOPE_KEY, Session
 
 __all__ = ["RATE_LIMIT_LOG_INTERVAL", "RateLimitMiddleware"]
@@ -78,7 +78,7 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         budgets = self._budgets() if scope["type"] == "http" else None
-        if budgets is None or _route_path(scope) in _UNLIMITED_PATHS:
+        if budgets is None or route_path(scope) in _UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
         keys: list[tuple[str, tuple[RateLimitItem, ...]]] = []
@@ -142,29 +142,15 @@ class RateLimitMiddleware:
         self._logged_at, self._refused_unlogged = now, 0
 
 
-def _route_path(scope: Scope) -> str:
-    # Under a Mount, ``path`` still starts with the mount point (``root_path``).
-    path = str(scope.get("path", ""))
-    root = str(scope.get("root_path", ""))
-    return path[len(root) :] if root and path.startswith(root) else path
-
-
-def _may_have_body(scope: Scope) -> bool:
-    for name, value in scope.get("headers", ()):
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
-
-
 def _refusal(scope: Scope, retry_after: int) -> JSONResponse:
     headers = {"Retry-After": str(retry_after)}
-    if _may_have_body(scope):
+    if may_have_body(scope):
         # The body is never read (a refusal costs nothing), so the connection cannot carry
         # another request: say so, or a client may send its next request into a connection
         # the server is closing (hypercorn closes it; the client sees no response at all).
         headers["Connection"] = "close"
     message = f"too many requests from this client; retry in {retry_after} s"
-    if _route_path(scope).startswith("/v1/"):
+    if route_path(scope).startswith("/v1/"):
         body = {
             "error": {
                 "message": message,

@@ -47,6 +47,9 @@ class Backend(Protocol):
     transfer whose ``transfer`` number it already ran is skipped: a retried step carries
     its transfers again. Its ``kv_bytes_per_token`` sizes the host budget. Without it,
     chatstream keeps prefixes in slots only.
+
+    A backend that sets ``vocab_size`` (the token ids ``decode`` takes) has ``/detokenize``
+    refuse ids outside it with a 400 rather than hand them to ``decode``.
     """
 
     #: A short name for logs and ``/v1/models``.

@@ -141,9 +141,12 @@ def render_chat(
     tokenizer: Any,
     messages: Sequence[Mapping[str, Any]],
     tools: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    add_generation_prompt: bool = True,
 ) -> str:
     """The prompt text of OpenAI-style messages through the tokenizer's chat template. An
-    assistant message last is continued (a prefill) rather than closed and answered."""
+    assistant message last is continued (a prefill) rather than closed and answered; without
+    ``add_generation_prompt`` the assistant's opening is left out (to count tokens)."""
     prefill = bool(messages) and messages[-1]["role"] == "assistant"
     converted = template_messages(messages)
     options: dict[str, Any] = {}
@@ -154,6 +157,9 @@ def render_chat(
     if prefill:
         options["continue_final_message"] = True
     text = tokenizer.apply_chat_template(
-        converted, tokenize=False, add_generation_prompt=not prefill, **options
+        converted,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt and not prefill,
+        **options,
     )
     return str(text)

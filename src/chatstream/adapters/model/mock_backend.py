@@ -76,6 +76,11 @@ class MockTokenizer:
             if t != END_OF_REPLY
         )
 
+    @property
+    def vocab_size(self) -> int:
+        """Every code point, then the pieces named so far."""
+        return _PIECE_BASE + len(self._pieces)
+
     def piece_ids(self, text: str) -> list[int]:
         out = []
         with self._lock:

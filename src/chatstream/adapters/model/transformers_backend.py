@@ -112,6 +112,8 @@ class TransformersBackend:
             min(max_positions, model_limit) if model_limit else max_positions
         )
         self.stop_token_ids = _stop_token_ids(model, tokenizer)
+        #: Token ids the tokenizer knows (added tokens included): what ``decode`` takes.
+        self.vocab_size = len(tokenizer)
         self._cache = SlotKVCache(
             num_layers=int(model.config.num_hidden_layers),
             num_slots=num_slots,
