@@ -40,10 +40,10 @@ def mock(**options: Any) -> ChatStream:
 def keyed(backend: str) -> Iterator[TestClient]:
     app = create_app(mock(), secret_key="test", api_key=KEY)
 
-    async def completions(request: Request) -> JSONResponse:  # a route added later
-        return JSONResponse({"object": "text_completion"})
+    async def later(request: Request) -> JSONResponse:  # a route the host app adds later
+        return JSONResponse({"object": "later"})
 
-    app.router.routes.append(Route("/v1/completions", completions, methods=["POST"]))
+    app.router.routes.append(Route("/v1/later", later, methods=["POST"]))
     with TestClient(app, backend=backend) as client:  # type: ignore[arg-type]
         yield client
 
@@ -73,7 +73,8 @@ def test_every_v1_route_needs_the_key(keyed: TestClient) -> None:
         ("GET", "/v1/models"),
         ("GET", "/v1/models/mock"),
         ("POST", "/v1/chat/completions"),
-        ("POST", "/v1/completions"),  # added after the app was made
+        ("POST", "/v1/completions"),
+        ("POST", "/v1/later"),  # added after the app was made
         ("GET", "/v1/no-such-route"),
     ]:
         for headers in (
@@ -89,7 +90,9 @@ def test_every_v1_route_needs_the_key(keyed: TestClient) -> None:
     assert keyed.get("/v1/models", headers={"authorization": f"bearer  {KEY} "}).status_code == 200
     answer = keyed.post("/v1/chat/completions", json=CHAT, headers=AUTH)
     assert answer.json()["choices"][0]["finish_reason"] == "length"
-    assert keyed.post("/v1/completions", headers=AUTH).json() == {"object": "text_completion"}
+    assert keyed.post("/v1/later", headers=AUTH).json() == {"object": "later"}
+    completion = keyed.post("/v1/completions", json={"prompt": "hi"}, headers=AUTH)
+    assert completion.json()["object"] == "text_completion"
     assert keyed.get("/v1/no-such-route", headers=AUTH).status_code == 404
 
 

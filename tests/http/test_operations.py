@@ -95,8 +95,12 @@ def test_the_model_check_for_request_handlers() -> None:
     assert long is not None and len(long.body) < 1000  # the name is cut short
     not_a_name = unknown_model(service, ["served"])
     assert not_a_name is not None and not_a_name.status_code == 400
-    # Without a served name, the model's own name is the one.
+    # Without a served name, any name is taken (clients that hardcode one), but a lookup of a
+    # card knows only the model's own name.
     assert unknown_model(mock(), "mock") is None
+    assert unknown_model(mock(), "gpt-4o") is None
+    lookup = unknown_model(mock(), "gpt-4o", lookup=True)
+    assert lookup is not None and lookup.status_code == 404
 
 
 @pytest.mark.parametrize("bad", ["", "  ", 5])
@@ -192,7 +196,10 @@ def test_ids_outside_the_vocabulary_are_named(client: TestClient) -> None:
 
 
 def test_bodies_are_bounded_and_models_checked(backend: str) -> None:
-    app = create_app(mock(), http_options=HttpOptions(max_body_bytes=1000, max_json_depth=4))
+    app = create_app(
+        mock(served_model_name="served"),
+        http_options=HttpOptions(max_body_bytes=1000, max_json_depth=4),
+    )
     with TestClient(app, backend=backend) as client:  # type: ignore[arg-type]
         for path in ("/tokenize", "/detokenize"):
             big = client.post(path, json={"prompt": "x" * 2000, "tokens": [1] * 600})

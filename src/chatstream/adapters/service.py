@@ -41,6 +41,9 @@ class ChatService(Protocol):
     logger: logging.Logger
     #: GPUs to report in ``/get_resource_usage``.
     num_gpus: int
+    #: The model's name in the OpenAI-compatible API when the operator chose one (requests
+    #: naming another model are then refused); None: the model's own name, any name taken.
+    served_model_name: str | None
 
     @property
     def running(self) -> bool:

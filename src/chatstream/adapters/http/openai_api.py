@@ -108,7 +108,7 @@ class OpenAIApi:
         context = await RequestContext.of(request, self.http.roles, create_session=False)
         if not context.allows("openai"):
             return _error(403, "forbidden on the role layer", "permission_error")
-        refusal = unknown_model(self.http.service, request.path_params["model"])
+        refusal = unknown_model(self.http.service, request.path_params["model"], lookup=True)
         return refusal or JSONResponse(model_card(self.http.service))
 
     async def chat_completions(self, request: Request) -> Response:

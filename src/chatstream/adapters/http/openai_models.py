@@ -3,8 +3,10 @@ that a request names.
 
 ``GET /v1/models`` lists one card and ``GET /v1/models/{id}`` returns it; both say the
 service's ``model_id`` (``ChatStream(served_model_name=...)``, else the model's own name).
-Every handler of a request with a ``model`` field checks it first, as vLLM does: absent or
-empty means the served model, another name is a 404 ``The model `x` does not exist.``::
+Every handler of a request with a ``model`` field checks it first. Where the operator named the
+served model (``served_model_name``), as vLLM does: absent or empty means the served model,
+another name is a 404 ``The model `x` does not exist.``. Where not, any name is taken, as
+llama.cpp's server does: clients that hardcode a model name work unchanged::
 
     refusal = unknown_model(service, body.get("model"))
     if refusal is not None:
@@ -53,10 +55,13 @@ def model_card(service: ChatService) -> dict[str, Any]:
     return card
 
 
-def unknown_model(service: ChatService, requested: object) -> JSONResponse | None:
+def unknown_model(
+    service: ChatService, requested: object, *, lookup: bool = False
+) -> JSONResponse | None:
     """None when ``requested`` (a request's ``model`` field) is absent, empty or the served
-    model's name; else the answer to give: a 404 ``model_not_found`` naming it, or a 400 when
-    it is no string."""
+    model's name, or any name when the service has no ``served_model_name`` (and this is not
+    a ``lookup`` of a model card); else the answer to give: a 404 ``model_not_found`` naming
+    it, or a 400 when it is no string."""
     if requested is None or requested == "" or requested == service.model_id:
         return None
     if not isinstance(requested, str):
@@ -64,6 +69,8 @@ def unknown_model(service: ChatService, requested: object) -> JSONResponse | Non
         return openai_error(
             400, message, "invalid_request_error", code="invalid_value", param="model"
         )
+    if service.served_model_name is None and not lookup:
+        return None
     shown = requested[:_ECHOED_NAME_CHARS]
     return openai_error(
         404,
