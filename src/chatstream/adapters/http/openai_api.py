@@ -43,6 +43,25 @@ from chatstream.core import (
 from .common import BadRequest, RequestContext, read_json_object
 from .metrics import RequestTimer
 from .openai_models import model_card, unknown_model
+from .openai_responses import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatLogprobs,
+    ChatMessage,
+    ChunkChoice,
+    Completion,
+    CompletionChoice,
+    CompletionChunk,
+    FunctionCall,
+    LegacyLogprobs,
+    TokenLogprobEntry,
+    ToolCall,
+    TopLogprob,
+    Usage,
+    UsageDetails,
+    sse,
+)
 from .openai_schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -64,6 +83,7 @@ Route = Literal["chat", "completion"]
 #: How a choice reads its reply: plain text, a call the grammar forces, or text that may be
 #: a call (``tool_choice: "auto"``).
 ToolMode = Literal["none", "forced", "auto"]
+FinishName = Literal["stop", "length", "tool_calls"]
 
 
 def _error(
@@ -511,13 +531,13 @@ class _Choice:
 
     # Whole answers --------------------------------------------------------
 
-    def finish_reason(self) -> str:
+    def finish_reason(self) -> FinishName:
         finished = self.finished
         if finished is not None and finished.reason is FinishReason.LENGTH:
             return "length"
         return "tool_calls" if self.tool_call is not None else "stop"
 
-    def message(self) -> dict[str, Any]:
+    def message(self) -> ChatMessage:
         text = "".join(self.text)
         if self.mode == "forced":
             parsed = parse_tool_call(text, self.answer.plan.tool_names)
@@ -530,39 +550,29 @@ class _Choice:
             self.tool_call = None if parsed is None else (parsed.name, parsed.arguments)
         if self.tool_call is not None:
             name, arguments = self.tool_call
-            return {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {
-                        "id": self.call_id,
-                        "type": "function",
-                        "function": {"name": name, "arguments": arguments},
-                    }
-                ],
-            }
-        return {"role": "assistant", "content": text}
+            call = ToolCall(id=self.call_id, function=FunctionCall(name=name, arguments=arguments))
+            return ChatMessage(content=None, tool_calls=[call])
+        return ChatMessage(content=text)
 
     # Log-probabilities ----------------------------------------------------
 
-    def _logprobs(self, logprobs: Sequence[TokenLogprob]) -> dict[str, Any] | None:
+    def _logprobs(self, logprobs: Sequence[TokenLogprob]) -> ChatLogprobs | None:
         if self.answer.plan.params.get("logprobs") is None:
             return None
         piece = self.answer.token_piece
-        return {
-            "content": [
-                {
-                    **_token_entry(piece(lp.token_id), lp.logprob),
-                    "top_logprobs": [_token_entry(piece(t), v) for t, v in lp.top],
-                }
+        return ChatLogprobs(
+            content=[
+                TokenLogprobEntry(
+                    **_top(piece(lp.token_id), lp.logprob).model_dump(),
+                    top_logprobs=[_top(piece(t), v) for t, v in lp.top],
+                )
                 for lp in logprobs
-            ],
-            "refusal": None,
-        }
+            ]
+        )
 
     def _legacy_logprobs(
         self, logprobs: Sequence[TokenLogprob], offset: int
-    ) -> dict[str, Any] | None:
+    ) -> LegacyLogprobs | None:
         """The completions route's shape; ``offset``: where the first token's text starts in
         the reply."""
         if self.answer.plan.params.get("logprobs") is None:
@@ -576,17 +586,17 @@ class _Choice:
             tokens.append(text(lp.token_id))
             offsets.append(offset)
             offset += len(tokens[-1])
-        return {
-            "tokens": tokens,
-            "token_logprobs": [lp.logprob for lp in logprobs],
-            "top_logprobs": [{text(t): v for t, v in lp.top} for lp in logprobs],
-            "text_offset": offsets,
-        }
+        return LegacyLogprobs(
+            tokens=tokens,
+            token_logprobs=[lp.logprob for lp in logprobs],
+            top_logprobs=[{text(t): v for t, v in lp.top} for lp in logprobs],
+            text_offset=offsets,
+        )
 
 
-def _token_entry(piece: tuple[str, bytes], logprob: float) -> dict[str, Any]:
+def _top(piece: tuple[str, bytes], logprob: float) -> TopLogprob:
     text, exact = piece
-    return {"token": text, "logprob": logprob, "bytes": list(exact)}
+    return TopLogprob(token=text, logprob=logprob, bytes=list(exact))
 
 
 # ---------------------------------------------------------------------- the answer
@@ -617,30 +627,43 @@ class _Answer:
             piece = self._pieces[token_id] = self.service.token_piece(token_id)
         return piece
 
-    def _envelope(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        chunk = self.plan.route == "chat"
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk" if chunk else "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            **extra,
-        }
-
-    def _usage(self) -> dict[str, Any]:
+    def _usage(self) -> Usage:
         usages = [c.finished.usage for c in self.choices if c.finished is not None]
         # The prompt once per prompt, as OpenAI counts it; every choice's reply.
         per_prompt = usages[:: self.plan.n]
         prompt = sum(u.prompt_tokens for u in per_prompt)
         completion = sum(u.completion_tokens for u in usages)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
             # Prompt tokens whose KV was already held (prefix reuse), as OpenAI reports them.
-            "prompt_tokens_details": {"cached_tokens": sum(u.cached_tokens for u in per_prompt)},
-        }
+            prompt_tokens_details=UsageDetails(
+                cached_tokens=sum(u.cached_tokens for u in per_prompt)
+            ),
+        )
+
+    def _chunk_of(
+        self,
+        chat: list[ChunkChoice] | None = None,
+        text: list[CompletionChoice] | None = None,
+        usage: Usage | None = None,
+    ) -> bytes:
+        if self.plan.route == "chat":
+            return sse(
+                ChatCompletionChunk(
+                    id=self.id,
+                    created=self.created,
+                    model=self.model,
+                    choices=chat or [],
+                    usage=usage,
+                )
+            )
+        return sse(
+            CompletionChunk(
+                id=self.id, created=self.created, model=self.model, choices=text or [], usage=usage
+            )
+        )
 
     # Streamed --------------------------------------------------------------
 
@@ -669,18 +692,23 @@ class _Answer:
                 if event.reason is not FinishReason.CANCELLED:
                     yield self._chunk(choice, {} if chat else {"text": ""}, choice.finish_reason())
         if self.plan.include_usage and failure is None:
-            yield _sse(self._envelope([], usage=self._usage()))
+            yield self._chunk_of(usage=self._usage())
         yield b"data: [DONE]\n\n"
 
-    def _chunk(self, choice: _Choice, delta: dict[str, Any], finish: str | None) -> bytes:
+    def _chunk(self, choice: _Choice, delta: dict[str, Any], finish: FinishName | None) -> bytes:
+        logprobs = delta.pop("logprobs", None)
         if self.plan.route == "chat":
-            logprobs = delta.pop("logprobs", None)
-            entry = {"index": choice.index, "delta": delta, "logprobs": logprobs}
-        else:
-            entry = {"index": choice.index, **delta}
-            entry.setdefault("logprobs", None)
-        entry["finish_reason"] = finish
-        return _sse(self._envelope([entry]))
+            entry = ChunkChoice(
+                index=choice.index, delta=delta, logprobs=logprobs, finish_reason=finish
+            )
+            return self._chunk_of(chat=[entry])
+        piece = CompletionChoice(
+            index=choice.index,
+            text=str(delta.get("text", "")),
+            logprobs=logprobs,
+            finish_reason=None if finish is None else _text_finish(finish),
+        )
+        return self._chunk_of(text=[piece])
 
     # Whole -----------------------------------------------------------------
 
@@ -702,27 +730,48 @@ class _Answer:
             if finished is None or finished.reason is FinishReason.ERROR:
                 detail = finished.error if finished is not None else "the request was cancelled"
                 return _error(500, f"generation failed: {detail}", "server_error")
-        body = self._envelope([self._whole_choice(c) for c in self.choices], usage=self._usage())
-        body["object"] = "chat.completion" if self.plan.route == "chat" else "text_completion"
-        return JSONResponse(body)
+        answer: ChatCompletion | Completion
+        if self.plan.route == "chat":
+            answer = ChatCompletion(
+                id=self.id,
+                created=self.created,
+                model=self.model,
+                choices=[self._chat_choice(c) for c in self.choices],
+                usage=self._usage(),
+            )
+        else:
+            answer = Completion(
+                id=self.id,
+                created=self.created,
+                model=self.model,
+                choices=[self._completion_choice(c) for c in self.choices],
+                usage=self._usage(),
+            )
+        return Response(answer.model_dump_json(), media_type="application/json")
 
-    def _whole_choice(self, choice: _Choice) -> dict[str, Any]:
-        if self.plan.route == "completion":
-            echo = self.plan.echo[choice.index // self.plan.n] if self.plan.echo else ""
-            return {
-                "index": choice.index,
-                "text": echo + "".join(choice.text),
-                "logprobs": choice._legacy_logprobs(choice.logprobs, 0),
-                "finish_reason": choice.finish_reason(),
-            }
+    def _completion_choice(self, choice: _Choice) -> CompletionChoice:
+        echo = self.plan.echo[choice.index // self.plan.n] if self.plan.echo else ""
+        return CompletionChoice(
+            index=choice.index,
+            text=echo + "".join(choice.text),
+            logprobs=choice._legacy_logprobs(choice.logprobs, 0),
+            finish_reason=_text_finish(choice.finish_reason()),
+        )
+
+    def _chat_choice(self, choice: _Choice) -> ChatChoice:
         message = choice.message()
-        logprobs = None if message.get("tool_calls") else choice._logprobs(choice.logprobs)
-        return {
-            "index": choice.index,
-            "message": message,
-            "logprobs": logprobs,
-            "finish_reason": choice.finish_reason(),
-        }
+        logprobs = None if message.tool_calls else choice._logprobs(choice.logprobs)
+        return ChatChoice(
+            index=choice.index,
+            message=message,
+            logprobs=logprobs,
+            finish_reason=choice.finish_reason(),
+        )
+
+
+def _text_finish(finish: FinishName) -> Literal["stop", "length"]:
+    """A text completion has no tool calls."""
+    return "length" if finish == "length" else "stop"
 
 
 def _stream_error(event: Finished) -> dict[str, Any]:
