@@ -40,6 +40,7 @@ _DEFAULTS: dict[str, Any] = {
     "top_p": 0.9,
     "repetition_penalty": None,
     "secret_key": None,
+    "session_store": None,
     "too_many_requests_as_429": True,
     "drain_timeout": 30.0,
     "header_timeout": 10.0,
@@ -148,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--secret-key",
         help="signs session cookies; needed to share sessions across processes or restarts "
         "(default: a random key per start)",
+    )
+    server.add_argument(
+        "--session-store",
+        metavar="URL",
+        help="keep sessions in Redis, shared by every process given the same URL and "
+        "--secret-key: redis://HOST:PORT/DB (default: in this process's memory)",
     )
     server.add_argument(
         "--drain-timeout", type=float, metavar="SEC", help="seconds streams get at shutdown (30)"
@@ -339,12 +346,14 @@ def serve(options: dict[str, Any]) -> None:
         options["metrics_token_file"], "--metrics-token-file", METRICS_TOKEN_ENV
     )
     cors_origins = _origins(options["cors_origin"])
+    store = _session_store(options["session_store"])
     chat_stream = build_chat_stream(options)
     url = f"http://{options['host']}:{options['port']}/"
     ui = {"lang": options["lang"]} if options["lang"] else None
     app = create_app(
         chat_stream,
         secret_key=options["secret_key"],
+        store=store,
         http_options=http_options,
         web_ui_params=ui,
         api_key=api_key,
@@ -369,6 +378,21 @@ def serve(options: dict[str, Any]) -> None:
         header_timeout=options["header_timeout"],
         max_connections=options["max_connections"],
     )
+
+
+def _session_store(url: object) -> Any:
+    """The store ``--session-store`` names: None (memory) or a :class:`RedisStore`."""
+    if url is None:
+        return None
+    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+        raise SystemExit(f"chatstream serve: --session-store must be a redis:// URL, not {url!r}")
+    from chatstream.adapters.http.redis_store import RedisStore
+    from chatstream.core import ConfigError
+
+    try:
+        return RedisStore(url)
+    except ConfigError as error:
+        raise SystemExit(f"chatstream serve: {error}") from None
 
 
 def _secret(path: str | None, flag: str, variable: str) -> str | None:

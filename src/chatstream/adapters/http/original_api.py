@@ -51,7 +51,10 @@ from .common import (
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ChatMetrics, RequestTimer
 from .resources import resource_usage
+from .session_stores import StoreUnavailable
+from .sessions import get_session
 from .streaming import EOS, ERROR_MARK, TurnResponse, sse_comment, sse_event
+from .turn_guard import TurnGuard, TurnHold
 
 __all__ = ["FinishCallback", "HttpApi", "configure_http", "http_api_of"]
 
@@ -84,7 +87,7 @@ class HttpApi:
         self.options = options or HttpOptions()
         self.metrics = metrics or ChatMetrics(model_name=lambda: service.model_id)
         self._durations = _RunningMean()
-        self._busy_sessions: set[str] = set()
+        self._turns = TurnGuard()
 
     # ------------------------------------------------------------------ chat
 
@@ -98,7 +101,7 @@ class HttpApi:
         cs = self.service
         if not cs.running:
             return _not_running()
-        busy: str | None = None
+        hold: TurnHold | None = None
         try:
             body = await read_json_object(request, request_body, self.options)
             context = await RequestContext.of(request, self.roles, create_session=False)
@@ -129,13 +132,16 @@ class HttpApi:
             # A browser without a session yet gets one only once its turn is accepted: a
             # refused request (a 400, a full queue) stores nothing and creates nothing.
             conversation = context.data.conversation if context.data is not None else Conversation()
-            # One turn per session at a time, also with stores that serialize sessions (whose
-            # copies would not see each other's turn in flight).
+            # One turn per session at a time: in this process, and in every process that
+            # shares the store when it has a turn lock.
             if context.session is not None and context.session.id is not None:
-                if context.session.id in self._busy_sessions:
-                    raise TurnInFlightError("a turn is running in this session")
-                busy = context.session.id
-                self._busy_sessions.add(busy)
+                hold = await self._turns.hold(context.session)
+                if hold.shared:
+                    # Another process may have saved a turn since this request loaded the
+                    # session: continue from what the store holds now that no one else may.
+                    context.data = await context.session.reload()
+                    if context.data is not None:
+                        conversation = context.data.conversation
             timer = RequestTimer(self.metrics)
             timer.submitted()
             started = anyio.current_time()
@@ -148,13 +154,16 @@ class HttpApi:
                 except BaseException:
                     turn.close()
                     raise
-                assert data is not None and context.session.id is not None
+                assert data is not None
                 data.conversation = conversation
-                busy = context.session.id
-                self._busy_sessions.add(busy)
+                try:
+                    hold = await self._turns.hold(context.session)
+                except BaseException:
+                    turn.close()
+                    raise
         except BaseException as error:
-            if busy is not None:
-                self._busy_sessions.discard(busy)
+            if hold is not None:
+                await hold.release()
             if isinstance(error, BadRequest):
                 return error.response()
             if isinstance(error, TurnInFlightError):
@@ -165,13 +174,21 @@ class HttpApi:
                 return error_response(error.status_hint, _error_code(error), str(error))
             if isinstance(error, RequestRejected):
                 return self._rejected(error.reason)
+            if isinstance(error, StoreUnavailable):
+                return store_unavailable(error)
             raise
         sse = _wants_sse(request, body)
         outcome: dict[str, bool] = {"admitted": isinstance(turn.outcome, Admitted)}
 
         async def on_end(how: str) -> None:
-            if busy is not None:
-                self._busy_sessions.discard(busy)
+            try:
+                await finish(how)
+            finally:
+                # Only once the reply is saved: another process may take the turn next.
+                if hold is not None:
+                    await hold.release()
+
+        async def finish(how: str) -> None:
             turn.close()
             finished = turn.finished
             if finished is not None and finished.reason is not FinishReason.CANCELLED:
@@ -185,7 +202,12 @@ class HttpApi:
                 finished.reason if finished is not None else FinishReason.CANCELLED, turn.usage
             )
             if context.session is not None and context.data is not None:
-                await context.session.save()
+                try:
+                    await context.session.save()
+                except StoreUnavailable as error:
+                    # The reply has been sent and cannot be stored now; the history before
+                    # it is untouched, and the next turn starts from there.
+                    cs.logger.warning("a reply could not be saved: %s", error)
             self._durations.add(anyio.current_time() - started)
             if callback is not None:
                 await _call(cs, callback, request, message)
@@ -200,6 +222,7 @@ class HttpApi:
             media_type="text/event-stream; charset=utf-8" if sse else "text/plain; charset=utf-8",
             headers={"X-ChatStream-Last-Generated-Message-Id": turn.reply.id},
             on_end=on_end,
+            feeders=[hold.keep] if hold is not None and hold.shared else (),
         )
 
     def _user_input(self, body: Mapping[str, Any], regenerate: bool) -> str | None:
@@ -325,12 +348,21 @@ class HttpApi:
         if context.data is None or context.session is None:
             return JSONResponse({"success": False, "message": "no context."})
         try:
-            context.data.conversation.clear()
+            # Held while clearing, so that a turn running here or on another node cannot
+            # save its reply over the cleared history.
+            hold = await self._turns.hold(context.session)
         except TurnInFlightError:
-            return error_response(
-                409, "conversation_busy", "a reply is being generated; stop it first"
-            )
-        await context.session.save()
+            return _busy_clearing()
+        try:
+            data = await context.session.reload() if hold.shared else context.data
+            assert data is not None
+            try:
+                data.conversation.clear()
+            except TurnInFlightError:
+                return _busy_clearing()
+            await context.session.save()
+        finally:
+            await hold.release()
         return JSONResponse({"success": True, "message": "Context successfully cleared"})
 
     async def handle_get_prompt_request(self, request: Request) -> Response:
@@ -498,7 +530,7 @@ class HttpApi:
 
     async def handle_health_request(self, request: Request) -> Response:
         """``GET /health``: 200 when serving, 503 while loading, draining, degraded (the
-        model failed every recent request) or gone."""
+        model failed every recent request, or the session store is unreachable) or gone."""
         cs = self.service
         if not cs.running:
             return JSONResponse({"status": "loading"}, status_code=503)
@@ -515,6 +547,12 @@ class HttpApi:
                     "status": "degraded",
                     "detail": f"the last {stats.consecutive_failures} requests failed in the model",
                 },
+                status_code=503,
+            )
+        if not await _store_reachable(request):
+            # Every request with a session would get a 503: a balancer should know.
+            return JSONResponse(
+                {"status": "degraded", "detail": "the session store cannot be reached"},
                 status_code=503,
             )
         return JSONResponse(
@@ -570,6 +608,31 @@ class _RunningMean:
 
     def add(self, value: float) -> None:
         self.mean = value if self.mean is None else self.mean + self._weight * (value - self.mean)
+
+
+async def _store_reachable(request: Request) -> bool:
+    """Whether the request's session store answers (stores of one process always do; a
+    shared one says through its ``ping``)."""
+    try:
+        store = get_session(request).store
+    except RuntimeError:
+        return True  # no session middleware
+    ping = getattr(store, "ping", None)
+    return True if ping is None else bool(await ping())
+
+
+def _busy_clearing() -> Response:
+    return error_response(409, "conversation_busy", "a reply is being generated; stop it first")
+
+
+def store_unavailable(error: StoreUnavailable) -> Response:
+    """The answer to a request that needs the session store while it is unreachable."""
+    return error_response(
+        503,
+        "session_store_unavailable",
+        "the session store cannot be reached; try again shortly",
+        {"Retry-After": str(error.retry_after)},
+    )
 
 
 def _not_running() -> Response:

@@ -24,7 +24,16 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from chatstream.core import ConfigError, Conversation, LocalProtocolError, Role
 
-__all__ = ["JSONMemoryStore", "MemoryStore", "SessionData", "SessionStore", "session_bytes"]
+__all__ = [
+    "JSONMemoryStore",
+    "MemoryStore",
+    "SessionData",
+    "SessionStore",
+    "StoreUnavailable",
+    "TurnLock",
+    "session_bytes",
+    "trim_session",
+]
 
 #: Version of the JSON layout written by :meth:`SessionData.to_json`.
 _JSON_VERSION = 1
@@ -94,6 +103,52 @@ class SessionStore(Protocol):
         ...
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be reached now (a Redis outage): the request that needs it gets a
+    503 with ``Retry-After`` rather than a hang or a 500, and nothing stored is touched.
+
+    Attributes:
+        retry_after: seconds the client should wait before trying again.
+    """
+
+    def __init__(self, message: str, *, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TurnLock(Protocol):
+    """One turn at a time per conversation, across every process that shares a store.
+
+    A store shared by several processes provides one as its ``turn_lock`` attribute (see
+    :func:`turn_lock_of`); within one process the HTTP layer keeps the sessions with a turn
+    running itself, so the memory stores need none. A lock is held by a random token and
+    expires on its own after a while, so that a process that dies mid-turn frees its
+    conversation; the holder renews it every :attr:`renew_every` seconds while the turn runs.
+    Every method may raise :class:`StoreUnavailable`.
+    """
+
+    #: Seconds between renewals while a turn runs (well below the lock's expiry).
+    renew_every: float
+
+    async def acquire(self, session_id: str) -> str | None:
+        """Take the lock: its token, or None when another holder has it."""
+        ...
+
+    async def renew(self, session_id: str, token: str) -> bool:
+        """Extend the lock's expiry; False when this token no longer holds it."""
+        ...
+
+    async def release(self, session_id: str, token: str) -> None:
+        """Free the lock if this token still holds it (never another holder's)."""
+        ...
+
+
+def turn_lock_of(store: SessionStore) -> TurnLock | None:
+    """The store's cross-process turn lock, or None for a store of one process."""
+    lock: TurnLock | None = getattr(store, "turn_lock", None)
+    return lock
+
+
 # ---------------------------------------------------------------------- memory stores
 
 _V = TypeVar("_V")
@@ -131,16 +186,9 @@ class _BoundedMemoryStore(abc.ABC, Generic[_V]):
             raise ConfigError("ttl_seconds", f"must be positive, got {ttl_seconds!r}")
         if max_sessions < 1:
             raise ConfigError("max_sessions", f"must be at least 1, got {max_sessions!r}")
-        if max_history_messages is not None and max_history_messages < 1:
-            raise ConfigError(
-                "max_history_messages", f"must be at least 1 or None, got {max_history_messages!r}"
-            )
+        check_limits(max_history_messages, max_session_bytes)
         if max_new_sessions < 1:
             raise ConfigError("max_new_sessions", f"must be at least 1, got {max_new_sessions!r}")
-        if max_session_bytes is not None and max_session_bytes < 1024:
-            raise ConfigError(
-                "max_session_bytes", f"must be at least 1024 or None, got {max_session_bytes!r}"
-            )
         self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
         self.max_new_sessions = min(max_new_sessions, max_sessions)
@@ -175,10 +223,11 @@ class _BoundedMemoryStore(abc.ABC, Generic[_V]):
         """Store the session's data (trimming its history), evicting another if full."""
         now = self._clock()
         self._sweep(now)
-        if self.max_history_messages is not None:
-            _trim_history(data.conversation, self.max_history_messages)
-        if self.max_session_bytes is not None:
-            _trim_to_bytes(data, self.max_session_bytes)
+        trim_session(
+            data,
+            max_history_messages=self.max_history_messages,
+            max_session_bytes=self.max_session_bytes,
+        )
         is_new = not _has_reply(data.conversation)
         entry = self._entries.get(session_id)
         if entry is None:
@@ -302,6 +351,39 @@ class JSONMemoryStore(_BoundedMemoryStore[_Frozen]):
 
     def _in_flight(self, value: _Frozen) -> bool:
         return value.in_flight
+
+
+def check_limits(max_history_messages: int | None, max_session_bytes: int | None) -> None:
+    """Refuse history limits no store can keep.
+
+    Raises:
+        ConfigError: a limit is too small.
+    """
+    if max_history_messages is not None and max_history_messages < 1:
+        raise ConfigError(
+            "max_history_messages", f"must be at least 1 or None, got {max_history_messages!r}"
+        )
+    if max_session_bytes is not None and max_session_bytes < 1024:
+        raise ConfigError(
+            "max_session_bytes", f"must be at least 1024 or None, got {max_session_bytes!r}"
+        )
+
+
+def trim_session(
+    data: SessionData, *, max_history_messages: int | None, max_session_bytes: int | None
+) -> None:
+    """Bound what a session keeps, as every store does on save: the oldest exchanges go
+    first (a user message with its replies), never while a turn is in flight and never the
+    newest exchange. None: no such limit."""
+    if max_history_messages is not None:
+        _trim_history(data.conversation, max_history_messages)
+    if max_session_bytes is not None:
+        _trim_to_bytes(data, max_session_bytes)
+
+
+def has_reply(data: SessionData) -> bool:
+    """Whether the session holds a conversation (a reply), not only a first turn or params."""
+    return _has_reply(data.conversation)
 
 
 def _has_reply(conversation: Conversation) -> bool:

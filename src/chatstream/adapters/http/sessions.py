@@ -25,6 +25,7 @@ the history kept per session is bounded.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import secrets
@@ -37,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatstream.core import ConfigError
 
-from .session_stores import MemoryStore, SessionData, SessionStore
+from .session_stores import MemoryStore, SessionData, SessionStore, StoreUnavailable
 
 __all__ = [
     "CLOCK_SKEW_SECONDS",
@@ -193,6 +194,11 @@ class Session:
         return self._id
 
     @property
+    def store(self) -> SessionStore:
+        """Where this session's data lives."""
+        return self._store
+
+    @property
     def is_new(self) -> bool:
         """True when :meth:`load_or_create` created the session in this request."""
         return self._is_new
@@ -207,6 +213,15 @@ class Session:
             if data is None:
                 self._id = None
             self._data, self._loaded = data, True
+        return self._data
+
+    async def reload(self) -> SessionData | None:
+        """Read the session's data from the store again (another process may have saved it
+        since :meth:`load`); keeps the loaded data when the store no longer has it."""
+        if self._id is not None and not self._is_new:
+            data = await self._store.load(self._id)
+            if data is not None:
+                self._data, self._loaded = data, True
         return self._data
 
     async def load_or_create(self) -> SessionData:
@@ -247,6 +262,23 @@ class Session:
         self._cookie_action = "expire" if self._had_cookie else None
         if session_id is not None:
             await self._store.delete(session_id)
+
+
+async def _store_unavailable(error: StoreUnavailable, send: Send) -> None:
+    body = json.dumps(
+        {
+            "success": False,
+            "error": "session_store_unavailable",
+            "message": "the session store cannot be reached; try again shortly",
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(error.retry_after).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def get_session(conn: Mapping[str, Any]) -> Session:
@@ -368,7 +400,16 @@ class SessionMiddleware:
                     message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_cookie)
+        try:
+            await self.app(scope, receive, send_with_cookie)
+        except StoreUnavailable as error:
+            # The store is down (a Redis outage): nothing was read or written, so the client
+            # may simply try again later. After the response started, only the server can
+            # end it.
+            if session._response_started:
+                raise
+            logger.warning("session store unavailable: %s", error)
+            await _store_unavailable(error, send)
 
     def _read_cookie(self, scope: Scope) -> tuple[str | None, float | None, bool]:
         # Every cookie of this name counts (several Cookie headers, or one per path): the
