@@ -59,6 +59,22 @@ def mock_app() -> Starlette:
     )
 
 
+def redis_app() -> Starlette:
+    """:func:`mock_app` with its sessions in Redis: ``CHATSTREAM_TEST_APP`` holds
+    ``redis_url`` and optional ``redis_options`` (keyword arguments of ``RedisStore``)."""
+    from chatstream.adapters.http.redis_store import RedisStore
+
+    app_options = json.loads(os.environ.get("CHATSTREAM_TEST_APP", "{}"))
+    store = RedisStore(app_options.pop("redis_url"), **app_options.pop("redis_options", {}))
+    return create_app(
+        _chat_stream(),
+        secret_key="test secret",
+        http_options=_http_options(),
+        store=store,
+        **app_options,
+    )
+
+
 def original_style_app() -> Starlette:
     """An app written the way the original's docs wrote them: hand-made routes calling the
     ``handle_*`` methods, request-body interception and a finish callback."""

@@ -14,7 +14,7 @@ import json
 import math
 import urllib.parse
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -180,15 +180,30 @@ class HttpApi:
         sse = _wants_sse(request, body)
         outcome: dict[str, bool] = {"admitted": isinstance(turn.outcome, Admitted)}
 
-        async def on_end(how: str) -> None:
+        settled = False
+
+        async def settle() -> None:
+            # Save the reply, then free the conversation: as soon as the turn finishes,
+            # before its last event goes out, so that a client that sends its next turn at
+            # once (to this node or another) finds it saved and the conversation free.
+            nonlocal settled
+            if settled:
+                return
             try:
-                await finish(how)
+                if context.session is not None and context.data is not None:
+                    try:
+                        await context.session.save()
+                    except StoreUnavailable as error:
+                        # The reply cannot be stored now; the history before it is
+                        # untouched, and the next turn starts from there.
+                        cs.logger.warning("a reply could not be saved: %s", error)
             finally:
                 # Only once the reply is saved: another process may take the turn next.
                 if hold is not None:
                     await hold.release()
+            settled = True
 
-        async def finish(how: str) -> None:
+        async def on_end(how: str) -> None:
             turn.close()
             finished = turn.finished
             if finished is not None and finished.reason is not FinishReason.CANCELLED:
@@ -201,21 +216,15 @@ class HttpApi:
             timer.finished(
                 finished.reason if finished is not None else FinishReason.CANCELLED, turn.usage
             )
-            if context.session is not None and context.data is not None:
-                try:
-                    await context.session.save()
-                except StoreUnavailable as error:
-                    # The reply has been sent and cannot be stored now; the history before
-                    # it is untouched, and the next turn starts from there.
-                    cs.logger.warning("a reply could not be saved: %s", error)
+            await settle()
             self._durations.add(anyio.current_time() - started)
             if callback is not None:
                 await _call(cs, callback, request, message)
 
         chunks = (
-            self._sse_chunks(turn, timer, outcome)
+            self._sse_chunks(turn, timer, outcome, settle)
             if sse
-            else self._original_chunks(turn, timer, outcome)
+            else self._original_chunks(turn, timer, outcome, settle)
         )
         return TurnResponse(
             chunks,
@@ -245,8 +254,15 @@ class HttpApi:
             )
         return user_input
 
-    async def _events(self, turn: Turn, timer: RequestTimer, outcome: dict[str, bool]) -> Any:
-        """Turn events, with None for each keep-alive interval without one."""
+    async def _events(
+        self,
+        turn: Turn,
+        timer: RequestTimer,
+        outcome: dict[str, bool],
+        settle: Callable[[], Awaitable[None]],
+    ) -> Any:
+        """Turn events, with None for each keep-alive interval without one; ``settle`` is
+        awaited once the turn has finished, before its ``Finished`` is yielded."""
         while turn.finished is None:
             event = await turn.next_event(self.options.keepalive_sec)
             if event is None and turn.finished is None:
@@ -257,11 +273,19 @@ class HttpApi:
                 timer.admitted()
             elif isinstance(event, TextDelta):
                 timer.delta()
+            elif isinstance(event, Finished):
+                await settle()
             yield event
 
-    async def _sse_chunks(self, turn: Turn, timer: RequestTimer, outcome: dict[str, bool]) -> Any:
+    async def _sse_chunks(
+        self,
+        turn: Turn,
+        timer: RequestTimer,
+        outcome: dict[str, bool],
+        settle: Callable[[], Awaitable[None]],
+    ) -> Any:
         message_id = turn.reply.id
-        async for event in self._events(turn, timer, outcome):
+        async for event in self._events(turn, timer, outcome, settle):
             match event:
                 case None:
                     yield sse_comment("keep-alive")
@@ -291,11 +315,15 @@ class HttpApi:
                     )
 
     async def _original_chunks(
-        self, turn: Turn, timer: RequestTimer, outcome: dict[str, bool]
+        self,
+        turn: Turn,
+        timer: RequestTimer,
+        outcome: dict[str, bool],
+        settle: Callable[[], Awaitable[None]],
     ) -> Any:
         # Every chunk is the whole reply so far followed by <::EOS::>, as the original sent.
         text = ""
-        async for event in self._events(turn, timer, outcome):
+        async for event in self._events(turn, timer, outcome, settle):
             if isinstance(event, TextDelta):
                 text += event.text
                 yield (text + EOS).encode()

@@ -1,0 +1,347 @@
+"""Sessions in a real Redis (Debian's redis-server on a free loopback port, never a fake):
+the store itself on both event loops, then two server processes sharing one Redis: a
+conversation that continues on the other node, one turn at a time across nodes, and a Redis
+outage (503 with Retry-After, then recovery with the history intact)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from chatstream.adapters.http.redis_store import RedisStore
+from chatstream.adapters.http.session_stores import SessionData, StoreUnavailable
+from chatstream.core import ConfigError, Conversation
+from tests.http.conftest import RedisServer, Server, ServerFactory
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    with redis.Redis(port=redis_server.port) as client:
+        yield client
+
+
+def conversation(turns: int) -> Conversation:
+    conv = Conversation()
+    for i in range(turns):
+        conv.start_turn(f"question {i}", user_message_id=f"u{i}", reply_id=f"r{i}")
+        conv.append_reply(f"answer {i}")
+        conv.finish_reply("stop")
+    return conv
+
+
+# ---------------------------------------------------------------------- the store
+
+
+@pytest.mark.anyio
+async def test_sessions_round_trip_as_versioned_json_with_an_expiry(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    store = RedisStore(redis_server.url, ttl_seconds=600, new_session_ttl_seconds=60)
+    data = SessionData(conversation(2), {"temperature": 0.2}, "developer")
+    data.conversation.set_feedback("r1", is_like=True, data={"why": "ok"})
+    await store.save("a", data)
+    loaded = await store.load("a")
+    assert loaded is not None and loaded.to_json() == data.to_json()
+    assert loaded is not data
+    assert json.loads(client.get("chatstream:session:a") or b"")["version"] == 1
+    assert 590 <= client.ttl("chatstream:session:a") <= 600
+    # No reply yet: a shorter life, so that a flood of new sessions leaves little behind.
+    await store.save("b", SessionData(generation_params={"top_k": 3}))
+    assert 50 <= client.ttl("chatstream:session:b") <= 60
+    await store.delete("a")
+    assert await store.load("a") is None
+    assert await store.load("never") is None
+    await store.delete("never")
+
+
+@pytest.mark.anyio
+async def test_saves_bound_the_history_and_unreadable_keys_are_no_session(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    store = RedisStore(redis_server.url, max_history_messages=4)
+    await store.save("a", SessionData(conversation(5)))
+    loaded = await store.load("a")
+    assert loaded is not None
+    assert [m.id for m in loaded.conversation.messages] == ["u3", "r3", "u4", "r4"]
+    client.set("chatstream:session:x", b'{"version": 99}')
+    client.set("chatstream:session:y", b"not json")
+    assert await store.load("x") is None
+    assert await store.load("y") is None
+    with pytest.raises(ConfigError):
+        RedisStore(redis_server.url, lock_ttl_seconds=0)
+    with pytest.raises(ConfigError):
+        RedisStore(redis_server.url, max_history_messages=0)
+    with pytest.raises(ConfigError):
+        RedisStore("http://example.com")
+
+
+@pytest.mark.anyio
+async def test_the_turn_lock_is_taken_once_and_freed_only_by_its_holder(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    lock = RedisStore(redis_server.url, lock_ttl_seconds=30).turn_lock
+    token = await lock.acquire("s")
+    assert token is not None
+    assert await lock.acquire("s") is None
+    assert 25_000 < client.pttl("chatstream:turn:s") <= 30_000
+    client.pexpire("chatstream:turn:s", 5_000)
+    assert await lock.renew("s", token)
+    assert client.pttl("chatstream:turn:s") > 25_000
+    await lock.release("s", "not the token")
+    assert not await lock.renew("s", "not the token")
+    assert await lock.acquire("s") is None
+    await lock.release("s", token)
+    assert client.exists("chatstream:turn:s") == 0
+    # An expired lock passes to the next holder, and the old one cannot free it.
+    other = await lock.acquire("s")
+    assert other is not None
+    await lock.release("s", token)
+    assert not await lock.renew("s", token)
+    assert client.get("chatstream:turn:s") == other.encode()
+
+
+@pytest.mark.anyio
+async def test_an_outage_raises_store_unavailable_and_the_store_recovers(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore(redis_server.url, retry_after=3)
+    await store.save("a", SessionData(conversation(1)))
+    redis_server.process_save()
+    redis_server.stop()
+    for call in (store.load("a"), store.save("a", SessionData()), store.turn_lock.acquire("a")):
+        with pytest.raises(StoreUnavailable) as caught:
+            await call
+        assert caught.value.retry_after == 3
+    assert not await store.ping()
+    redis_server.start()
+    assert await store.ping()
+    loaded = await store.load("a")  # a pooled connection died with the old server
+    assert loaded is not None and [m.id for m in loaded.conversation.messages] == ["u0", "r0"]
+
+
+# ---------------------------------------------------------------------- two nodes
+
+
+def start_nodes(
+    start_server: ServerFactory,
+    redis_server: RedisServer,
+    *,
+    options: dict[str, object] | None = None,
+    redis_options: dict[str, object] | None = None,
+) -> tuple[Server, Server]:
+    app = {"redis_url": redis_server.url, "redis_options": redis_options or {}}
+    return tuple(  # type: ignore[return-value]
+        start_server(factory="tests.http.apps:redis_app", options=options, app=app)
+        for _ in range(2)
+    )
+
+
+ROLES = {
+    "user": {
+        "apis": {
+            "allow": [
+                "chat_stream",
+                "clear_context",
+                "set_feedback",
+                "get_history",
+                "get_generation_params",
+                "set_generation_params",
+            ],
+            "auth_method": "nothing",
+            "use_session": True,
+        }
+    },
+    "developer": {
+        "apis": {
+            "allow": "all",
+            "auth_method": "ui_pass_phrase",
+            "ui_pass_phrase": "open sesame",
+            "use_session": True,
+        }
+    },
+}
+
+
+def chat(http: httpx.Client, node: Server, text: str) -> httpx.Response:
+    response = http.post(f"{node.base_url}/chat_stream", json={"user_input": text})
+    response.read()
+    return response
+
+
+def test_a_conversation_continues_on_the_other_node(
+    start_server: ServerFactory, redis_server: RedisServer
+) -> None:
+    a, b = start_nodes(start_server, redis_server, options={"client_roles": ROLES})
+    # One cookie jar for both nodes (cookies are per host, not per port): one browser.
+    with httpx.Client(timeout=30) as http:
+        first = chat(http, a, "hello")
+        assert first.status_code == 200
+        reply_id = first.headers["x-chatstream-last-generated-message-id"]
+        params = http.post(f"{b.base_url}/set_generation_params", json={"temperature": 0.3})
+        assert params.json()["success"]
+        feedback = {"message_id": reply_id, "is_like": True, "form_data": {"note": "good"}}
+        assert http.post(f"{a.base_url}/set_feedback", json=feedback).json()["success"]
+        assert chat(http, b, "open sesame").text.startswith("New role: 'developer'")
+        assert chat(http, b, "and then?").status_code == 200
+        # The role granted on b opens a's prompt; a sees b's turn, params and a's feedback.
+        prompt = http.get(f"{a.base_url}/get_prompt").json()["prompt_text"]
+        assert "hello" in prompt and "and then?" in prompt
+        got = http.get(f"{a.base_url}/get_generation_params").json()["generation_params"]
+        assert got["temperature"] == 0.3
+        messages = http.get(f"{a.base_url}/get_history").json()["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+        assert messages[1]["id"] == reply_id
+        assert messages[1]["feedback"]["data"] == {"note": "good"}
+        # Cleared on one node, cleared for both.
+        assert http.post(f"{b.base_url}/clear_context").json()["success"]
+        assert http.get(f"{a.base_url}/get_history").json()["messages"] == []
+
+
+def test_one_turn_at_a_time_across_nodes(
+    start_server: ServerFactory, redis_server: RedisServer, client: redis.Redis
+) -> None:
+    # Long replies, and a lock that expires well before the reply ends: only its renewal
+    # keeps the second node out.
+    a, b = start_nodes(
+        start_server,
+        redis_server,
+        options={"mock_params": {"type": "long", "time_per_token_sec": 0.02}},
+        redis_options={"lock_ttl_seconds": 0.6},
+    )
+    with httpx.Client(timeout=30) as http:
+        assert chat(http, a, "hello").status_code == 200
+        statuses: dict[str, int] = {}
+        with http.stream("POST", f"{a.base_url}/chat_stream", json={"user_input": "more"}) as r:
+            stream = r.iter_bytes()
+            next(stream)  # the turn runs on a
+            for i in range(3):
+                other = chat(http, b, f"meanwhile {i}")
+                statuses[f"b{i}"] = other.status_code
+                assert other.json()["error"] == "conversation_busy"
+                busy_clear = http.post(f"{b.base_url}/clear_context")
+                assert busy_clear.status_code == 409
+                threading.Event().wait(0.5)  # past the lock's first expiry
+            assert r.status_code == 200
+            for _ in stream:
+                pass
+        assert set(statuses.values()) == {409}
+        assert client.keys("chatstream:turn:*") == []  # released when the turn ended
+        assert chat(http, b, "now").status_code == 200
+        messages = http.get(f"{a.base_url}/get_history").json()["messages"]
+        assert [m["content"] for m in messages if m["role"] == "user"] == [
+            "hello",
+            "more",
+            "now",
+        ]
+        # A client that leaves mid-reply frees the conversation too.
+        with http.stream("POST", f"{b.base_url}/chat_stream", json={"user_input": "bye"}) as r:
+            next(r.iter_bytes())
+            assert client.keys("chatstream:turn:*") != []
+        deadline = threading.Event()
+        for _ in range(100):
+            if client.keys("chatstream:turn:*") == []:
+                break
+            deadline.wait(0.05)
+        assert client.keys("chatstream:turn:*") == []
+        assert chat(http, a, "back").status_code == 200
+
+
+def test_two_browsers_racing_on_two_nodes_get_exactly_one_409(
+    start_server: ServerFactory, redis_server: RedisServer
+) -> None:
+    a, b = start_nodes(
+        start_server,
+        redis_server,
+        options={"mock_params": {"type": "round", "time_per_token_sec": 0.1}},
+    )
+    with httpx.Client(timeout=30) as http:
+        assert chat(http, a, "hello").status_code == 200
+        statuses: list[int] = []
+        barrier = threading.Barrier(2)
+
+        def post(node: Server) -> None:
+            barrier.wait()
+            statuses.append(chat(http, node, f"on {node.port}").status_code)
+
+        threads = [threading.Thread(target=post, args=(node,)) for node in (a, b)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(statuses) == [200, 409]
+
+
+def test_a_redis_outage_is_a_503_and_nothing_is_lost(
+    start_server: ServerFactory, redis_server: RedisServer
+) -> None:
+    a, b = start_nodes(start_server, redis_server)
+    with httpx.Client(timeout=30) as http:
+        assert chat(http, a, "before").status_code == 200
+        before = http.get(f"{b.base_url}/get_history").json()["messages"]
+        assert len(before) == 2
+        redis_server.process_save()
+        redis_server.stop()
+        for node in (a, b):
+            answers = [
+                chat(http, node, "during"),
+                http.get(f"{node.base_url}/get_history"),
+                http.post(f"{node.base_url}/set_generation_params", json={"top_k": 5}),
+                http.post(f"{node.base_url}/clear_context"),
+            ]
+            for answer in answers:
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["retry-after"] == "2"
+                assert answer.json()["error"] == "session_store_unavailable"
+            health = http.get(f"{node.base_url}/health")
+            assert (health.status_code, health.json()["status"]) == (503, "degraded")
+            # What needs no session still works.
+            assert http.get(f"{node.base_url}/get_load").status_code == 200
+        redis_server.start()
+        for node in (a, b):
+            assert http.get(f"{node.base_url}/health").status_code == 200
+        assert http.get(f"{a.base_url}/get_history").json()["messages"] == before
+        assert chat(http, b, "after").status_code == 200
+        messages = http.get(f"{a.base_url}/get_history").json()["messages"]
+        assert [m["content"] for m in messages if m["role"] == "user"] == ["before", "after"]
+
+
+def test_a_hung_redis_answers_503_instead_of_hanging(
+    start_server: ServerFactory, redis_server: RedisServer
+) -> None:
+    # A stopped (not dead) Redis accepts connections and never answers: the socket timeouts
+    # bound every call.
+    (a, _) = start_nodes(
+        start_server, redis_server, redis_options={"socket_timeout": 0.3, "connect_timeout": 0.3}
+    )
+    with httpx.Client(timeout=30) as http:
+        assert chat(http, a, "before").status_code == 200
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            assert chat(http, a, "during").status_code == 503
+            assert http.get(f"{a.base_url}/get_history").status_code == 503
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        messages = http.get(f"{a.base_url}/get_history").json()["messages"]
+        assert [m["content"] for m in messages if m["role"] == "user"] == ["before"]
+
+
+def test_the_cli_takes_a_redis_session_store(redis_server: RedisServer) -> None:
+    from chatstream.cli import _session_store
+
+    store = _session_store(redis_server.url)
+    assert isinstance(store, RedisStore)
+    assert _session_store(None) is None
+    with pytest.raises(SystemExit, match="redis://"):
+        _session_store("memcached://x")
