@@ -248,11 +248,11 @@ def test_one_turn_at_a_time_across_nodes(
         with http.stream("POST", f"{b.base_url}/chat_stream", json={"user_input": "bye"}) as r:
             next(r.iter_bytes())
             assert client.keys("chatstream:turn:*") != []
-        deadline = threading.Event()
+        pause = threading.Event()
         for _ in range(100):
             if client.keys("chatstream:turn:*") == []:
                 break
-            deadline.wait(0.05)
+            pause.wait(0.05)
         assert client.keys("chatstream:turn:*") == []
         assert chat(http, a, "back").status_code == 200
 
