@@ -174,8 +174,9 @@ def test_every_endpoint_is_in_the_table_with_its_default_access() -> None:
         assert row[:3] == [f"`{method}`", f"`{path}`", f"`{name}`"], row
         assert row[3] == access(roles.browser_default.allows(name)), row
         assert row[4] == access(agent.allows(name)), row
-    assert by_path["`/health`"][:5] == ["`GET`", "`/health`", "none", "always", "always"]
-    assert len(by_path) == len(endpoints) + 1  # nothing undocumented, nothing stale
+    for free in ("/health", "/load"):
+        assert by_path[f"`{free}`"][:5] == ["`GET`", f"`{free}`", "none", "always", "always"]
+    assert len(by_path) == len(endpoints) + 2  # nothing undocumented, nothing stale
 
 
 def _idle_stats() -> EngineStatistics:

@@ -167,6 +167,49 @@ async def test_disconnect_while_queued_and_while_streaming_frees_the_slot(
         assert len(partial) < len(mock_texts.LONG_EN)
 
 
+def test_load_tells_a_balancer_free_slots_and_waiting_whatever_the_role(
+    start_server: ServerFactory,
+) -> None:
+    # A role that may only chat, and a tight rate limit: /load answers anyway, as /health.
+    roles = {
+        "user": {"apis": {"allow": ["chat_stream"], "auth_method": "nothing", "use_session": True}}
+    }
+    server = start_server(
+        options={
+            "num_of_concurrent_executions": 1,
+            "max_queue_size": 2,
+            "mock_params": SLOW,
+            "client_roles": roles,
+        },
+        http={"rate_limit_per_address": "5/minute"},
+    )
+    idle = {"accepting": True, "free_slots": 1, "running": 0, "capacity": 1, "waiting": 0}
+    with server.client() as client:
+        assert client.get("/get_load").status_code == 403
+        assert client.get("/load").json() == {**idle, "max_waiting": 2}
+
+        def chat() -> None:
+            with server.client() as other:
+                assert other.post("/chat_stream", json={"user_input": WORDS}).status_code == 200
+
+        threads = [threading.Thread(target=chat) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: client.get("/load").json()["waiting"] == 1)
+        busy = client.get("/load")
+        assert busy.status_code == 200 and "set-cookie" not in busy.headers
+        assert busy.json() == {
+            **idle,
+            "free_slots": 0,
+            "running": 1,
+            "waiting": 1,
+            "max_waiting": 2,
+        }
+        for thread in threads:
+            thread.join(30)
+        assert client.get("/load").json()["free_slots"] == 1
+
+
 def test_a_second_concurrent_turn_in_one_session_is_409_and_history_stays(
     start_server: ServerFactory,
 ) -> None:

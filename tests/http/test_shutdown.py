@@ -67,6 +67,8 @@ def test_while_draining_new_requests_get_503_on_an_open_socket(
     assert openai.status_code == 503 and int(openai.headers["retry-after"]) > 0
     health = httpx.get(f"{server.base_url}/health", timeout=5)
     assert (health.status_code, health.json()["status"]) == (503, "draining")
+    load = httpx.get(f"{server.base_url}/load", timeout=5)
+    assert load.status_code == 200 and load.json()["accepting"] is False
     running.join(30)
     assert body and body[0].endswith("<::EOS::>") and "<::ERROR::>" not in body[0]
     assert server.process.wait(20) == 0

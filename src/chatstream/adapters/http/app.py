@@ -102,7 +102,7 @@ def routes(
     open_metrics: bool = False,
     metrics_token: str | None = None,
 ) -> list[BaseRoute]:
-    """The routes of the chosen APIs (all by default), plus ``/health``, and with the
+    """The routes of the chosen APIs (all by default), plus ``/health`` and ``/load``, and with the
     ``openai`` API ``/v1/models``, ``/v1/models/{model}``, ``/tokenize``, ``/detokenize`` and
     ``/version``, ready for ``Starlette(routes=...)`` or ``Mount``.
 
@@ -136,6 +136,7 @@ def routes(
         for name in selected
     ]
     out.append(Route("/health", http.handle_health_request, methods=["GET"]))
+    out.append(Route("/load", http.handle_load_request, methods=["GET"]))
     if "openai" in selected:
         operations = OperationsApi(http)
         out += [

@@ -556,6 +556,27 @@ class HttpApi:
         )
         return JSONResponse({"success": True, "message": "success", "memory_usage": [usage]})
 
+    async def handle_load_request(self, request: Request) -> Response:
+        """``GET /load``: what a balancer needs to pick a node, cheaply and for everyone (as
+        ``/health``: no role, no session, no store), always 200 while the process answers.
+
+        ``accepting`` is false while loading, draining or with the model gone: a new turn
+        would get a 503 here. A full node still accepts (a new turn gets a 429 only when
+        ``waiting`` reaches ``max_waiting``)."""
+        cs = self.service
+        stats = cs.statistics()
+        accepting = cs.running and stats.lost is None and not (stats.draining or cs.draining)
+        return JSONResponse(
+            {
+                "accepting": accepting,
+                "free_slots": max(stats.capacity - stats.running, 0),
+                "running": stats.running,
+                "capacity": stats.capacity,
+                "waiting": stats.waiting,
+                "max_waiting": stats.max_waiting,
+            }
+        )
+
     async def handle_health_request(self, request: Request) -> Response:
         """``GET /health``: 200 when serving, 503 while loading, draining, degraded (the
         model failed every recent request, or the session store is unreachable) or gone."""

@@ -41,7 +41,7 @@ logger = logging.getLogger("chatstream.http")
 
 #: Seconds between the log lines that count refused requests (one line per interval).
 RATE_LIMIT_LOG_INTERVAL = 10.0
-_UNLIMITED_PATHS = frozenset({"/health", "/metrics"})
+_UNLIMITED_PATHS = frozenset({"/health", "/load", "/metrics"})
 
 
 @dataclass(frozen=True, slots=True)
