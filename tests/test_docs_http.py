@@ -261,13 +261,12 @@ def test_every_error_code_is_documented() -> None:
     for code in sorted(codes):
         assert f"`{code}`" in text, code
     # The OpenAI-compatible API: error types and codes, on its own page.
-    openai = _error_codes(HTTP_ADAPTERS / "openai_api.py", {"_error": (2, 3)}, set())
-    openai |= _error_codes(HTTP_ADAPTERS / "openai_schemas.py", {"RequestError": (2,)}, set())
-    assert {"invalid_request_error", "rate_limit_exceeded", "context_length_exceeded"} <= openai
-    for module in ("openai_models.py", "operations.py"):
+    openai = _error_codes(HTTP_ADAPTERS / "openai_schemas.py", {"RequestError": (2,)}, set())
+    for module in ("openai_api.py", "openai_answers.py", "openai_models.py", "operations.py"):
         openai |= _error_codes(
             HTTP_ADAPTERS / module, {"openai_error": (2,)}, set(), keywords=("code",)
         )
+    assert {"invalid_request_error", "rate_limit_exceeded", "context_length_exceeded"} <= openai
     assert {"missing_required", "unknown_parameter", "invalid_value"} <= openai
     assert {"model_not_found", "permission_error"} <= openai
     openai_section = section(page("openai-api.md"), "## Errors")
