@@ -40,6 +40,8 @@ def test_vllm_families_count_every_ended_request(
             "mock_params": {"type": "long", "time_per_token_sec": 0.02},
         },
         app={"open_metrics": True},
+        # A browser that leaves is cancelled at once, not kept for a resume.
+        http={"resume_grace_sec": 0},
     )
     sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
     request.addfinalizer(sdk.close)

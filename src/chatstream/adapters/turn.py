@@ -48,6 +48,7 @@ class Turn:
         self.reply: Message = conversation.reply
         self.prompt = prompt
         self._handle = handle
+        self._closed = False
         self.finished: Finished | None = None
 
     @property
@@ -76,6 +77,8 @@ class Turn:
         except BaseException:
             self.close()
             raise
+        if self._closed:
+            raise StopAsyncIteration  # closed while this event was on its way
         self._apply(event)
         return event
 
@@ -87,8 +90,9 @@ class Turn:
         except BaseException:
             self.close()
             raise
-        if event is not None:
-            self._apply(event)
+        if event is None or self._closed:
+            return None  # the end, or closed while this event was on its way
+        self._apply(event)
         return event
 
     def _apply(self, event: RequestEvent) -> None:
@@ -101,6 +105,7 @@ class Turn:
 
     def close(self) -> None:
         """Stop the turn if it is still running (the partial reply stays, cancelled)."""
+        self._closed = True
         self._handle.close()
         conversation = self.conversation
         if self.finished is None and conversation.in_flight and conversation.reply is self.reply:

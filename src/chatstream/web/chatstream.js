@@ -57,6 +57,7 @@
       error: (m) => "Something went wrong: " + m,
       network: "Could not reach the server. Check your connection and try again.",
       connectionLost: "The connection was lost before the reply finished.",
+      reconnecting: "Reconnecting…",
       feedbackFailed: "Your feedback could not be sent.",
       clearFailed: "The chat could not be cleared.",
       roleGranted: (r) => "Role granted: " + r,
@@ -96,6 +97,7 @@
       error: (m) => "エラーが発生しました: " + m,
       network: "サーバーに接続できませんでした。接続を確認してもう一度お試しください。",
       connectionLost: "応答の途中で接続が切れました。",
+      reconnecting: "再接続しています…",
       feedbackFailed: "フィードバックを送信できませんでした。",
       clearFailed: "会話をクリアできませんでした。",
       roleGranted: (r) => "ロールが付与されました: " + r,
@@ -424,13 +426,14 @@
     }
   }
 
-  // Server-Sent Events from a fetch body: calls onEvent(type, data) per event.
+  // Server-Sent Events from a fetch body: calls onEvent(type, data, id) per event.
   async function readEvents(response, onEvent) {
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
     const flush = (block) => {
       let type = "message";
+      let id = null;
       const data = [];
       for (const line of block.split("\n")) {
         if (!line || line.startsWith(":")) continue;
@@ -440,6 +443,7 @@
         if (value.startsWith(" ")) value = value.slice(1);
         if (field === "event") type = value;
         else if (field === "data") data.push(value);
+        else if (field === "id") id = value;
       }
       if (!data.length) return;
       let payload;
@@ -448,7 +452,7 @@
       } catch (_) {
         payload = { text: data.join("\n") };
       }
-      onEvent(type, payload || {});
+      onEvent(type, payload || {}, id);
     };
     for (;;) {
       const { value, done } = await reader.read();
@@ -553,12 +557,33 @@
     });
   }
 
+  // The turn in flight (its reply, and whether the server has answered), for Stop.
+  let current = null;
+  // A reply still streaming when the page goes away, to follow again after a reload.
+  const PENDING = "chatstream.pending";
+
+  function rememberPending(reply, text) {
+    try {
+      sessionStorage.setItem(PENDING, JSON.stringify({ id: reply.id, input: text }));
+    } catch (_) {
+      /* storage off: a reload then shows the history only */
+    }
+  }
+
+  function forgetPending() {
+    try {
+      sessionStorage.removeItem(PENDING);
+    } catch (_) {
+      /* nothing stored */
+    }
+  }
+
   async function runTurn(payload, reply, hooks) {
     controller = new AbortController();
     const signal = controller.signal;
+    current = { reply, answered: false };
     setBusy(true);
     let ended = false;
-    let answered = false;
     try {
       let response;
       // Right after a Stop the server may still be closing the stopped turn for a moment.
@@ -583,54 +608,13 @@
         if (why.conflict) loadHistory();
         return;
       }
-      answered = true;
+      current.answered = true;
       const headerId = response.headers.get("X-ChatStream-Last-Generated-Message-Id");
-      if (headerId) reply.id = headerId;
-      await readEvents(response, (event, data) => {
-        const stick = nearBottom();
-        switch (event) {
-          case "queued":
-            reply.status = "pending";
-            reply.pendingLabel = T.queued(Number(data.position) || 1);
-            break;
-          case "started":
-            if (data.message_id) reply.id = String(data.message_id);
-            reply.status = "streaming";
-            reply.pendingLabel = "";
-            break;
-          case "delta":
-            if (reply.status !== "streaming") {
-              reply.status = "streaming";
-              reply.pendingLabel = "";
-            }
-            appendText(reply, String(data.text || ""));
-            if (stick) scrollToBottom();
-            // Text changes need no re-render of the rest of the message.
-            if (reply.node.dataset.status === "streaming" && reply.parts.pending.hidden) return;
-            break;
-          case "done":
-            ended = true;
-            if (data.finish_reason === "role_granted") return;
-            if (data.message_id) reply.id = String(data.message_id);
-            reply.finishReason = data.finish_reason || null;
-            reply.status = data.finish_reason === "cancelled" ? "cancelled" : "complete";
-            break;
-          case "error":
-            ended = true;
-            reply.status = "error";
-            showNotice("error", T.error(String(data.message || "")));
-            break;
-          case "role":
-            ended = true;
-            hooks.roleGranted();
-            showNotice("info", T.roleGranted(String(data.role || "")));
-            return;
-          default:
-            return;
-        }
-        update(reply);
-        if (stick) scrollToBottom();
-      });
+      if (headerId) {
+        reply.id = headerId;
+        rememberPending(reply, payload.user_input || null);
+      }
+      ended = await follow(reply, response, signal, hooks);
       if (!ended && messages.includes(reply)) {
         reply.status = "error";
         reply.note = T.connectionLost;
@@ -639,8 +623,9 @@
       }
     } catch (error) {
       if (signal.aborted) {
-        // Stopped: the server cancels the turn and keeps the partial reply, as shown.
-        if (!answered) {
+        // Stopped before the server answered, or Stop could not reach it: the server
+        // cancels the turn and keeps the partial reply, as shown.
+        if (!current.answered) {
           hooks.undo();
         } else if (!ended && messages.includes(reply)) {
           reply.status = "cancelled";
@@ -658,9 +643,151 @@
         showNotice("error", T.network);
       }
     } finally {
+      forgetPending();
       controller = null;
+      current = null;
       setBusy(false);
       focusInput();
+    }
+  }
+
+  // Waits between attempts to resume a dropped stream (the server keeps a turn whose
+  // client has gone for a few seconds).
+  const RESUME_DELAYS = [200, 400, 800, 1600, 2000];
+
+  // Reads a turn's events into `reply` from `response` (null: none yet), and after a
+  // dropped connection asks for the rest with the id of the last event received. True once
+  // the turn has ended (done or error).
+  async function follow(reply, response, signal, hooks) {
+    let ended = false;
+    let lastEventId = null;
+    const onEvent = (event, data, id) => {
+      if (id) lastEventId = id;
+      const stick = nearBottom();
+      switch (event) {
+        case "queued":
+          reply.status = "pending";
+          reply.pendingLabel = T.queued(Number(data.position) || 1);
+          break;
+        case "started":
+          if (data.message_id) reply.id = String(data.message_id);
+          reply.status = "streaming";
+          reply.pendingLabel = "";
+          break;
+        case "delta":
+          if (reply.status !== "streaming") {
+            reply.status = "streaming";
+            reply.pendingLabel = "";
+          }
+          appendText(reply, String(data.text || ""));
+          if (stick) scrollToBottom();
+          // Text changes need no re-render of the rest of the message.
+          if (reply.node.dataset.status === "streaming" && reply.parts.pending.hidden) return;
+          break;
+        case "done":
+          ended = true;
+          if (data.finish_reason === "role_granted") return;
+          if (data.message_id) reply.id = String(data.message_id);
+          reply.finishReason = data.finish_reason || null;
+          reply.status = data.finish_reason === "cancelled" ? "cancelled" : "complete";
+          reply.note = null;
+          break;
+        case "error":
+          ended = true;
+          reply.status = "error";
+          reply.note = null;
+          showNotice("error", T.error(String(data.message || "")));
+          break;
+        case "role":
+          ended = true;
+          hooks.roleGranted();
+          showNotice("info", T.roleGranted(String(data.role || "")));
+          return;
+        default:
+          return;
+      }
+      update(reply);
+      if (stick) scrollToBottom();
+    };
+    for (let attempt = 0; ; attempt++) {
+      if (response) {
+        try {
+          await readEvents(response, onEvent);
+        } catch (error) {
+          if (signal.aborted) throw error;
+        }
+      }
+      if (ended || !reply.id || attempt >= RESUME_DELAYS.length) return ended;
+      if (response && reply.status === "streaming") {
+        reply.note = T.reconnecting;
+        update(reply);
+      }
+      await sleep(RESUME_DELAYS[attempt]);
+      if (signal.aborted) throw new DOMException("stopped", "AbortError");
+      response = null;
+      const headers = { Accept: "text/event-stream" };
+      if (lastEventId) headers["Last-Event-ID"] = lastEventId;
+      try {
+        const answer = await fetch("chat_stream?message_id=" + encodeURIComponent(reply.id), {
+          headers,
+          credentials: "same-origin",
+          signal,
+        });
+        // 404: the stream is gone (ended long ago, or on a node that is down); 204: it
+        // had ended with what was received.
+        if (answer.status === 404 || answer.status === 204) return ended;
+        if (answer.ok) response = answer;
+      } catch (error) {
+        if (signal.aborted) throw error;
+      }
+    }
+  }
+
+  // After a reload during a reply: follow it again from its first event.
+  async function resumePending() {
+    let pending = null;
+    try {
+      pending = JSON.parse(sessionStorage.getItem(PENDING) || "null");
+    } catch (_) {
+      pending = null;
+    }
+    if (!pending || typeof pending.id !== "string" || busy) return;
+    let reply = messages.find((m) => m.id === pending.id);
+    if (reply && reply.status !== "streaming" && reply.status !== "pending") {
+      forgetPending(); // it finished while the page was away
+      return;
+    }
+    if (reply) {
+      setText(reply, "");
+    } else {
+      const last = messages[messages.length - 1];
+      if (pending.input && !(last && last.role === "user" && last.content === pending.input)) {
+        addMessage({ role: "user", content: pending.input, status: "complete" });
+      }
+      reply = addMessage({ role: "assistant", content: "" });
+    }
+    reply.id = pending.id;
+    reply.status = "pending";
+    reply.pendingLabel = T.reconnecting;
+    update(reply);
+    scrollToBottom();
+    controller = new AbortController();
+    current = { reply, answered: true };
+    setBusy(true);
+    try {
+      const ended = await follow(reply, null, controller.signal, { roleGranted() {} });
+      if (!ended) await loadHistory(); // gone here: show what the server kept
+    } catch (_) {
+      if (messages.includes(reply) && reply.status !== "complete") {
+        reply.status = "cancelled";
+        reply.pendingLabel = "";
+        update(reply);
+      }
+    } finally {
+      forgetPending();
+      controller = null;
+      current = null;
+      setBusy(false);
     }
   }
 
@@ -669,8 +796,30 @@
     if (!matchMedia("(pointer: coarse)").matches) input.focus();
   }
 
-  function stop() {
-    if (controller) controller.abort();
+  // Stop asks the server to stop the turn (a dropped connection does not: the server
+  // keeps it for a reconnect); its last event then ends the stream. Without an answer,
+  // the connection is closed.
+  async function stop() {
+    const turn = current;
+    const stopping = controller;
+    if (!stopping) return;
+    if (turn && turn.answered && turn.reply.id) {
+      try {
+        const response = await fetch("chat_stream/stop", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ message_id: turn.reply.id }),
+          credentials: "same-origin",
+        });
+        if (response.ok) {
+          setTimeout(() => stopping.abort(), 3000);
+          return;
+        }
+      } catch (_) {
+        /* unreachable: close the connection */
+      }
+    }
+    stopping.abort();
   }
 
   // ------------------------------------------------------------------ feedback, copy, clear
@@ -816,6 +965,6 @@
   clearButton.addEventListener("click", clearChat);
 
   setBusy(false);
-  historyLoaded = loadHistory();
+  historyLoaded = loadHistory().then(resumePending);
   focusInput();
 })();

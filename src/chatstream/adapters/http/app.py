@@ -51,7 +51,7 @@ __all__ = [
 
 #: The original's API names, with their paths and methods, plus ours.
 API_PATHS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "chat_stream": ("/chat_stream", ("POST",)),
+    "chat_stream": ("/chat_stream", ("POST", "GET")),
     "clear_context": ("/clear_context", ("POST",)),
     "get_prompt": ("/get_prompt", ("GET",)),
     "set_generation_params": ("/set_generation_params", ("POST",)),
@@ -116,7 +116,11 @@ def routes(
     openai = OpenAIApi(http)
     web_ui_params = dict((opts or {}).get("web_ui_params") or {})
     handlers: dict[str, Callable[[Request], Any]] = {
-        "chat_stream": http.handle_chat_stream_request,
+        "chat_stream": lambda request: (
+            http.handle_chat_stream_resume_request(request)
+            if request.method == "GET"
+            else http.handle_chat_stream_request(request)
+        ),
         "clear_context": http.handle_clear_context_request,
         "get_prompt": http.handle_get_prompt_request,
         "set_generation_params": http.handle_set_generation_params_request,
@@ -135,6 +139,9 @@ def routes(
         Route(API_PATHS[name][0], _endpoint(handlers[name]), methods=list(API_PATHS[name][1]))
         for name in selected
     ]
+    if "chat_stream" in selected:
+        stop = _endpoint(http.handle_chat_stream_stop_request)
+        out.append(Route("/chat_stream/stop", stop, methods=["POST"]))
     out.append(Route("/health", http.handle_health_request, methods=["GET"]))
     out.append(Route("/load", http.handle_load_request, methods=["GET"]))
     if "openai" in selected:

@@ -69,8 +69,19 @@ class HttpOptions:
     rate_limit_per_address: str | None = None
     #: The same budget for each session (each browser); None: no limit.
     rate_limit_per_session: str | None = None
+    #: Seconds a ``/chat_stream`` turn streamed as Server-Sent Events goes on after its
+    #: client has gone, for a reconnect with ``Last-Event-ID`` to resume it; 0 cancels it
+    #: at once. (Plain-text and OpenAI streams cannot be resumed: they stop at once.)
+    resume_grace_sec: float = 5.0
+    #: Seconds a finished stream's events stay for a late reconnect (then its reply is in
+    #: the history only).
+    resume_keep_sec: float = 60.0
 
     def __post_init__(self) -> None:
+        for name in ("resume_grace_sec", "resume_keep_sec"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 <= value < float("inf"):
+                raise ConfigError(name, f"must be a number of seconds >= 0, not {value!r}")
         parse_rate_limit(self.rate_limit_per_address, "rate_limit_per_address")
         parse_rate_limit(self.rate_limit_per_session, "rate_limit_per_session")
 

@@ -14,7 +14,7 @@ import json
 import math
 import urllib.parse
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -51,9 +51,10 @@ from .common import (
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ChatMetrics, RequestTimer
 from .resources import resource_usage
+from .resumable import StreamJournal, StreamJournals, parse_event_id
 from .session_stores import StoreUnavailable
 from .sessions import get_session
-from .streaming import EOS, ERROR_MARK, TurnResponse, sse_comment, sse_event
+from .streaming import EOS, ERROR_MARK, TurnResponse, sse_event
 from .turn_guard import TurnGuard, TurnHold
 
 __all__ = ["FinishCallback", "HttpApi", "configure_http", "http_api_of"]
@@ -88,6 +89,7 @@ class HttpApi:
         self.metrics = metrics or ChatMetrics(model_name=lambda: service.model_id)
         self._durations = _RunningMean()
         self._turns = TurnGuard()
+        self._journals = StreamJournals(keep_sec=self.options.resume_keep_sec)
 
     # ------------------------------------------------------------------ chat
 
@@ -221,18 +223,116 @@ class HttpApi:
             if callback is not None:
                 await _call(cs, callback, request, message)
 
-        chunks = (
-            self._sse_chunks(turn, timer, outcome, settle)
-            if sse
-            else self._original_chunks(turn, timer, outcome, settle)
-        )
+        if not sse:
+            return TurnResponse(
+                self._original_chunks(turn, timer, outcome, settle),
+                media_type="text/plain; charset=utf-8",
+                headers={"X-ChatStream-Last-Generated-Message-Id": turn.reply.id},
+                on_end=on_end,
+                feeders=[hold.keep] if hold is not None and hold.shared else (),
+            )
+        # Server-Sent Events are resumable: the turn writes them to a journal that this
+        # response, and any request that resumes the stream, reads.
+        owner = context.session.id if context.session is not None else None
+        journal = self._journals.open(turn.reply.id, owner)
+
+        async def produce() -> None:
+            ended = False  # the last event (done or error) is written
+            try:
+                with anyio.CancelScope() as producing:
+                    journal.stop = producing.cancel
+                    async for name, data in self._sse_events(turn, timer, outcome, settle):
+                        journal.append(name, data)
+                        ended = name in ("done", "error")
+            except Exception as error:  # a stream must end with an event
+                cs.logger.exception("a chat stream failed")
+                journal.append("error", {"message": str(error) or "error", "reason": "error"})
+                ended = True
+            finally:
+                if not ended:
+                    # Stopped (or abandoned): the reply so far stays, marked cancelled.
+                    turn.close()
+                    with anyio.CancelScope(shield=True):
+                        await settle()  # saved before the client hears of it
+                    journal.append("done", _done(turn.reply.id, FinishReason.CANCELLED, turn))
+                self._journals.close(journal)
+
+        feeders = [produce, *([hold.keep] if hold is not None and hold.shared else [])]
+        grace = self.options.resume_grace_sec
         return TurnResponse(
-            chunks,
-            media_type="text/event-stream; charset=utf-8" if sse else "text/plain; charset=utf-8",
+            journal.follow(keepalive=self.options.keepalive_sec),
+            media_type="text/event-stream; charset=utf-8",
             headers={"X-ChatStream-Last-Generated-Message-Id": turn.reply.id},
             on_end=on_end,
-            feeders=[hold.keep] if hold is not None and hold.shared else (),
+            feeders=feeders,
+            linger=lambda: journal.linger(grace),
         )
+
+    async def handle_chat_stream_resume_request(self, request: Request) -> Response:
+        """``GET /chat_stream``: the rest of a turn's Server-Sent Events, after the one named
+        by the ``Last-Event-ID`` header (or ``last_event_id`` in the query), or all of them
+        for ``?message_id=`` alone; 204 when the stream had already ended there."""
+        context = await RequestContext.of(request, self.roles, create_session=False)
+        if not context.allows("chat_stream"):
+            return forbidden(_session_hint(context))
+        last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        message_id = request.query_params.get("message_id")
+        after = -1
+        if last:
+            try:
+                stream_id, after = parse_event_id(last)
+            except ValueError:
+                return error_response(
+                    400, "invalid_field", "'Last-Event-ID' is not an event id of this server"
+                )
+            if message_id is not None and message_id != stream_id:
+                return error_response(
+                    400, "invalid_field", "'Last-Event-ID' is not an event of 'message_id'"
+                )
+            message_id = stream_id
+        if not message_id:
+            return error_response(
+                400, "missing_message_id", "give 'message_id' or a 'Last-Event-ID' header"
+            )
+        journal = self._journal_of(context, message_id)
+        if journal is None:
+            return _stream_not_found()
+        if journal.finished and after >= len(journal) - 1:
+            # Nothing more will come: 204 also tells an EventSource not to reconnect.
+            return Response(status_code=204)
+        return TurnResponse(
+            journal.follow(after, keepalive=self.options.keepalive_sec),
+            media_type="text/event-stream; charset=utf-8",
+            headers={"X-ChatStream-Last-Generated-Message-Id": message_id},
+        )
+
+    async def handle_chat_stream_stop_request(self, request: Request) -> Response:
+        """``POST /chat_stream/stop`` with ``{"message_id": ...}``: stop a running turn of
+        this session, wherever its client is (its reply so far stays, cancelled)."""
+        try:
+            body = await read_json_object(request, None, self.options)
+        except BadRequest as error:
+            return error.response()
+        context = await RequestContext.of(request, self.roles, create_session=False)
+        if not context.allows("chat_stream"):
+            return forbidden(_session_hint(context))
+        message_id = body.get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            return error_response(400, "invalid_field", "'message_id' must be a string")
+        journal = self._journal_of(context, message_id)
+        if journal is None:
+            return _stream_not_found()
+        stopping = not journal.finished
+        journal.stop()
+        return JSONResponse({"success": True, "message": "success", "stopped": stopping})
+
+    def _journal_of(self, context: RequestContext, message_id: str) -> StreamJournal | None:
+        """The journal of a stream of this caller's (None for another session's)."""
+        journal = self._journals.get(message_id)
+        owner = context.session.id if context.session is not None else None
+        if journal is None or (journal.owner is not None and journal.owner != owner):
+            return None
+        return journal
 
     def _user_input(self, body: Mapping[str, Any], regenerate: bool) -> str | None:
         user_input = body.get("user_input")
@@ -260,12 +360,15 @@ class HttpApi:
         timer: RequestTimer,
         outcome: dict[str, bool],
         settle: Callable[[], Awaitable[None]],
+        keepalive: float | None,
     ) -> Any:
-        """Turn events, with None for each keep-alive interval without one; ``settle`` is
+        """Turn events, with None for each ``keepalive`` interval without one; ``settle`` is
         awaited once the turn has finished, before its ``Finished`` is yielded."""
         while turn.finished is None:
-            event = await turn.next_event(self.options.keepalive_sec)
+            event = await turn.next_event(keepalive)
             if event is None and turn.finished is None:
+                if keepalive is None:
+                    return  # closed: no Finished will come
                 yield None
                 continue
             if isinstance(event, Admitted):
@@ -277,42 +380,28 @@ class HttpApi:
                 await settle()
             yield event
 
-    async def _sse_chunks(
+    async def _sse_events(
         self,
         turn: Turn,
         timer: RequestTimer,
         outcome: dict[str, bool],
         settle: Callable[[], Awaitable[None]],
-    ) -> Any:
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The turn's Server-Sent Events, as (event, data)."""
         message_id = turn.reply.id
-        async for event in self._events(turn, timer, outcome, settle):
+        async for event in self._events(turn, timer, outcome, settle, keepalive=None):
             match event:
-                case None:
-                    yield sse_comment("keep-alive")
                 case Queued(position=position) | QueuePositionChanged(position=position):
-                    yield sse_event("queued", {"position": position})
+                    yield "queued", {"position": position}
                 case Admitted():
-                    yield sse_event("started", {"message_id": message_id})
+                    yield "started", {"message_id": message_id}
                 case TextDelta(text=text):
-                    yield sse_event("delta", {"text": text})
+                    yield "delta", {"text": text}
                 case Finished(reason=FinishReason.ERROR, error=error):
                     reason = "shutdown" if error == SHUTDOWN_ERROR else "error"
-                    message = error or "generation failed"
-                    yield sse_event("error", {"message": message, "reason": reason})
-                case Finished(reason=reason, usage=usage):
-                    yield sse_event(
-                        "done",
-                        {
-                            "message_id": message_id,
-                            "finish_reason": str(reason),
-                            "usage": {
-                                "prompt_tokens": usage.prompt_tokens,
-                                "completion_tokens": usage.completion_tokens,
-                                "total_tokens": usage.total_tokens,
-                                "cached_tokens": usage.cached_tokens,
-                            },
-                        },
-                    )
+                    yield "error", {"message": error or "generation failed", "reason": reason}
+                case Finished(reason=reason):
+                    yield "done", _done(message_id, reason, turn)
 
     async def _original_chunks(
         self,
@@ -323,7 +412,8 @@ class HttpApi:
     ) -> Any:
         # Every chunk is the whole reply so far followed by <::EOS::>, as the original sent.
         text = ""
-        async for event in self._events(turn, timer, outcome, settle):
+        events = self._events(turn, timer, outcome, settle, self.options.keepalive_sec)
+        async for event in events:
             if isinstance(event, TextDelta):
                 text += event.text
                 yield (text + EOS).encode()
@@ -646,6 +736,32 @@ def configure_http(service: ChatService, options: HttpOptions | None) -> HttpApi
     keep-alive, drain timeout); routes made before keep the old ones."""
     api = _APIS[service] = HttpApi(service, options=options)
     return api
+
+
+def _stream_not_found() -> Response:
+    return error_response(
+        404,
+        "stream_not_found",
+        "no such stream here: it ended a while ago (its reply is in /get_history) or runs on"
+        " another node",
+    )
+
+
+def _done(message_id: str, reason: FinishReason, turn: Turn) -> dict[str, Any]:
+    """The data of the ``done`` event."""
+    usage = turn.usage
+    return {
+        "message_id": message_id,
+        "finish_reason": str(reason),
+        "usage": None
+        if usage is None
+        else {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "cached_tokens": usage.cached_tokens,
+        },
+    }
 
 
 class _RunningMean:

@@ -25,10 +25,14 @@ EOS = "<::EOS::>"
 ERROR_MARK = "<::ERROR::>"
 
 
-def sse_event(event: str, data: Mapping[str, Any]) -> bytes:
-    """One Server-Sent Event with a JSON payload."""
+def sse_event(event: str, data: Mapping[str, Any], event_id: str | None = None) -> bytes:
+    """One Server-Sent Event with a JSON payload, and an id when given (the last id a client
+    saw comes back in ``Last-Event-ID`` when it reconnects)."""
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event}\ndata: {payload}\n\n".encode()
+    # The id last: the order of the fields does not matter to SSE, and clients that read
+    # "event:" first keep working.
+    tail = f"id: {event_id}\n" if event_id is not None else ""
+    return f"event: {event}\ndata: {payload}\n{tail}\n".encode()
 
 
 def sse_comment(text: str) -> bytes:
@@ -47,7 +51,9 @@ class TurnResponse(Response):
         on_end: awaited once, shielded, with "complete", "disconnected", "cancelled" (the
             server stopped the response) or "error" when the stream ends.
         feeders: tasks that produce what ``chunks`` reads (several requests merged into one
-            stream), run beside it and cancelled with it.
+            stream, a turn written to its journal), run beside it and cancelled with it.
+        linger: awaited when the client has gone, before the feeders are cancelled: they
+            go on until it returns (a turn that another request may resume).
     """
 
     def __init__(
@@ -59,9 +65,11 @@ class TurnResponse(Response):
         status_code: int = 200,
         on_end: Callable[[str], Awaitable[None]] | None = None,
         feeders: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+        linger: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.chunks = chunks
         self._feeders = feeders
+        self._linger = linger
         self.status_code = status_code
         self.background = None
         self.init_headers(
@@ -77,40 +85,50 @@ class TurnResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         outcome = "cancelled"
-        async with anyio.create_task_group() as tg:
+        try:
+            async with anyio.create_task_group() as tg:
+                for feed in self._feeders:
+                    tg.start_soon(feed)
+                try:
+                    with anyio.CancelScope() as writing:
 
-            async def watch_disconnect() -> None:
-                nonlocal outcome
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                outcome = "disconnected"
-                tg.cancel_scope.cancel()
+                        async def watch_disconnect() -> None:
+                            nonlocal outcome
+                            while (await receive())["type"] != "http.disconnect":
+                                pass
+                            outcome = "disconnected"
+                            writing.cancel()
 
-            tg.start_soon(watch_disconnect)
-            for feed in self._feeders:
-                tg.start_soon(feed)
-            try:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": self.status_code,
-                        "headers": self.raw_headers,
-                    }
-                )
-                async for chunk in self.chunks:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                outcome = "complete"
-            except OSError:
-                outcome = "disconnected"
-            except Exception:
-                outcome = "error"
-                raise
-            finally:
-                tg.cancel_scope.cancel()
+                        tg.start_soon(watch_disconnect)
+                        try:
+                            await self._write(send)
+                            outcome = "complete"
+                        except OSError:
+                            outcome = "disconnected"
+                        except Exception:
+                            outcome = "error"
+                            raise
+                        finally:
+                            # Stop reading before lingering: a reader that has gone must
+                            # not count as one that listens.
+                            with anyio.CancelScope(shield=True):
+                                aclose = getattr(self.chunks, "aclose", None)
+                                if aclose is not None:
+                                    await aclose()
+                    if outcome == "disconnected" and self._linger is not None:
+                        await self._linger()
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            # Once the feeders have ended: none of them runs on after this.
+            if self._on_end is not None:
                 with anyio.CancelScope(shield=True):
-                    aclose = getattr(self.chunks, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
-                    if self._on_end is not None:
-                        await self._on_end(outcome)
+                    await self._on_end(outcome)
+
+    async def _write(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async for chunk in self.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
