@@ -105,7 +105,7 @@ class RedisStore:
         new_session_ttl_seconds: int = 60 * 60,
         max_history_messages: int | None = 200,
         max_session_bytes: int | None = 256 * 1024,
-        lock_ttl_seconds: float = 30.0,
+        lock_ttl_seconds: float = 10.0,
         socket_timeout: float = 1.0,
         connect_timeout: float = 1.0,
         max_connections: int = 64,
