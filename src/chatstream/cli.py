@@ -45,6 +45,7 @@ _DEFAULTS: dict[str, Any] = {
     "drain_timeout": 30.0,
     "header_timeout": 10.0,
     "body_timeout": 30.0,
+    "resume_grace": 5.0,
     "max_connections": 1000,
     "rate_limit_per_address": None,
     "rate_limit_per_session": None,
@@ -170,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SEC",
         help="seconds a client gets to send a request's body; then 408 (30)",
+    )
+    server.add_argument(
+        "--resume-grace",
+        type=float,
+        metavar="SEC",
+        help="seconds a streamed turn goes on after its client left, for a reconnect to "
+        "resume it; 0 cancels at once (5)",
     )
     server.add_argument(
         "--max-connections",
@@ -336,6 +344,7 @@ def serve(options: dict[str, Any]) -> None:
         http_options = HttpOptions(
             drain_timeout_sec=options["drain_timeout"],
             body_timeout_sec=options["body_timeout"],
+            resume_grace_sec=options["resume_grace"],
             rate_limit_per_address=options["rate_limit_per_address"],
             rate_limit_per_session=options["rate_limit_per_session"],
         )

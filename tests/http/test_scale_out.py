@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.http.conftest import RedisServer, Server, ServerFactory, free_port
+from tests.http.test_resumable_streams import SSE, events, index_of, read_until, text_of
 
 ROOT = pathlib.Path(__file__).parent.parent.parent
 HASH_LINE = "    hash $chatstream_affinity consistent;\n"
@@ -241,3 +242,24 @@ def test_a_redis_outage_is_a_clear_503_through_nginx_then_recovery(
         for i in range(2):
             assert chat(http, f"after {i}").status_code == 200
         assert user_inputs(http) == ["before", "after 0", "after 1"]
+
+
+def test_through_nginx_a_dropped_stream_resumes_on_the_node_that_runs_it(
+    cluster: Callable[..., tuple[Nginx, Server, Server]],
+) -> None:
+    # The reconnect carries the session cookie, so the hash sends it to the turn's node.
+    nginx, a, b = cluster(hashed=True, mock={"type": "long", "time_per_token_sec": 0.02})
+    with httpx.Client(base_url=nginx.base_url, timeout=30) as http:
+        assert chat(http, "hello").status_code == 200  # the session cookie, from here on
+        body = {"user_input": "a story", "generation_params": {"max_new_tokens": 60}}
+        with http.stream("POST", "/chat_stream", json=body, headers=SSE) as response:
+            home = node_of(response, a, b)
+            before = read_until(events(response.iter_lines()), 3)
+        resumed = http.get("/chat_stream", headers={**SSE, "Last-Event-ID": before[-1]["id"]})
+        assert resumed.status_code == 200 and node_of(resumed, a, b) is home
+        after = list(events(iter(resumed.text.splitlines())))
+        assert after[-1]["event"] == "done"
+        got = before + after
+        assert [index_of(e) for e in got] == list(range(len(got)))
+        reply = http.get("/get_history").json()["messages"][-1]
+        assert text_of(got) == reply["content"] and reply["status"] == "complete"

@@ -584,6 +584,7 @@
     current = { reply, answered: false };
     setBusy(true);
     let ended = false;
+    let lost = null;
     try {
       let response;
       // Right after a Stop the server may still be closing the stopped turn for a moment.
@@ -620,6 +621,7 @@
         reply.note = T.connectionLost;
         update(reply);
         showNotice("error", T.connectionLost);
+        lost = reply.id;
       }
     } catch (error) {
       if (signal.aborted) {
@@ -649,6 +651,7 @@
       setBusy(false);
       focusInput();
     }
+    if (lost) await recoverFromHistory(lost);
   }
 
   // Waits between attempts to resume a dropped stream (the server keeps a turn whose
@@ -733,9 +736,9 @@
           credentials: "same-origin",
           signal,
         });
-        // 404: the stream is gone (ended long ago, or on a node that is down); 204: it
-        // had ended with what was received.
-        if (answer.status === 404 || answer.status === 204) return ended;
+        // 204: it had ended with what was received. (404, gone from this node, is tried
+        // again: behind a round-robin balancer the next try may reach the turn's node.)
+        if (answer.status === 204) return ended;
         if (answer.ok) response = answer;
       } catch (error) {
         if (signal.aborted) throw error;
@@ -774,9 +777,9 @@
     controller = new AbortController();
     current = { reply, answered: true };
     setBusy(true);
+    let ended = false;
     try {
-      const ended = await follow(reply, null, controller.signal, { roleGranted() {} });
-      if (!ended) await loadHistory(); // gone here: show what the server kept
+      ended = await follow(reply, null, controller.signal, { roleGranted() {} });
     } catch (_) {
       if (messages.includes(reply) && reply.status !== "complete") {
         reply.status = "cancelled";
@@ -789,6 +792,7 @@
       current = null;
       setBusy(false);
     }
+    if (!ended) await loadHistory(); // gone: show what the server kept
   }
 
   // Not on touch screens, where focusing opens the on-screen keyboard over the reply.
@@ -901,21 +905,39 @@
   async function loadHistory() {
     let state = "unavailable";
     try {
+      const history = await fetchHistory();
+      if (history && !busy) {
+        showHistory(history);
+        state = "loaded";
+      }
+    } finally {
+      document.body.dataset.history = state;
+    }
+  }
+
+  // The session's messages, or null (offline; or an older server, or an API selection
+  // without get_history).
+  async function fetchHistory() {
+    try {
       const response = await fetch("get_history", {
         credentials: "same-origin",
         headers: { Accept: "application/json" },
       });
-      // Not ok: an older server, or an API selection without it; the page starts empty.
       const body = response.ok ? await readJson(response) : null;
-      if (body && Array.isArray(body.messages) && !busy) {
-        showHistory(body.messages);
-        state = "loaded";
-      }
+      return body && Array.isArray(body.messages) ? body.messages : null;
     } catch (_) {
-      /* offline: start empty */
-    } finally {
-      document.body.dataset.history = state;
+      return null;
     }
+  }
+
+  // A stream that could not be resumed (it ended long ago): the server may have kept the
+  // whole reply; then show it instead of the cut one.
+  async function recoverFromHistory(replyId) {
+    const history = await fetchHistory();
+    const kept = history && history.find((m) => m && m.id === replyId);
+    if (!kept || kept.status === "streaming" || busy) return;
+    showHistory(history);
+    hideNotice();
   }
 
   function showHistory(history) {
