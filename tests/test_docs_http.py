@@ -151,7 +151,7 @@ def test_the_migration_page_shows_the_program_verbatim() -> None:
 def test_every_endpoint_is_in_the_table_with_its_default_access() -> None:
     header, *rows = table_rows(section(page("http-api.md"), "## Endpoints"))
     assert header[:5] == ["method", "path", "API name", "`user`", "`agent`"]
-    by_path = {row[1]: row for row in rows}
+    by_route = {(row[0], row[1]): row for row in rows}
     roles = ClientRoles.default()
     agent = roles.agent_default
     assert agent is not None
@@ -159,24 +159,27 @@ def test_every_endpoint_is_in_the_table_with_its_default_access() -> None:
     def access(allowed: bool) -> str:
         return "yes" if allowed else "no"
 
-    endpoints = [(path, methods, name) for name, (path, methods) in API_PATHS.items()]
-    endpoints += [
-        ("/v1/models", ("GET",), "openai"),
-        ("/v1/models/{model}", ("GET",), "openai"),
-        ("/v1/completions", ("POST",), "openai"),
-        ("/tokenize", ("POST",), "openai"),
-        ("/detokenize", ("POST",), "openai"),
-        ("/version", ("GET",), "openai"),
+    endpoints = [
+        (path, method, name) for name, (path, methods) in API_PATHS.items() for method in methods
     ]
-    for path, methods, name in endpoints:
-        method, row = methods[0], by_path.get(f"`{path}`")
-        assert row is not None, path
-        assert row[:3] == [f"`{method}`", f"`{path}`", f"`{name}`"], row
+    endpoints += [
+        ("/chat_stream/stop", "POST", "chat_stream"),
+        ("/v1/models", "GET", "openai"),
+        ("/v1/models/{model}", "GET", "openai"),
+        ("/v1/completions", "POST", "openai"),
+        ("/tokenize", "POST", "openai"),
+        ("/detokenize", "POST", "openai"),
+        ("/version", "GET", "openai"),
+    ]
+    for path, method, name in endpoints:
+        row = by_route.get((f"`{method}`", f"`{path}`"))
+        assert row is not None, (method, path)
+        assert row[2] == f"`{name}`", row
         assert row[3] == access(roles.browser_default.allows(name)), row
         assert row[4] == access(agent.allows(name)), row
     for free in ("/health", "/load"):
-        assert by_path[f"`{free}`"][:5] == ["`GET`", f"`{free}`", "none", "always", "always"]
-    assert len(by_path) == len(endpoints) + 2  # nothing undocumented, nothing stale
+        assert by_route[("`GET`", f"`{free}`")][2:5] == ["none", "always", "always"]
+    assert len(by_route) == len(endpoints) + 2  # nothing undocumented, nothing stale
 
 
 def _idle_stats() -> EngineStatistics:
