@@ -1,6 +1,7 @@
 """Everything that speaks HTTP: the app factory and routes (:mod:`.app`), the original API
 (:mod:`.original_api`), the OpenAI-compatible API (:mod:`.openai_api`), streaming formats
-(:mod:`.streaming`), sessions, their stores and the turn lock (:mod:`.sessions`,
+(:mod:`.streaming`) and their resumption (:mod:`.resumable`), sessions, their stores and the
+turn lock (:mod:`.sessions`,
 :mod:`.session_stores`, :mod:`.redis_store`, :mod:`.turn_guard`), metrics (:mod:`.metrics`),
 resource usage (:mod:`.resources`) and the web UI files (:mod:`.web_ui`).
 
