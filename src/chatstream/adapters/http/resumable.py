@@ -16,7 +16,7 @@ which is what this design needs, in a few dozen lines on anyio events.
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -38,7 +38,7 @@ def parse_event_id(value: str) -> tuple[str, int]:
         ValueError: not such an id.
     """
     stream_id, dot, index = value.strip().rpartition(".")
-    if not dot or not stream_id or not index.isdigit() or len(index) > 9:
+    if not dot or not stream_id or not (index.isascii() and index.isdigit()) or len(index) > 9:
         raise ValueError(f"not an event id of this server: {value!r}")
     return stream_id, int(index)
 
@@ -90,7 +90,7 @@ class StreamJournal:
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
 
-    async def follow(self, after: int = -1, keepalive: float = 15.0) -> AsyncIterator[bytes]:
+    async def follow(self, after: int = -1, keepalive: float = 15.0) -> AsyncGenerator[bytes, None]:
         """The events after number ``after`` (all of them by default), then each as it comes,
         until the last; a keep-alive comment after each ``keepalive`` seconds without one.
         The caller counts as a reader while it iterates."""
