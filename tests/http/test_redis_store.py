@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -316,6 +317,33 @@ def test_a_redis_outage_is_a_503_and_nothing_is_lost(
         assert chat(http, b, "after").status_code == 200
         messages = http.get(f"{a.base_url}/get_history").json()["messages"]
         assert [m["content"] for m in messages if m["role"] == "user"] == ["before", "after"]
+
+
+def test_a_reply_that_ends_while_redis_restarts_is_saved_once_it_is_back(
+    start_server: ServerFactory, redis_server: RedisServer
+) -> None:
+    # 30 words at 0.02 s: the reply ends while Redis is down, and waits to be saved.
+    mock = {"type": "long", "time_per_token_sec": 0.02}
+    a, b = start_nodes(start_server, redis_server, options={"mock_params": mock})
+    body = {"user_input": "a story", "generation_params": {"max_new_tokens": 30}}
+    with httpx.Client(timeout=30) as http:
+        assert chat(http, a, "before").status_code == 200
+        sse = {"Accept": "text/event-stream"}
+        with http.stream("POST", f"{a.base_url}/chat_stream", json=body, headers=sse) as r:
+            lines = r.iter_lines()
+            while not next(lines).startswith("event: delta"):
+                pass
+            redis_server.process_save()
+            redis_server.stop()
+            time.sleep(1.5)
+            redis_server.start()
+            rest = "\n".join(lines)
+        assert "event: done" in rest
+        messages = http.get(f"{b.base_url}/get_history").json()["messages"]
+        assert [m["content"] for m in messages if m["role"] == "user"] == ["before", "a story"]
+        assert messages[-1]["status"] == "complete" and messages[-1]["finish_reason"] == "length"
+        # Saved, then its lock freed: the next turn, on the other node, goes at once.
+        assert chat(http, b, "after").status_code == 200
 
 
 def test_a_hung_redis_answers_503_instead_of_hanging(

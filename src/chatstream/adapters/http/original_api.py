@@ -53,7 +53,7 @@ from .metrics import ChatMetrics, RequestTimer
 from .resources import resource_usage
 from .resumable import StreamJournal, StreamJournals, parse_event_id
 from .session_stores import StoreUnavailable
-from .sessions import get_session
+from .sessions import Session, get_session
 from .streaming import EOS, ERROR_MARK, TurnResponse, sse_event
 from .turn_guard import TurnGuard, TurnHold
 
@@ -193,12 +193,7 @@ class HttpApi:
                 return
             try:
                 if context.session is not None and context.data is not None:
-                    try:
-                        await context.session.save()
-                    except StoreUnavailable as error:
-                        # The reply cannot be stored now; the history before it is
-                        # untouched, and the next turn starts from there.
-                        cs.logger.warning("a reply could not be saved: %s", error)
+                    await _save_reply(cs, context.session)
             finally:
                 # Only once the reply is saved: another process may take the turn next.
                 if hold is not None:
@@ -736,6 +731,25 @@ def configure_http(service: ChatService, options: HttpOptions | None) -> HttpApi
     keep-alive, drain timeout); routes made before keep the old ones."""
     api = _APIS[service] = HttpApi(service, options=options)
     return api
+
+
+#: How long a finished turn tries to save its reply while the store is unreachable (a Redis
+#: restart), holding its conversation's lock so that no later turn overtakes it.
+SAVE_RETRY_SEC = 10.0
+
+
+async def _save_reply(cs: ChatService, session: Session) -> None:
+    deadline = anyio.current_time() + SAVE_RETRY_SEC
+    while True:
+        try:
+            await session.save()
+            return
+        except StoreUnavailable as error:
+            if anyio.current_time() >= deadline:
+                # The history before this turn is untouched; the next starts from there.
+                cs.logger.warning("a reply could not be saved: %s", error)
+                return
+        await anyio.sleep(0.5)
 
 
 def _stream_not_found() -> Response:
