@@ -19,6 +19,12 @@ from chatstream.adapters.http.redis_store import RedisStore
 from chatstream.adapters.http.session_stores import SessionData, StoreUnavailable
 from chatstream.core import ConfigError, Conversation
 from tests.http.conftest import RedisServer, Server, ServerFactory
+from tests.http.test_resumable_streams import SSE, events, index_of, read_until, text_of
+
+
+def resume(http: httpx.Client, node: Server, last_event_id: str) -> httpx.Response:
+    headers = {**SSE, "Last-Event-ID": last_event_id}
+    return http.get(f"{node.base_url}/chat_stream", headers=headers)
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -140,10 +146,11 @@ def start_nodes(
     *,
     options: dict[str, object] | None = None,
     redis_options: dict[str, object] | None = None,
+    http: dict[str, object] | None = None,
 ) -> tuple[Server, Server]:
     app = {"redis_url": redis_server.url, "redis_options": redis_options or {}}
     return tuple(  # type: ignore[return-value]
-        start_server(factory="tests.http.apps:redis_app", options=options, app=app)
+        start_server(factory="tests.http.apps:redis_app", options=options, app=app, http=http)
         for _ in range(2)
     )
 
@@ -344,6 +351,38 @@ def test_a_reply_that_ends_while_redis_restarts_is_saved_once_it_is_back(
         assert messages[-1]["status"] == "complete" and messages[-1]["finish_reason"] == "length"
         # Saved, then its lock freed: the next turn, on the other node, goes at once.
         assert chat(http, b, "after").status_code == 200
+
+
+def test_a_stream_run_by_one_node_resumes_through_the_other(
+    start_server: ServerFactory, redis_server: RedisServer, client: redis.Redis
+) -> None:
+    # 150 words at 0.02 s: 3 s, three times the grace; only the reader on the other node
+    # keeps the turn going once its client has left.
+    mock = {"type": "long", "time_per_token_sec": 0.02}
+    a, b = start_nodes(
+        start_server, redis_server, options={"mock_params": mock}, http={"resume_grace_sec": 1}
+    )
+    body = {"user_input": "a story", "generation_params": {"max_new_tokens": 150}}
+    with httpx.Client(timeout=30) as http, httpx.Client(timeout=30) as stranger:
+        with http.stream("POST", f"{a.base_url}/chat_stream", json=body, headers=SSE) as r:
+            message_id = r.headers["x-chatstream-last-generated-message-id"]
+            before = read_until(events(r.iter_lines()), 3)
+        resumed = resume(http, b, before[-1]["id"])
+        assert resumed.status_code == 200
+        after = list(events(iter(resumed.text.splitlines())))
+        assert after[-1]["event"] == "done"
+        assert after[-1]["data"]["finish_reason"] == "length"  # not cancelled
+        got = before + after
+        assert [index_of(e) for e in got] == list(range(len(got)))
+        reply = http.get(f"{b.base_url}/get_history").json()["messages"][-1]
+        assert (reply["id"], reply["status"]) == (message_id, "complete")
+        assert text_of(got) == reply["content"]
+        # Whole from the other node, then nothing more; another session sees nothing.
+        whole = http.get(f"{b.base_url}/chat_stream", params={"message_id": message_id})
+        assert list(events(iter(whole.text.splitlines()))) == got
+        assert resume(http, b, got[-1]["id"]).status_code == 204
+        assert resume(stranger, b, before[-1]["id"]).status_code == 404
+        assert 0 < client.pttl(f"chatstream:events:{message_id}") <= 60_000
 
 
 def test_a_hung_redis_answers_503_instead_of_hanging(

@@ -51,7 +51,12 @@ from .common import (
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ChatMetrics, RequestTimer
 from .resources import resource_usage
-from .resumable import StreamJournal, StreamJournals, parse_event_id
+from .resumable import (
+    StreamJournal,
+    StreamJournals,
+    parse_event_id,
+    stream_mirror_of,
+)
 from .session_stores import StoreUnavailable
 from .sessions import Session, get_session
 from .streaming import EOS, ERROR_MARK, TurnResponse, sse_event
@@ -230,8 +235,26 @@ class HttpApi:
         # response, and any request that resumes the stream, reads.
         owner = context.session.id if context.session is not None else None
         journal = self._journals.open(turn.reply.id, owner)
+        # With a store that several processes share, any of them can resume it.
+        mirror = stream_mirror_of(context.session.store) if context.session is not None else None
 
         async def produce() -> None:
+            copier = mirror.copier(journal) if mirror is not None else None
+            try:
+                async with anyio.create_task_group() as copying:
+                    if copier is not None:
+                        copying.start_soon(_copy_journal, cs, copier.run)
+                    try:
+                        await run_turn()
+                    finally:
+                        copying.cancel_scope.cancel()
+            finally:
+                if copier is not None:
+                    # The last events reach the store even when the response is closing.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(3):
+                        await _copy_journal(cs, copier.finish)
+
+        async def run_turn() -> None:
             ended = False  # the last event (done or error) is written
             try:
                 with anyio.CancelScope() as producing:
@@ -252,6 +275,14 @@ class HttpApi:
                     journal.append("done", _done(turn.reply.id, FinishReason.CANCELLED, turn))
                 self._journals.close(journal)
 
+        async def remote_readers() -> bool:
+            if mirror is None:
+                return False
+            try:
+                return await mirror.has_readers(journal.stream_id)
+            except StoreUnavailable:
+                return False
+
         feeders = [produce, *([hold.keep] if hold is not None and hold.shared else [])]
         grace = self.options.resume_grace_sec
         return TurnResponse(
@@ -260,7 +291,7 @@ class HttpApi:
             headers={"X-ChatStream-Last-Generated-Message-Id": turn.reply.id},
             on_end=on_end,
             feeders=feeders,
-            linger=lambda: journal.linger(grace),
+            linger=lambda: journal.linger(grace, remote_readers),
         )
 
     async def handle_chat_stream_resume_request(self, request: Request) -> Response:
@@ -290,13 +321,27 @@ class HttpApi:
                 400, "missing_message_id", "give 'message_id' or a 'Last-Event-ID' header"
             )
         journal = self._journal_of(context, message_id)
-        if journal is None:
-            return _stream_not_found()
-        if journal.finished and after >= len(journal) - 1:
+        if journal is not None:
+            finished, final = journal.finished, len(journal) - 1
+            chunks = journal.follow(after, keepalive=self.options.keepalive_sec)
+        else:
+            # Not run here: another process that shares the store may run it.
+            mirror = stream_mirror_of(context.session.store) if context.session else None
+            try:
+                mirrored = await mirror.lookup(message_id) if mirror is not None else None
+            except StoreUnavailable as error:
+                return store_unavailable(error)
+            owner = context.session.id if context.session is not None else None
+            if mirror is None or mirrored is None or mirrored.owner not in (None, owner):
+                return _stream_not_found()
+            finished, final = mirrored.finished, mirrored.last
+            chunks = mirror.follow(message_id, after, keepalive=self.options.keepalive_sec)
+        if finished and after >= final:
             # Nothing more will come: 204 also tells an EventSource not to reconnect.
+            await chunks.aclose()
             return Response(status_code=204)
         return TurnResponse(
-            journal.follow(after, keepalive=self.options.keepalive_sec),
+            chunks,
             media_type="text/event-stream; charset=utf-8",
             headers={"X-ChatStream-Last-Generated-Message-Id": message_id},
         )
@@ -731,6 +776,14 @@ def configure_http(service: ChatService, options: HttpOptions | None) -> HttpApi
     keep-alive, drain timeout); routes made before keep the old ones."""
     api = _APIS[service] = HttpApi(service, options=options)
     return api
+
+
+async def _copy_journal(cs: ChatService, copy: Callable[[], Awaitable[None]]) -> None:
+    """Copy a journal to the shared store; an outage stops the copy, never the turn."""
+    try:
+        await copy()
+    except Exception as error:  # the copy is a convenience: it must never stop a turn
+        cs.logger.warning("a stream is no longer copied to the session store: %s", error)
 
 
 #: How long a finished turn tries to save its reply while the store is unreachable (a Redis

@@ -1,5 +1,5 @@
-"""Sessions in Redis, shared by every process and node: :class:`RedisStore` and its
-cross-process turn lock.
+"""Sessions in Redis, shared by every process and node: :class:`RedisStore`, its
+cross-process turn lock, and (:mod:`.redis_streams`) the mirror of its resumable streams.
 
 Each session is one string key holding :meth:`SessionData.to_json` (with its version) and an
 expiry; the turn lock of a conversation is a second key holding a random token. The store is
@@ -28,6 +28,7 @@ from redis.retry import Retry
 
 from chatstream.core import ConfigError, LocalProtocolError
 
+from .redis_streams import RedisStreamMirror
 from .session_stores import (
     SessionData,
     StoreUnavailable,
@@ -68,7 +69,9 @@ class RedisStore:
 
     A :class:`~.session_stores.SessionStore` with a :class:`RedisTurnLock` (``turn_lock``),
     so that one conversation runs one turn at a time across every process that shares the
-    Redis. Give every process the same ``secret_key`` too, so that each can read the cookie.
+    Redis, and a :class:`~.redis_streams.RedisStreamMirror` (``stream_mirror``), so that any
+    of them can resume a stream that another runs. Give every process the same
+    ``secret_key`` too, so that each can read the cookie.
 
     Args:
         url: ``redis://[[user]:password@]host:port/db`` (or ``rediss://``, ``unix://``).
@@ -145,6 +148,7 @@ class RedisStore:
         self.retry_after = retry_after
         self.key_prefix = key_prefix
         self.turn_lock = RedisTurnLock(self, lock_ttl_seconds)
+        self.stream_mirror = RedisStreamMirror(self)
 
     def key(self, session_id: str) -> str:
         """The key of a session's data."""
@@ -186,11 +190,20 @@ class RedisStore:
             return False
         return True
 
-    async def call(self, method: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """Run one client call in a worker thread, turning an outage into
-        :class:`StoreUnavailable`. Not cancellable midway: the timeouts bound it."""
+    async def call(
+        self,
+        method: Callable[..., _T],
+        *args: Any,
+        limiter: anyio.CapacityLimiter | None = None,
+        **kwargs: Any,
+    ) -> _T:
+        """Run one client call in a worker thread (of ``limiter``'s, anyio's default one
+        otherwise), turning an outage into :class:`StoreUnavailable`. Not cancellable
+        midway: the timeouts bound it."""
         try:
-            return await anyio.to_thread.run_sync(functools.partial(method, *args, **kwargs))
+            return await anyio.to_thread.run_sync(
+                functools.partial(method, *args, **kwargs), limiter=limiter
+            )
         except _OUTAGE as error:
             raise StoreUnavailable(
                 f"the session store is unreachable: {error}", retry_after=self.retry_after

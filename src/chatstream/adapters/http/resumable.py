@@ -16,14 +16,28 @@ which is what this design needs, in a few dozen lines on anyio events.
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import Any
+import dataclasses
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import anyio
 
 from .streaming import sse_comment, sse_event
 
-__all__ = ["StreamJournal", "StreamJournals", "event_id", "parse_event_id"]
+__all__ = [
+    "MirroredStream",
+    "StreamCopier",
+    "StreamJournal",
+    "StreamJournals",
+    "StreamMirror",
+    "event_id",
+    "is_last_event",
+    "parse_event_id",
+    "stream_mirror_of",
+]
+
+logger = logging.getLogger("chatstream")
 
 
 def event_id(stream_id: str, index: int) -> str:
@@ -41,6 +55,11 @@ def parse_event_id(value: str) -> tuple[str, int]:
     if not dot or not stream_id or not (index.isascii() and index.isdigit()) or len(index) > 9:
         raise ValueError(f"not an event id of this server: {value!r}")
     return stream_id, int(index)
+
+
+def is_last_event(event: bytes) -> bool:
+    """Whether an encoded event ends its stream (``done`` or ``error``)."""
+    return event.startswith((b"event: done\n", b"event: error\n"))
 
 
 class StreamJournal:
@@ -81,6 +100,17 @@ class StreamJournal:
         self._events.append(sse_event(event, data, event_id(self.stream_id, index)))
         self._notify()
 
+    def events_after(self, position: int) -> list[bytes]:
+        """The encoded events from number ``position`` on."""
+        return self._events[position:]
+
+    async def wait_beyond(self, position: int, timeout: float) -> None:
+        """Return once there are more than ``position`` events, the stream has finished,
+        or ``timeout`` seconds have passed."""
+        with anyio.move_on_after(timeout):
+            while len(self._events) <= position and not self._finished:
+                await self._changed.wait()
+
     def finish(self) -> None:
         if not self._finished:
             self._finished = True
@@ -116,19 +146,79 @@ class StreamJournal:
             self._readers -= 1
             self._notify()
 
-    async def linger(self, grace: float) -> bool:
+    async def linger(
+        self, grace: float, remote_readers: Callable[[], Awaitable[bool]] | None = None
+    ) -> bool:
         """Wait while the stream can still be heard: until it finishes (True), or until it
-        has had no reader for ``grace`` seconds (False; at once for 0)."""
+        has had no reader for ``grace`` seconds (False; at once for 0). ``remote_readers``
+        says whether someone reads it through another process; then it waits on."""
         while not self._finished:
             if self._readers:
                 await self._changed.wait()
                 continue
-            with anyio.move_on_after(grace):
-                while not self._finished and not self._readers:
-                    await self._changed.wait()
-            if not self._finished and not self._readers:
-                return False
+            if await self._no_reader_for(grace):
+                if remote_readers is None or not await remote_readers():
+                    return False
+                await self._no_reader_for(1.0)  # look again in a second
         return True
+
+    async def _no_reader_for(self, seconds: float) -> bool:
+        with anyio.move_on_after(seconds):
+            while not self._finished and not self._readers:
+                await self._changed.wait()
+        return not self._finished and not self._readers
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MirroredStream:
+    """What a mirror knows of a stream another process runs."""
+
+    owner: str | None
+    #: The number of its last event so far (-1 for none).
+    last: int
+    #: Its last event has been written.
+    finished: bool
+
+
+class StreamCopier(Protocol):
+    """Copies one journal to a :class:`StreamMirror`."""
+
+    async def run(self) -> None:
+        """Copy each event as it comes; return once the last one is copied."""
+        ...
+
+    async def finish(self) -> None:
+        """Copy what is left (after :meth:`run` was stopped early)."""
+        ...
+
+
+class StreamMirror(Protocol):
+    """Journals copied to a store that several processes share, so that a stream can be
+    resumed through any of them. A session store provides one as its ``stream_mirror``
+    attribute (see :func:`stream_mirror_of`). Every method may raise
+    :class:`~.session_stores.StoreUnavailable`."""
+
+    def copier(self, journal: StreamJournal) -> StreamCopier:
+        """What copies the journal's events to the store as they come."""
+        ...
+
+    async def has_readers(self, stream_id: str) -> bool:
+        """Whether another process is following the stream now."""
+        ...
+
+    async def lookup(self, stream_id: str) -> MirroredStream | None:
+        """The stream, or None when the mirror has none by that id (any more)."""
+        ...
+
+    def follow(self, stream_id: str, after: int, keepalive: float) -> AsyncGenerator[bytes, None]:
+        """As :meth:`StreamJournal.follow`, from the mirror."""
+        ...
+
+
+def stream_mirror_of(store: object) -> StreamMirror | None:
+    """The store's stream mirror, or None for a store of one process."""
+    mirror: StreamMirror | None = getattr(store, "stream_mirror", None)
+    return mirror
 
 
 class StreamJournals:

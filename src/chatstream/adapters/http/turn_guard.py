@@ -94,7 +94,9 @@ class TurnHold:
 
     async def release(self) -> None:
         """Free the conversation (shielded: it runs during cancellation too). A shared lock
-        that cannot be reached now expires on its own."""
+        that cannot be reached is tried again every half second until it would have expired
+        anyway, so that a store back from a restart (with the lock in its saved data) does
+        not keep the conversation busy for the rest of the lock's life."""
         if self._released:
             return
         self._released = True
@@ -102,7 +104,13 @@ class TurnHold:
         if self._lock is None or self._token is None:
             return
         with anyio.CancelScope(shield=True):
-            try:
-                await self._lock.release(self._session_id, self._token)
-            except StoreUnavailable as error:
-                logger.warning("could not free a turn lock (it will expire): %s", error)
+            deadline = anyio.current_time() + 3 * self._lock.renew_every
+            while True:
+                try:
+                    await self._lock.release(self._session_id, self._token)
+                    return
+                except StoreUnavailable as error:
+                    if anyio.current_time() >= deadline:
+                        logger.warning("could not free a turn lock (it expires): %s", error)
+                        return
+                await anyio.sleep(0.5)
