@@ -666,6 +666,10 @@
     let lastEventId = null;
     const onEvent = (event, data, id) => {
       if (id) lastEventId = id;
+      if (reply.note === T.reconnecting) {
+        reply.note = null; // back
+        update(reply);
+      }
       const stick = nearBottom();
       switch (event) {
         case "queued":
