@@ -34,6 +34,15 @@ def documented_config() -> str:
     return str(blocks[0])
 
 
+def documented_retry_line() -> str:
+    """The ``proxy_next_upstream`` line of the page's section on retrying a full node's 429."""
+    page = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+    page = page.split("### Retrying a full node's 429 on another node\n", 1)[-1]
+    blocks = re.findall(r"```nginx\n(.*?)```", page, flags=re.DOTALL)
+    assert blocks, "docs/deployment.md has no nginx block for the 429 retry"
+    return str(blocks[0]).strip()
+
+
 def replace_once(text: str, old: str, new: str) -> str:
     # The page and this test must not drift apart silently.
     assert text.count(old) == 1, f"{old!r} is not in the documented configuration once"
@@ -43,7 +52,14 @@ def replace_once(text: str, old: str, new: str) -> str:
 class Nginx:
     """Debian's nginx in the foreground, on a free loopback port, every path in a folder."""
 
-    def __init__(self, folder: pathlib.Path, nodes: tuple[Server, Server], *, hashed: bool):
+    def __init__(
+        self,
+        folder: pathlib.Path,
+        nodes: tuple[Server, Server],
+        *,
+        hashed: bool,
+        retry_429: bool = False,
+    ):
         self.port = free_port()
         config = documented_config()
         config = replace_once(config, "10.0.0.1:8000", f"127.0.0.1:{nodes[0].port}")
@@ -56,6 +72,9 @@ class Nginx:
         )
         if not hashed:
             config = replace_once(config, HASH_LINE, "")
+        if retry_429:
+            line = documented_retry_line()
+            config = replace_once(config, "proxy_next_upstream error timeout;", line)
         temp = "\n".join(
             f"    {kind}_temp_path {folder / kind};"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -112,14 +131,20 @@ def cluster(
         pytest.skip("nginx is not installed (apt-get install nginx)")
     started: list[Nginx] = []
 
-    def start(*, hashed: bool, mock: dict[str, object]) -> tuple[Nginx, Server, Server]:
+    def start(
+        *,
+        hashed: bool,
+        mock: dict[str, object],
+        options: dict[str, object] | None = None,
+        retry_429: bool = False,
+    ) -> tuple[Nginx, Server, Server]:
         app = {"redis_url": redis_server.url}
-        options = {"mock_params": mock}
+        options = {"mock_params": mock, **(options or {})}
         a, b = (
             start_server(factory="tests.http.apps:redis_app", options=options, app=app)
             for _ in range(2)
         )
-        nginx = Nginx(tmp_path, (a, b), hashed=hashed)
+        nginx = Nginx(tmp_path, (a, b), hashed=hashed, retry_429=retry_429)
         started.append(nginx)
         return nginx, a, b
 
@@ -263,3 +288,46 @@ def test_through_nginx_a_dropped_stream_resumes_on_the_node_that_runs_it(
         assert [index_of(e) for e in got] == list(range(len(got)))
         reply = http.get("/get_history").json()["messages"][-1]
         assert text_of(got) == reply["content"] and reply["status"] == "complete"
+
+
+@pytest.mark.parametrize("retry", [False, True], ids=["as-documented", "with-the-429-retry"])
+def test_a_full_nodes_429_is_passed_on_or_retried_on_the_other_node(
+    cluster: Callable[..., tuple[Nginx, Server, Server]], retry: bool
+) -> None:
+    full = {
+        "num_of_concurrent_executions": 1,
+        "max_queue_size": 0,
+        "too_many_request_as_http_error": True,
+    }
+    mock = {"type": "long", "time_per_token_sec": 0.02}
+    nginx, a, b = cluster(hashed=False, mock=mock, options=full, retry_429=retry)
+    hold = {"user_input": "hold", "generation_params": {"max_new_tokens": 150}}
+    # Another browser holds node a's only slot (3 s of reply), straight to a.
+    with (
+        httpx.Client(timeout=30) as holder,
+        holder.stream("POST", f"{a.base_url}/chat_stream", json=hold) as held,
+    ):
+        chunks = held.iter_raw()  # kept: a dropped iterator would close the stream
+        next(chunks)
+        with httpx.Client(base_url=nginx.base_url, timeout=30) as http:
+            short = {"generation_params": {"max_new_tokens": 2}}
+            answers = [chat_with(http, {"user_input": f"q{i}", **short}) for i in range(4)]
+    tried = [r.headers["x-upstream"].split(", ") for r in answers]
+    a_addr, b_addr = (f"127.0.0.1:{n.port}" for n in (a, b))
+    if retry:
+        # Every request is served: those sent to the full node first go on to the other.
+        assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
+        assert [a_addr, b_addr] in tried
+        # nginx counts the 429 as a failed attempt: with max_fails=1 the full node is left
+        # out for fail_timeout, and round-robin sends nothing more to it meanwhile.
+        assert sum(a_addr in t for t in tried) == 1, tried
+    else:
+        refused = [t for r, t in zip(answers, tried, strict=True) if r.status_code == 429]
+        assert refused and all(t == [a_addr] for t in refused)
+        assert {r.status_code for r in answers} == {200, 429}
+
+
+def chat_with(http: httpx.Client, body: dict[str, object]) -> httpx.Response:
+    response = http.post("/chat_stream", json=body)
+    response.read()
+    return response
