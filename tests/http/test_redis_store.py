@@ -11,11 +11,13 @@ import threading
 import time
 from collections.abc import Iterator
 
+import anyio
 import httpx
 import pytest
 import redis
 
 from chatstream.adapters.http.redis_store import RedisStore
+from chatstream.adapters.http.redis_streams import RedisStreamMirror
 from chatstream.adapters.http.session_stores import SessionData, StoreUnavailable
 from chatstream.core import ConfigError, Conversation
 from tests.http.conftest import RedisServer, Server, ServerFactory
@@ -383,6 +385,49 @@ def test_a_stream_run_by_one_node_resumes_through_the_other(
         assert resume(http, b, got[-1]["id"]).status_code == 204
         assert resume(stranger, b, before[-1]["id"]).status_code == 404
         assert 0 < client.pttl(f"chatstream:events:{message_id}") <= 60_000
+
+
+def test_a_cross_node_resume_rides_out_a_redis_stall(
+    start_server: ServerFactory, redis_server: RedisServer, client: redis.Redis
+) -> None:
+    # Redis refuses writes for 2.5 s while node b follows a's turn for a client that left a:
+    # the copy and the reader wait, the presence holds, and the reply goes on to its end.
+    mock = {"type": "long", "time_per_token_sec": 0.02}
+    a, b = start_nodes(
+        start_server, redis_server, options={"mock_params": mock}, http={"resume_grace_sec": 1}
+    )
+    body = {"user_input": "a story", "generation_params": {"max_new_tokens": 200}}
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", f"{a.base_url}/chat_stream", json=body, headers=SSE) as r:
+            before = read_until(events(r.iter_lines()), 3)
+        with http.stream(
+            "GET", f"{b.base_url}/chat_stream", headers={**SSE, "Last-Event-ID": before[-1]["id"]}
+        ) as resumed:
+            stream = events(resumed.iter_lines())
+            middle = read_until(stream, 2)
+            client.client_pause(2500, all=False)  # CLIENT PAUSE 2500 WRITE
+            after = list(stream)
+        assert after[-1]["data"]["finish_reason"] == "length"
+        got = before + middle + after
+        assert [index_of(e) for e in got] == list(range(len(got)))
+        reply = http.get(f"{b.base_url}/get_history").json()["messages"][-1]
+        assert text_of(got) == reply["content"] and reply["status"] == "complete"
+
+
+@pytest.mark.anyio
+async def test_a_process_follows_at_most_max_followers_streams_from_the_mirror(
+    redis_server: RedisServer,
+) -> None:
+    mirror = RedisStreamMirror(RedisStore(redis_server.url), max_followers=1)
+    assert mirror.can_follow()
+    following = mirror.follow("m" * 32, -1, keepalive=60)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anext, following)
+        await anyio.sleep(0.2)
+        assert not mirror.can_follow()  # the one place is taken
+        tg.cancel_scope.cancel()
+    await following.aclose()
+    assert mirror.can_follow()
 
 
 def test_a_hung_redis_answers_503_instead_of_hanging(

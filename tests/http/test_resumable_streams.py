@@ -199,6 +199,11 @@ def test_resume_refusals_name_what_is_wrong_and_other_sessions_see_nothing(
             answer = resume(client, bad)
             assert answer.status_code == 400, bad
             assert "Last-Event-ID" in answer.json()["message"]
+        # An event that was never sent cannot have been received; a name that no stream
+        # can have is no stream.
+        beyond = resume(client, f"{message_id}.999")
+        assert beyond.status_code == 400 and "does not have" in beyond.json()["message"]
+        assert resume(client, None, message_id=f"{message_id}:readers").status_code == 404
         mismatch = resume(client, first, message_id="f" * 32)
         assert mismatch.status_code == 400 and "message_id" in mismatch.json()["message"]
         missing = client.get("/chat_stream", headers=SSE)

@@ -664,8 +664,10 @@
   async function follow(reply, response, signal, hooks) {
     let ended = false;
     let lastEventId = null;
+    let heard = false; // an event since the last (re)connection
     const onEvent = (event, data, id) => {
       if (id) lastEventId = id;
+      heard = true;
       if (reply.note === T.reconnecting) {
         reply.note = null; // back
         update(reply);
@@ -718,11 +720,13 @@
     };
     for (let attempt = 0; ; attempt++) {
       if (response) {
+        heard = false;
         try {
           await readEvents(response, onEvent);
         } catch (error) {
           if (signal.aborted) throw error;
         }
+        if (heard) attempt = 0; // the tries count again from this drop
       }
       if (ended || !reply.id || attempt >= RESUME_DELAYS.length) return ended;
       if (response && reply.status === "streaming") {

@@ -118,7 +118,7 @@ def routes(
     handlers: dict[str, Callable[[Request], Any]] = {
         "chat_stream": lambda request: (
             http.handle_chat_stream_resume_request(request)
-            if request.method == "GET"
+            if request.method in ("GET", "HEAD")
             else http.handle_chat_stream_request(request)
         ),
         "clear_context": http.handle_clear_context_request,

@@ -54,6 +54,7 @@ from .resources import resource_usage
 from .resumable import (
     StreamJournal,
     StreamJournals,
+    is_stream_id,
     parse_event_id,
     stream_mirror_of,
 )
@@ -281,7 +282,7 @@ class HttpApi:
             try:
                 return await mirror.has_readers(journal.stream_id)
             except StoreUnavailable:
-                return False
+                return True  # cannot tell now: ask again in a second
 
         feeders = [produce, *([hold.keep] if hold is not None and hold.shared else [])]
         grace = self.options.resume_grace_sec
@@ -320,10 +321,13 @@ class HttpApi:
             return error_response(
                 400, "missing_message_id", "give 'message_id' or a 'Last-Event-ID' header"
             )
+        if not is_stream_id(message_id):
+            return _stream_not_found()
+        keepalive = self.options.keepalive_sec
         journal = self._journal_of(context, message_id)
+        mirror = None
         if journal is not None:
             finished, final = journal.finished, len(journal) - 1
-            chunks = journal.follow(after, keepalive=self.options.keepalive_sec)
         else:
             # Not run here: another process that shares the store may run it.
             mirror = stream_mirror_of(context.session.store) if context.session else None
@@ -335,11 +339,27 @@ class HttpApi:
             if mirror is None or mirrored is None or mirrored.owner not in (None, owner):
                 return _stream_not_found()
             finished, final = mirrored.finished, mirrored.last
-            chunks = mirror.follow(message_id, after, keepalive=self.options.keepalive_sec)
+        if after > final:
+            # No client can have received an event that was never sent.
+            return error_response(
+                400, "invalid_field", "'Last-Event-ID' names an event this stream does not have"
+            )
         if finished and after >= final:
             # Nothing more will come: 204 also tells an EventSource not to reconnect.
-            await chunks.aclose()
             return Response(status_code=204)
+        if journal is not None:
+            chunks = journal.follow(after, keepalive=keepalive)
+        else:
+            assert mirror is not None
+            if not mirror.can_follow():
+                return error_response(
+                    503,
+                    "too_many_resumes",
+                    "this server follows as many streams of other servers as it can; try"
+                    " again shortly",
+                    {"Retry-After": "1"},
+                )
+            chunks = mirror.follow(message_id, after, keepalive=keepalive)
         return TurnResponse(
             chunks,
             media_type="text/event-stream; charset=utf-8",
@@ -359,6 +379,8 @@ class HttpApi:
         message_id = body.get("message_id")
         if not isinstance(message_id, str) or not message_id:
             return error_response(400, "invalid_field", "'message_id' must be a string")
+        if not is_stream_id(message_id):
+            return _stream_not_found()
         journal = self._journal_of(context, message_id)
         if journal is None:
             return _stream_not_found()
@@ -417,7 +439,10 @@ class HttpApi:
             elif isinstance(event, TextDelta):
                 timer.delta()
             elif isinstance(event, Finished):
-                await settle()
+                # Shielded: once the reply is whole, it is saved (and its lock freed after
+                # that) whatever happens to this request meanwhile.
+                with anyio.CancelScope(shield=True):
+                    await settle()
             yield event
 
     async def _sse_events(

@@ -26,6 +26,7 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import redis
 
 from .resumable import MirroredStream, StreamJournal, is_last_event
 from .session_stores import StoreUnavailable
@@ -41,8 +42,11 @@ logger = logging.getLogger("chatstream")
 #: Milliseconds one ``XREAD`` blocks: under the client's socket timeout (1 s by default), and
 #: the longest a follower that has gone keeps its worker thread.
 _BLOCK_MS = 500
-#: Milliseconds a follower's presence lasts without being set again.
-_PRESENCE_MS = 3000
+#: Milliseconds a follower's presence lasts without being set again (it is set again at
+#: least every ``_BLOCK_MS``; longer, so that a short Redis stall does not lose it).
+_PRESENCE_MS = 5000
+#: Seconds a follower or a copy keeps trying through an outage before it gives up.
+_OUTAGE_PATIENCE = 10.0
 
 
 def _entry_id(index: int) -> str:
@@ -63,7 +67,7 @@ class RedisStreamMirror:
             (refreshed every third of it while the turn runs).
         keep_seconds: a finished stream's key lives this long.
         max_followers: resumes served at once from the mirror by this process (each holds a
-            worker thread and a pooled connection); more get 503.
+            worker thread and a pooled connection); more get 503 ``too_many_resumes``.
     """
 
     def __init__(
@@ -77,7 +81,9 @@ class RedisStreamMirror:
         self.store = store
         self.running_ttl_ms = int(running_ttl_seconds * 1000)
         self.keep_ms = int(keep_seconds * 1000)
+        self.max_followers = max_followers
         self._threads = anyio.CapacityLimiter(max_followers)
+        self._following = 0
 
     def key(self, stream_id: str) -> str:
         return f"{self.store.key_prefix}events:{stream_id}"
@@ -100,7 +106,10 @@ class RedisStreamMirror:
             first, last = pipe.execute()
             return first, last
 
-        first, last = await self.store.call(read)
+        try:
+            first, last = await self.store.call(read)
+        except redis.ResponseError:
+            return None  # not a stream of ours
         if not first or not last:
             return None
         owner = first[0][1].get(b"o", b"").decode() or None
@@ -109,6 +118,9 @@ class RedisStreamMirror:
             owner=owner, last=_index_of(last_id), finished=is_last_event(last_fields[b"e"])
         )
 
+    def can_follow(self) -> bool:
+        return self._following < self.max_followers
+
     async def follow(
         self, stream_id: str, after: int, keepalive: float
     ) -> AsyncGenerator[bytes, None]:
@@ -116,36 +128,47 @@ class RedisStreamMirror:
         readers = f"{key}:readers"
         cursor = _entry_id(after)
         quiet_since = anyio.current_time()
-        while True:
+        reached = anyio.current_time()  # the last time Redis answered
+        self._following += 1
+        try:
+            while True:
 
-            def read(cursor: str = cursor) -> tuple[int, list[Any]]:
-                pipe = self.store.client.pipeline(transaction=False)
-                pipe.set(readers, b"1", px=_PRESENCE_MS)
-                pipe.exists(key)
-                pipe.xread({key: cursor}, block=_BLOCK_MS)
-                _, exists, found = pipe.execute()
-                return int(exists), found or []
+                def read(cursor: str = cursor) -> tuple[int, list[Any]]:
+                    pipe = self.store.client.pipeline(transaction=False)
+                    pipe.set(readers, b"1", px=_PRESENCE_MS)
+                    pipe.exists(key)
+                    pipe.xread({key: cursor}, block=_BLOCK_MS)
+                    _, exists, found = pipe.execute()
+                    return int(exists), found or []
 
-            try:
-                exists, found = await self.store.call(read, limiter=self._threads)
-            except StoreUnavailable as error:
-                logger.warning("a resumed stream lost the session store: %s", error)
-                yield _gone("the session store cannot be reached")
-                return
-            entries = [fields[b"e"] for _, batch in found for _, fields in batch]
-            if entries:
-                cursor = found[-1][1][-1][0].decode()
-                yield b"".join(entries)
-                if is_last_event(entries[-1]):
+                try:
+                    exists, found = await self.store.call(read, limiter=self._threads)
+                    reached = anyio.current_time()
+                except StoreUnavailable as error:
+                    if anyio.current_time() - reached > _OUTAGE_PATIENCE:
+                        logger.warning("a resumed stream lost the session store: %s", error)
+                        yield _gone("the session store cannot be reached")
+                        return
+                    await anyio.sleep(0.5)
+                    exists, found = 1, []
+                except redis.ResponseError:
+                    exists, found = 0, []
+                entries = [fields[b"e"] for _, batch in found for _, fields in batch]
+                if entries:
+                    cursor = found[-1][1][-1][0].decode()
+                    yield b"".join(entries)
+                    if is_last_event(entries[-1]):
+                        return
+                    quiet_since = anyio.current_time()
+                elif not exists:
+                    # Its process stopped refreshing it: gone with that process.
+                    yield _gone("the server running this reply went away")
                     return
-                quiet_since = anyio.current_time()
-            elif not exists:
-                # Its process stopped refreshing it: gone with that process.
-                yield _gone("the server running this reply went away")
-                return
-            elif anyio.current_time() - quiet_since >= keepalive:
-                yield sse_comment("keep-alive")
-                quiet_since = anyio.current_time()
+                elif anyio.current_time() - quiet_since >= keepalive:
+                    yield sse_comment("keep-alive")
+                    quiet_since = anyio.current_time()
+        finally:
+            self._following -= 1
 
 
 class _RedisCopier:
@@ -163,11 +186,23 @@ class _RedisCopier:
     async def run(self) -> None:
         while not self._done:
             await self._journal.wait_beyond(self._copied, self._mirror.running_ttl_ms / 3000)
-            await self._copy()
+            await self._copy_patiently()
 
     async def finish(self) -> None:
-        if not self._done and (self._journal.finished or self._copied < len(self._journal)):
-            await self._copy()
+        while not self._done and (self._journal.finished or self._copied < len(self._journal)):
+            await self._copy_patiently()
+
+    async def _copy_patiently(self) -> None:
+        """One copy, tried again every half second through a short outage."""
+        deadline = anyio.current_time() + _OUTAGE_PATIENCE
+        while True:
+            try:
+                await self._copy()
+                return
+            except StoreUnavailable:
+                if anyio.current_time() >= deadline:
+                    raise
+            await anyio.sleep(0.5)
 
     async def _copy(self) -> None:
         journal = self._journal
@@ -186,7 +221,9 @@ class _RedisCopier:
                     fields["o"] = owner
                 pipe.xadd(self._key, fields, id=_entry_id(index))
             pipe.pexpire(self._key, ttl)
-            pipe.execute()
+            # An entry already there (a copy that reached Redis but whose answer was lost)
+            # is refused by its id: the copy goes on from where Redis is.
+            pipe.execute(raise_on_error=False)
             self._copied = start + len(events)
             self._done = finished
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ __all__ = [
     "StreamMirror",
     "event_id",
     "is_last_event",
+    "is_stream_id",
     "parse_event_id",
     "stream_mirror_of",
 ]
@@ -45,6 +47,14 @@ def event_id(stream_id: str, index: int) -> str:
     return f"{stream_id}.{index}"
 
 
+_STREAM_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+
+def is_stream_id(value: str) -> bool:
+    """Whether ``value`` can name a stream (a message id: letters, digits, ``_`` and ``-``)."""
+    return _STREAM_ID.fullmatch(value) is not None
+
+
 def parse_event_id(value: str) -> tuple[str, int]:
     """The stream and the index of an event id made by :func:`event_id`.
 
@@ -52,7 +62,8 @@ def parse_event_id(value: str) -> tuple[str, int]:
         ValueError: not such an id.
     """
     stream_id, dot, index = value.strip().rpartition(".")
-    if not dot or not stream_id or not (index.isascii() and index.isdigit()) or len(index) > 9:
+    number = index.isascii() and index.isdigit() and len(index) <= 9
+    if not dot or not is_stream_id(stream_id) or not number:
         raise ValueError(f"not an event id of this server: {value!r}")
     return stream_id, int(index)
 
@@ -208,6 +219,10 @@ class StreamMirror(Protocol):
 
     async def lookup(self, stream_id: str) -> MirroredStream | None:
         """The stream, or None when the mirror has none by that id (any more)."""
+        ...
+
+    def can_follow(self) -> bool:
+        """Whether this process may follow one more stream from the mirror now."""
         ...
 
     def follow(self, stream_id: str, after: int, keepalive: float) -> AsyncGenerator[bytes, None]:
