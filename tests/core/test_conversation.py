@@ -374,6 +374,25 @@ def test_feedback_on_any_message_id() -> None:
     assert round_trip(conv) == conv
 
 
+def test_a_turn_adopts_the_feedback_a_later_copy_has_on_its_messages() -> None:
+    # Loaded at the start of a turn; meanwhile another request saves feedback on a copy.
+    conv = Conversation()
+    turn(conv, 1, "a", "b")
+    turn(conv, 2, "c", "first")
+    conv.start_regenerate(reply_id="r2b")
+    later = round_trip(conv)
+    later.set_feedback("r1", is_like=True, data="good")
+    later.set_feedback("r2", is_like=False)  # an archived reply
+    conv.set_feedback("u1", is_like=False, data="mine")  # feedback only this copy has
+    conv.append_reply("second")
+    conv.finish_reply("stop")
+    conv.adopt_feedback(later)
+    assert conv.find("r1").feedback == Feedback(is_like=True, data="good")
+    assert conv.find("r2").feedback == Feedback(is_like=False)
+    assert conv.find("u1").feedback == Feedback(is_like=False, data="mine")
+    assert conv.find("r2b").feedback is None and conv.find("r2b").content == "second"
+
+
 def test_error_hierarchy() -> None:
     for error in (TurnInFlightError, NothingToRegenerateError, UnknownMessageError):
         assert issubclass(error, LocalProtocolError)

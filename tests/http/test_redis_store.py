@@ -430,6 +430,31 @@ async def test_a_process_follows_at_most_max_followers_streams_from_the_mirror(
     assert mirror.can_follow()
 
 
+def test_feedback_and_parameters_set_during_a_turn_on_another_node_are_kept(
+    start_server: ServerFactory, redis_server: RedisServer
+) -> None:
+    mock = {"type": "long", "time_per_token_sec": 0.02}
+    a, b = start_nodes(start_server, redis_server, options={"mock_params": mock})
+    short = {"generation_params": {"max_new_tokens": 2}}
+    with httpx.Client(timeout=30) as http:
+        first = http.post(f"{a.base_url}/chat_stream", json={"user_input": "one", **short})
+        first_id = first.headers["x-chatstream-last-generated-message-id"]
+        body = {"user_input": "two", "generation_params": {"max_new_tokens": 100}}
+        with http.stream("POST", f"{a.base_url}/chat_stream", json=body, headers=SSE) as r:
+            stream = events(r.iter_lines())
+            read_until(stream, 1)
+            # While a's turn runs, b saves a like on the first reply and new parameters.
+            like = {"message_id": first_id, "is_like": True, "form_data": "nice"}
+            assert http.post(f"{b.base_url}/set_feedback", json=like).json()["success"]
+            assert http.post(f"{b.base_url}/set_generation_params", json={"top_k": 7}).is_success
+            assert list(stream)[-1]["event"] == "done"
+        messages = http.get(f"{b.base_url}/get_history").json()["messages"]
+        assert [m["content"] for m in messages if m["role"] == "user"] == ["one", "two"]
+        assert messages[1]["feedback"] == {"is_like": True, "data": "nice"}
+        params = http.get(f"{a.base_url}/get_generation_params").json()["generation_params"]
+        assert params["top_k_value"] == 7
+
+
 def test_a_hung_redis_answers_503_instead_of_hanging(
     start_server: ServerFactory, redis_server: RedisServer
 ) -> None:

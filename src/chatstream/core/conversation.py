@@ -251,6 +251,15 @@ class Conversation:
         message.feedback = Feedback(is_like=is_like, data=data)
         return message
 
+    def adopt_feedback(self, other: Conversation) -> None:
+        """Take the feedback ``other`` has on messages both have (current or archived): a
+        later copy of this conversation, saved by another request while a turn ran here."""
+        theirs = {m.id: m.feedback for m in (*other.messages, *other.archived)}
+        for message in (*self.messages, *self.archived):
+            feedback = theirs.get(message.id)
+            if feedback is not None:
+                message.feedback = feedback
+
     # ------------------------------------------------------------------ prompts
 
     def render(

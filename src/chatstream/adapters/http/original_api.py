@@ -58,7 +58,7 @@ from .resumable import (
     parse_event_id,
     stream_mirror_of,
 )
-from .session_stores import StoreUnavailable
+from .session_stores import SessionData, StoreUnavailable
 from .sessions import Session, get_session
 from .streaming import EOS, ERROR_MARK, TurnResponse, sse_event
 from .turn_guard import TurnGuard, TurnHold
@@ -199,7 +199,9 @@ class HttpApi:
                 return
             try:
                 if context.session is not None and context.data is not None:
-                    await _save_reply(cs, context.session)
+                    await _save_reply(
+                        cs, context.session, context.data, shared=hold is not None and hold.shared
+                    )
             finally:
                 # Only once the reply is saved: another process may take the turn next.
                 if hold is not None:
@@ -816,10 +818,20 @@ async def _copy_journal(cs: ChatService, copy: Callable[[], Awaitable[None]]) ->
 SAVE_RETRY_SEC = 10.0
 
 
-async def _save_reply(cs: ChatService, session: Session) -> None:
+async def _save_reply(
+    cs: ChatService, session: Session, data: SessionData, *, shared: bool
+) -> None:
     deadline = anyio.current_time() + SAVE_RETRY_SEC
     while True:
         try:
+            if shared and session.id is not None:
+                # Other requests may have saved feedback, parameters or a role since this
+                # turn loaded the session: the turn owns only its conversation's messages.
+                latest = await session.store.load(session.id)
+                if latest is not None:
+                    data.conversation.adopt_feedback(latest.conversation)
+                    data.generation_params = latest.generation_params
+                    data.role = latest.role
             await session.save()
             return
         except StoreUnavailable as error:
