@@ -307,7 +307,8 @@ INVALID_GENERATION: list[Any] = [
     ({"presence_penalty": 2.5}, "presence_penalty"),
     ({"frequency_penalty": -2.01}, "frequency_penalty"),
     ({"frequency_penalty": "1"}, "frequency_penalty"),
-    ({"logit_bias": {"7": 1.0}}, "logit_bias['7']"),
+    ({"logit_bias": {"x7": 1.0}}, "logit_bias['x7']"),
+    ({"logit_bias": {"٧": 1.0}}, "logit_bias['٧']"),
     ({"logit_bias": {7: 101}}, "logit_bias[7]"),
     ({"logit_bias": {7: math.nan}}, "logit_bias[7]"),
     ({"logit_bias": {-1: 1}}, "logit_bias[-1]"),
@@ -340,6 +341,8 @@ def test_the_openai_options_are_normalised() -> None:
     )
     assert params.presence_penalty == 1.0 and isinstance(params.presence_penalty, float)
     assert params.logit_bias == ((3, -100.0), (9, 1.0))
+    # A JSON object's keys are strings: digits name a token id.
+    assert GenerationParams(logit_bias={"9": 1}).logit_bias == ((9, 1.0),)  # type: ignore[arg-type]
     assert params.stop_token_ids == (7, 8)
     assert hash(params) == hash(params.with_overrides({"stop_token_ids": [7, 8]}))
     assert params.with_overrides({"logprobs": None}).logprobs is None

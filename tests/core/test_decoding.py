@@ -89,7 +89,8 @@ def reference(
     ids: Sequence[int], options: DecodingOptions, detokenizer: Detokenizer = TOK
 ) -> Expected:
     stop_at = next((i for i, t in enumerate(ids) if t in options.stop_token_ids), None)
-    raw = detokenizer.decode(list(ids if stop_at is None else ids[:stop_at]))
+    # A reply never ends in U+FFFD: the bytes of a character it ends inside are dropped.
+    raw = detokenizer.decode(list(ids if stop_at is None else ids[:stop_at])).rstrip(FFFD)
     cut = reference_cut(raw, options.stop_strings)
     text = raw if cut is None else raw[:cut]
     if options.strip_leading_whitespace:
@@ -497,7 +498,7 @@ def test_stop_token_ends_the_reply_and_later_pushes_are_ignored() -> None:
 def test_stop_token_flushes_a_partial_character() -> None:
     ids = [*TOK.encode("ok "), *TOK.encode("🎉")[:2], EOS]
     run = stream([ids], DecodingOptions(stop_token_ids=frozenset({EOS})))
-    assert run.deltas == ["ok " + FFFD, ""]
+    assert run.deltas == ["ok ", ""]  # the half character is dropped, not shown as U+FFFD
     assert run.stopped is DecoderStop.STOP_TOKEN
 
 
@@ -648,13 +649,28 @@ def test_japanese_and_emoji_one_token_at_a_time_never_emit_fffd() -> None:
     assert run.stopped is None
 
 
-def test_invalid_bytes_at_the_very_end_are_flushed_at_finish() -> None:
+def test_a_character_cut_at_the_very_end_is_dropped_at_finish() -> None:
     ids = [*TOK.encode("ok "), *TOK.encode("🎉")[:2]]
     decoder = IncrementalDecoder(TOK)
     deltas = [decoder.push([t]) for t in ids]
     assert "".join(deltas) == "ok "
-    assert decoder.finish() == FFFD  # nothing is lost
+    assert decoder.finish() == ""  # its bytes never completed: nothing to show
     assert decoder.stopped is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_a_reply_cut_anywhere_never_ends_in_fffd(data: st.DataObject) -> None:
+    # Valid text cut after any token (the length limit): every byte of a whole character
+    # is shown, none of the cut one, and no U+FFFD anywhere.
+    text = data.draw(texts, label="text")
+    ids = TOK.encode(text)
+    cut = data.draw(st.integers(0, len(ids)), label="cut")
+    run = stream(split(data, ids[:cut]))
+    shown = run.text.encode()
+    whole = TOK.decode(ids[:cut]).rstrip(FFFD).encode()
+    assert FFFD not in run.text
+    assert shown == whole and text.encode().startswith(shown)
 
 
 def test_push_accepts_any_iterable_and_empty_pushes() -> None:

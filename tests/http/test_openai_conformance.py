@@ -472,3 +472,56 @@ def test_an_invalid_completion_field_is_named(
     server: Server, body: dict[str, Any], param: str
 ) -> None:
     assert refusal(server, body, "/v1/completions")["param"] == param
+
+
+@pytest.mark.parametrize(
+    "route", ["chat", "chat-stream", "completions", "chat_stream", "chat_stream-sse"]
+)
+def test_a_reply_cut_inside_a_character_never_shows_fffd(
+    server: Server, tokenizer: Any, route: str
+) -> None:
+    # Byte-level BPE splits 龍 into its UTF-8 bytes; the reply is forced to its first byte
+    # and cut there by the length limit. Its text is empty, on every route: the lone byte
+    # is dropped, not shown as U+FFFD.
+    first, *rest = tokenizer.encode("龍", add_special_tokens=False)
+    assert rest and tokenizer.decode([first]) == "\ufffd"
+    forced = {"logit_bias": {str(first): 100}}
+    if route.startswith("chat_stream"):
+        body: dict[str, Any] = {"user_input": "the quick brown fox"}
+        body["generation_params"] = {**forced, "max_new_tokens": 1, "temperature": 0}
+        headers = {"Accept": "text/event-stream"} if route.endswith("sse") else {}
+        answer = httpx.post(
+            f"{server.base_url}/chat_stream", json=body, headers=headers, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        if route.endswith("sse"):
+            deltas = [
+                json.loads(line[6:])["text"]
+                for line in answer.text.splitlines()
+                if line.startswith("data: ") and '"text"' in line
+            ]
+            assert "event: done" in answer.text and "".join(deltas) == ""
+        else:
+            assert answer.text == "<::EOS::>"
+        return
+    common = {"model": "tiny", "max_tokens": 1, "temperature": 0, **forced}
+    if route == "completions":
+        answer = post(server, "/v1/completions", {**common, "prompt": "the quick brown fox"})
+        choice = answer.json()["choices"][0]
+        assert (choice["text"], choice["finish_reason"]) == ("", "length")
+    elif route == "chat":
+        answer = post(server, "/v1/chat/completions", {**common, "messages": PROMPT})
+        choice = answer.json()["choices"][0]
+        assert (choice["message"]["content"], choice["finish_reason"]) == ("", "length")
+    else:
+        answer = post(
+            server, "/v1/chat/completions", {**common, "messages": PROMPT, "stream": True}
+        )
+        assert "\ufffd" not in answer.text and "data: [DONE]" in answer.text
+        chunks = [
+            json.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: {")
+        ]
+        content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        assert content == ""
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert answer.status_code == 200

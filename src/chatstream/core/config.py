@@ -135,6 +135,8 @@ def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
         if not isinstance(pair, tuple | list) or len(pair) != 2:
             raise ConfigError("logit_bias", f"must map token ids to numbers, got {pair!r}")
         token, bias = pair
+        if isinstance(token, str) and token.isascii() and token.isdigit():
+            token = int(token)  # a JSON object's keys are strings
         _int(f"logit_bias[{token!r}]", token, minimum=0)
         number = _float(f"logit_bias[{token}]", bias)
         if not -_BIAS_RANGE <= number <= _BIAS_RANGE:

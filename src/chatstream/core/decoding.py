@@ -5,7 +5,9 @@ Three stages, each holding back only what it must:
 1. :class:`_TokenWindow` turns token ids into text. It decodes a small window of recent
    ids (the vLLM/TGI "prefix offset" technique), so each step costs O(new tokens) rather
    than re-decoding the whole reply, and it holds back a tail that decodes to U+FFFD: a
-   multi-byte character (Japanese, emoji) split across tokens is emitted once complete.
+   multi-byte character (Japanese, emoji) split across tokens is emitted once complete. A
+   tail still incomplete when the reply ends (cut by the length limit, a stop token, a
+   cancel) is dropped: a reply never ends in U+FFFD.
 2. :class:`StopStringMatcher` cuts the text at the first stop string and holds back any
    tail that could still grow into one, so no part of a stop string is ever emitted.
 3. :class:`StreamReplacer` applies output replacements (the original's ``<NL>`` to newline)
@@ -138,6 +140,10 @@ class _TokenWindow:
                     del self._ids[self._read :]
                 return ""
         delta = after[len(before) :] if after.startswith(before) else after
+        if incomplete:
+            # The end of the reply, inside a character whose bytes never came (or after
+            # bytes that are no character): those bytes are dropped, not shown as U+FFFD.
+            delta = delta.rstrip(_REPLACEMENT_CHAR)
         self._prefix, self._read = self._read, len(self._ids)
         return delta
 
