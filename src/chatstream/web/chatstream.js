@@ -25,6 +25,7 @@
       conversation: "Conversation",
       clear: "Clear chat",
       clearShort: "Clear",
+      theme: "Dark mode",
       emptyTitle: "How can I help?",
       emptyText: "Send a message to start the conversation.",
       inputLabel: "Message",
@@ -66,6 +67,7 @@
       conversation: "会話",
       clear: "会話をクリア",
       clearShort: "クリア",
+      theme: "ダークモード",
       emptyTitle: "何をお手伝いしましょうか?",
       emptyText: "メッセージを送信して会話を始めましょう。",
       inputLabel: "メッセージ",
@@ -135,6 +137,7 @@
     check: ["M5 12.5l4.5 4.5L19 7.5"],
     alert: [{ circle: [12, 12, 9] }, "M12 7.5v5.5", "M12 16.5v.01"],
     close: ["M6 6l12 12M18 6L6 18"],
+    theme: ["M20 14.5A8 8 0 0 1 9.5 4a8 8 0 1 0 10.5 10.5z"],
   };
 
   function icon(name) {
@@ -200,6 +203,7 @@
   const sendButton = $("send");
   const stopButton = $("stop");
   const clearButton = $("clear");
+  const themeButton = $("theme");
   const notice = $("notice");
 
   for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = T[node.dataset.i18n];
@@ -215,6 +219,41 @@
     $("title").textContent = options.title;
     document.title = options.title;
   }
+
+  // ------------------------------------------------------------------ theme
+
+  // Light or dark: the system's setting (followed live), until the toggle chooses; the
+  // choice is remembered. The page's head applies it before the first paint.
+  const THEME = "chatstream.theme";
+  const systemDark = matchMedia("(prefers-color-scheme: dark)");
+
+  function storedTheme() {
+    try {
+      const theme = localStorage.getItem(THEME);
+      return theme === "dark" || theme === "light" ? theme : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function applyTheme() {
+    const theme = storedTheme() || (systemDark.matches ? "dark" : "light");
+    document.documentElement.dataset.theme = theme;
+    themeButton.setAttribute("aria-pressed", String(theme === "dark"));
+  }
+
+  themeButton.addEventListener("click", () => {
+    const next = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
+    try {
+      localStorage.setItem(THEME, next);
+    } catch (_) {
+      /* not remembered: this page only */
+    }
+    document.documentElement.dataset.theme = next;
+    themeButton.setAttribute("aria-pressed", String(next === "dark"));
+  });
+  systemDark.addEventListener("change", applyTheme);
+  applyTheme();
 
   // ------------------------------------------------------------------ messages
 
