@@ -97,6 +97,9 @@ def test_a_reconnect_with_last_event_id_gets_exactly_the_missing_events(
         assert indexes == list(range(len(indexes)))  # no gap, no repeat
         assert after[-1]["event"] == "done"
         assert after[-1]["data"]["finish_reason"] == "length"
+        # What a page shows under the reply: the queue, the first token, the speed.
+        timings = after[-1]["data"]["timings"]
+        assert 0 <= timings["queue_ms"] <= timings["ttft_ms"] and timings["tokens_per_s"] > 0
         reply = last_reply(client)
         assert reply["id"] == message_id and reply["status"] == "complete"
         assert text_of(before) + text_of(after) == reply["content"]

@@ -4,7 +4,7 @@ measured on the colours Chromium computes)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -81,6 +81,9 @@ CONTRAST = """() => {
 }"""
 
 
+Scheme = Literal["light", "dark"]
+
+
 def expect_theme(page: Page, name: str) -> None:
     expect(page.locator("html")).to_have_attribute("data-theme", name)
 
@@ -92,9 +95,9 @@ def contrast(page: Page) -> dict[str, float]:
 
 @pytest.mark.parametrize("system", ["light", "dark"])
 def test_the_page_follows_the_system_until_the_toggle_chooses_and_remembers(
-    asyncio_server: Server, open_page: PageFactory, system: str
+    asyncio_server: Server, open_page: PageFactory, system: Scheme
 ) -> None:
-    other = "dark" if system == "light" else "light"
+    other: Scheme = "dark" if system == "light" else "light"
     page = open_page(asyncio_server, color_scheme=system)
     toggle = page.locator("#theme")
     expect_theme(page, system)
@@ -121,7 +124,7 @@ def test_the_page_follows_the_system_until_the_toggle_chooses_and_remembers(
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_both_themes_have_aa_contrast(
-    asyncio_server: Server, open_page: PageFactory, screenshot: Screenshot, scheme: str
+    asyncio_server: Server, open_page: PageFactory, screenshot: Screenshot, scheme: Scheme
 ) -> None:
     page = open_page(asyncio_server, color_scheme=scheme)
     send(page, "Hello there")

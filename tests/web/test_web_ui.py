@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -102,6 +103,30 @@ def test_streamed_reply_appears_progressively(
     expect(page.locator("#stop")).to_be_hidden()
     expect(page.locator("#send")).to_be_visible()
     expect(page.locator("#input")).to_be_focused()
+
+
+def test_each_reply_shows_its_speed_and_what_the_cache_served(
+    asyncio_server: Server, open_page: PageFactory
+) -> None:
+    line = re.compile(
+        r"^\d+\.\d\d s to first token · \d+\.\d tokens/s(?: · (\d+) tokens? from cache)?$"
+    )
+
+    def cached() -> int:
+        stats = last_reply(page).locator(".stats")
+        expect(stats).to_have_text(line)
+        match = line.match(stats.text_content() or "")
+        assert match is not None
+        return int(match.group(1) or 0)
+
+    page = open_page(asyncio_server)
+    send(page, "Hello there")
+    wait_replies(page, 1)
+    first = cached()  # the system prompt may be cached already, from other conversations
+    # The second turn's prompt starts with the first turn, whose KV the slot kept.
+    send(page, "And then?")
+    wait_replies(page, 2)
+    assert cached() > first
 
 
 def test_enter_sends_and_shift_enter_adds_a_newline(

@@ -62,6 +62,9 @@
       feedbackFailed: "Your feedback could not be sent.",
       clearFailed: "The chat could not be cleared.",
       roleGranted: (r) => "Role granted: " + r,
+      ttft: (s) => s + " s to first token",
+      rate: (r) => r + " tokens/s",
+      cached: (n) => n + (n === 1 ? " token" : " tokens") + " from cache",
     },
     ja: {
       conversation: "会話",
@@ -103,6 +106,9 @@
       feedbackFailed: "フィードバックを送信できませんでした。",
       clearFailed: "会話をクリアできませんでした。",
       roleGranted: (r) => "ロールが付与されました: " + r,
+      ttft: (s) => "最初のトークンまで " + s + " 秒",
+      rate: (r) => r + " トークン/秒",
+      cached: (n) => "キャッシュから " + n + " トークン",
     },
   };
 
@@ -281,6 +287,7 @@
       feedback: data.feedback || null,
       pendingLabel: "",
       note: null,
+      stats: "",
       node: null,
       parts: null,
     };
@@ -307,7 +314,8 @@
     body.appendChild(bubble);
     const note = el("div", "note");
     const actions = el("div", "actions");
-    body.append(note, actions);
+    const stats = el("div", "stats");
+    body.append(note, actions, stats);
     if (message.role === "assistant") {
       const avatar = el("div", "avatar");
       avatar.setAttribute("aria-hidden", "true");
@@ -316,7 +324,7 @@
     }
     node.appendChild(body);
     message.node = node;
-    message.parts = { text, textNode: document.createTextNode(message.content), pending, pendingLabel, note, actions };
+    message.parts = { text, textNode: document.createTextNode(message.content), pending, pendingLabel, note, actions, stats };
     text.appendChild(message.parts.textNode);
     update(message);
     return message;
@@ -362,6 +370,7 @@
     if (!note && message.status === "streaming" && !busy) note = T.inProgress;
     if (!note && message.finishReason === "length") note = T.truncated;
     parts.note.textContent = note || "";
+    parts.stats.textContent = message.stats;
     parts.note.classList.toggle("error", message.status === "error");
     // The bubble of a reply stopped before any text would be an empty box: hide it.
     parts.text.parentNode.hidden =
@@ -576,10 +585,12 @@
       finishReason: reply.finishReason,
       feedback: reply.feedback,
       note: reply.note,
+      stats: reply.stats,
     };
     reply.id = null;
     reply.finishReason = null;
     reply.feedback = null;
+    reply.stats = "";
     reply.note = null;
     reply.status = "pending";
     reply.pendingLabel = T.waiting;
@@ -693,6 +704,20 @@
     if (lost) await recoverFromHistory(lost);
   }
 
+  // The line under a finished reply: time to its first token, its speed, and the prompt
+  // tokens the prefix cache served, from the `done` event.
+  function statsOf(done) {
+    const timings = done.timings || {};
+    const usage = done.usage || {};
+    const parts = [];
+    if (typeof timings.ttft_ms === "number") parts.push(T.ttft((timings.ttft_ms / 1000).toFixed(2)));
+    if (typeof timings.tokens_per_s === "number") parts.push(T.rate(timings.tokens_per_s.toFixed(1)));
+    if (typeof usage.cached_tokens === "number" && usage.cached_tokens > 0) {
+      parts.push(T.cached(usage.cached_tokens));
+    }
+    return parts.join(" · ");
+  }
+
   // Waits between attempts to resume a dropped stream (the server keeps a turn whose
   // client has gone for a few seconds).
   const RESUME_DELAYS = [200, 400, 800, 1600, 2000];
@@ -739,6 +764,7 @@
           reply.finishReason = data.finish_reason || null;
           reply.status = data.finish_reason === "cancelled" ? "cancelled" : "complete";
           reply.note = null;
+          reply.stats = statsOf(data);
           break;
         case "error":
           ended = true;

@@ -536,6 +536,24 @@ class RequestTimer:
         if completion_tokens > 1:
             self._metrics.observe_time_per_output_token(decode / (completion_tokens - 1))
 
+    def timings(self, completion_tokens: int) -> dict[str, float | None]:
+        """What a client may show of this request so far: milliseconds in the queue and to
+        the first text, and the tokens per second after it (None where not known yet)."""
+        submitted, admitted = self._submitted_at, self._admitted_at
+        first, last = self._first_delta_at, self._last_delta_at
+        rate = None
+        if first is not None and last is not None and last > first and completion_tokens > 1:
+            rate = round((completion_tokens - 1) / (last - first), 1)
+
+        def ms(start: float | None, end: float | None) -> float | None:
+            return None if start is None or end is None else round((end - start) * 1000, 1)
+
+        return {
+            "queue_ms": ms(submitted, admitted),
+            "ttft_ms": ms(submitted, first),
+            "tokens_per_s": rate,
+        }
+
     def rejected(self, reason: RejectReason | str) -> None:
         """The request was refused before it ran (once)."""
         if self._done:

@@ -275,7 +275,8 @@ class HttpApi:
                     turn.close()
                     with anyio.CancelScope(shield=True):
                         await settle()  # saved before the client hears of it
-                    journal.append("done", _done(turn.reply.id, FinishReason.CANCELLED, turn))
+                    done = _done(turn.reply.id, FinishReason.CANCELLED, turn, timer)
+                    journal.append("done", done)
                 self._journals.close(journal)
 
         async def remote_readers() -> bool:
@@ -468,7 +469,7 @@ class HttpApi:
                     reason = "shutdown" if error == SHUTDOWN_ERROR else "error"
                     yield "error", {"message": error or "generation failed", "reason": reason}
                 case Finished(reason=reason):
-                    yield "done", _done(message_id, reason, turn)
+                    yield "done", _done(message_id, reason, turn, timer)
 
     async def _original_chunks(
         self,
@@ -851,7 +852,7 @@ def _stream_not_found() -> Response:
     )
 
 
-def _done(message_id: str, reason: FinishReason, turn: Turn) -> dict[str, Any]:
+def _done(message_id: str, reason: FinishReason, turn: Turn, timer: RequestTimer) -> dict[str, Any]:
     """The data of the ``done`` event."""
     usage = turn.usage
     return {
@@ -865,6 +866,7 @@ def _done(message_id: str, reason: FinishReason, turn: Turn) -> dict[str, Any]:
             "total_tokens": usage.total_tokens,
             "cached_tokens": usage.cached_tokens,
         },
+        "timings": timer.timings(usage.completion_tokens if usage is not None else 0),
     }
 
 
