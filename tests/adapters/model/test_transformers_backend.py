@@ -143,7 +143,9 @@ def test_batched_greedy_equals_generate_alone_with_staggered_joins(
         stop = expected[-1] == tokenizer.eos_token_id
         assert finished.reason is (FinishReason.STOP if stop else FinishReason.LENGTH)
         visible = expected[:-1] if stop else expected
-        assert harness.text[request_id] == tokenizer.decode(visible, skip_special_tokens=True)
+        # A reply that ends inside a character drops its bytes (no U+FFFD at the end).
+        whole = tokenizer.decode(visible, skip_special_tokens=True).rstrip("\ufffd")
+        assert harness.text[request_id] == whole
     assert harness.engine.statistics().running == 0
 
 
