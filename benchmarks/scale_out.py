@@ -40,6 +40,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import inspect
 import itertools
 import json
@@ -431,6 +432,17 @@ def main(argv: list[str] | None = None) -> None:
             redis.stop()
 
 
+def rounds(
+    args: argparse.Namespace, label: str, once: Callable[[], dict[str, object]]
+) -> list[dict[str, object]]:
+    """``--rounds`` rows of one scenario, each logged as it comes."""
+    rows = []
+    for i in range(args.rounds):
+        rows.append(once())
+        log(f"{label} {i + 1}: {rows[-1]}")
+    return rows
+
+
 def run(redis: RedisServer, args: argparse.Namespace, scenarios: list[str]) -> None:
     print(
         f"two nodes ({args.loop}) + Redis + nginx (docs/deployment.md, hash on the cookie), "
@@ -438,10 +450,7 @@ def run(redis: RedisServer, args: argparse.Namespace, scenarios: list[str]) -> N
         f"turn lock TTL {args.lock_ttl_s or LOCK_TTL:g} s\n"
     )
     if "failover" in scenarios:
-        rows = []
-        for i in range(args.rounds):
-            rows.append(failover_once(redis, args))
-            log(f"failover {i + 1}: {rows[-1]}")
+        rows = rounds(args, "failover", lambda: failover_once(redis, args))
         print("### Failover, one turn after the kill\n")
         print(
             table(
@@ -457,10 +466,9 @@ def run(redis: RedisServer, args: argparse.Namespace, scenarios: list[str]) -> N
     for during in (False, True):
         if ("kill-during" if during else "kill-between") not in scenarios:
             continue
-        rows = []
-        for i in range(args.rounds):
-            rows.append(continuous_once(redis, args, during=during))
-            log(f"kill {'during' if during else 'between'} {i + 1}: {rows[-1]}")
+        label = f"kill {'during' if during else 'between'}"
+        once = functools.partial(continuous_once, redis, args, during=during)
+        rows = rounds(args, label, once)
         moment = "during a turn (its turn lock held)" if during else "between two turns"
         print(f"### Failover, a turn every {args.interval_ms:g} ms, killed {moment}\n")
         print(
@@ -477,10 +485,8 @@ def run(redis: RedisServer, args: argparse.Namespace, scenarios: list[str]) -> N
     for during in (False, True):
         if ("redis-during" if during else "redis-between") not in scenarios:
             continue
-        rows = []
-        for i in range(args.rounds):
-            rows.append(outage_once(redis, args, during=during))
-            log(f"redis {'during' if during else 'between'} {i + 1}: {rows[-1]}")
+        label = f"redis {'during' if during else 'between'}"
+        rows = rounds(args, label, functools.partial(outage_once, redis, args, during=during))
         moment = "during a turn (its turn lock held)" if during else "between two turns"
         print(
             f"### Redis down {args.outage_s:g} s, a turn every {args.interval_ms:g} ms, "

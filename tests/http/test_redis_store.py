@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import httpx
@@ -355,20 +356,33 @@ def test_a_reply_that_ends_while_redis_restarts_is_saved_once_it_is_back(
         assert chat(http, b, "after").status_code == 200
 
 
+def story_nodes(start_server: ServerFactory, redis_server: RedisServer) -> tuple[Server, Server]:
+    """Two nodes telling the long story at 0.02 s a word; a turn whose client left waits 1 s."""
+    mock = {"type": "long", "time_per_token_sec": 0.02}
+    return start_nodes(
+        start_server, redis_server, options={"mock_params": mock}, http={"resume_grace_sec": 1}
+    )
+
+
+def left_after(
+    http: httpx.Client, node: Server, *, max_new_tokens: int, deltas: int
+) -> tuple[str, list[dict[str, Any]]]:
+    """Start a turn on ``node`` and leave after ``deltas`` deltas: its message id and the
+    events received."""
+    body = {"user_input": "a story", "generation_params": {"max_new_tokens": max_new_tokens}}
+    with http.stream("POST", f"{node.base_url}/chat_stream", json=body, headers=SSE) as r:
+        message_id = r.headers["x-chatstream-last-generated-message-id"]
+        return message_id, read_until(events(r.iter_lines()), deltas)
+
+
 def test_a_stream_run_by_one_node_resumes_through_the_other(
     start_server: ServerFactory, redis_server: RedisServer, client: redis.Redis
 ) -> None:
     # 150 words at 0.02 s: 3 s, three times the grace; only the reader on the other node
     # keeps the turn going once its client has left.
-    mock = {"type": "long", "time_per_token_sec": 0.02}
-    a, b = start_nodes(
-        start_server, redis_server, options={"mock_params": mock}, http={"resume_grace_sec": 1}
-    )
-    body = {"user_input": "a story", "generation_params": {"max_new_tokens": 150}}
+    a, b = story_nodes(start_server, redis_server)
     with httpx.Client(timeout=30) as http, httpx.Client(timeout=30) as stranger:
-        with http.stream("POST", f"{a.base_url}/chat_stream", json=body, headers=SSE) as r:
-            message_id = r.headers["x-chatstream-last-generated-message-id"]
-            before = read_until(events(r.iter_lines()), 3)
+        message_id, before = left_after(http, a, max_new_tokens=150, deltas=3)
         resumed = resume(http, b, before[-1]["id"])
         assert resumed.status_code == 200
         after = list(events(iter(resumed.text.splitlines())))
@@ -392,14 +406,9 @@ def test_a_cross_node_resume_rides_out_a_redis_stall(
 ) -> None:
     # Redis refuses writes for 2.5 s while node b follows a's turn for a client that left a:
     # the copy and the reader wait, the presence holds, and the reply goes on to its end.
-    mock = {"type": "long", "time_per_token_sec": 0.02}
-    a, b = start_nodes(
-        start_server, redis_server, options={"mock_params": mock}, http={"resume_grace_sec": 1}
-    )
-    body = {"user_input": "a story", "generation_params": {"max_new_tokens": 200}}
+    a, b = story_nodes(start_server, redis_server)
     with httpx.Client(timeout=30) as http:
-        with http.stream("POST", f"{a.base_url}/chat_stream", json=body, headers=SSE) as r:
-            before = read_until(events(r.iter_lines()), 3)
+        _, before = left_after(http, a, max_new_tokens=200, deltas=3)
         with http.stream(
             "GET", f"{b.base_url}/chat_stream", headers={**SSE, "Last-Event-ID": before[-1]["id"]}
         ) as resumed:
