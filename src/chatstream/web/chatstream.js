@@ -26,6 +26,13 @@
       clear: "Clear chat",
       clearShort: "Clear",
       theme: "Dark mode",
+      settings: "Settings",
+      settingsHint: "For this conversation, from its next reply.",
+      temperature: "Temperature",
+      maxTokens: "Longest reply (tokens)",
+      save: "Save",
+      cancel: "Cancel",
+      settingsFailed: "The settings could not be saved.",
       emptyTitle: "How can I help?",
       emptyText: "Send a message to start the conversation.",
       inputLabel: "Message",
@@ -71,6 +78,13 @@
       clear: "会話をクリア",
       clearShort: "クリア",
       theme: "ダークモード",
+      settings: "設定",
+      settingsHint: "この会話の次の応答から適用されます。",
+      temperature: "温度",
+      maxTokens: "応答の最大トークン数",
+      save: "保存",
+      cancel: "キャンセル",
+      settingsFailed: "設定を保存できませんでした。",
       emptyTitle: "何をお手伝いしましょうか?",
       emptyText: "メッセージを送信して会話を始めましょう。",
       inputLabel: "メッセージ",
@@ -144,6 +158,7 @@
     alert: [{ circle: [12, 12, 9] }, "M12 7.5v5.5", "M12 16.5v.01"],
     close: ["M6 6l12 12M18 6L6 18"],
     theme: ["M20 14.5A8 8 0 0 1 9.5 4a8 8 0 1 0 10.5 10.5z"],
+    settings: ["M4 7h10M18 7h2M4 17h4M12 17h8", { circle: [16, 7, 2] }, { circle: [10, 17, 2] }],
   };
 
   function icon(name) {
@@ -210,6 +225,12 @@
   const stopButton = $("stop");
   const clearButton = $("clear");
   const themeButton = $("theme");
+  const settingsButton = $("settings");
+  const settingsDialog = $("settings-dialog");
+  const settingsForm = $("settings-form");
+  const settingsError = $("settings-error");
+  const temperatureInput = $("setting-temperature");
+  const maxTokensInput = $("setting-max-tokens");
   const notice = $("notice");
 
   for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = T[node.dataset.i18n];
@@ -972,6 +993,59 @@
     }
   }
 
+  // ------------------------------------------------------------------ settings
+
+  // The conversation's temperature and reply length, kept by the server in the session
+  // (/get_generation_params, /set_generation_params).
+  async function openSettings() {
+    settingsError.hidden = true;
+    try {
+      const response = await fetch("get_generation_params", {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+      });
+      const body = await readJson(response);
+      const params = (response.ok && body && body.generation_params) || {};
+      temperatureInput.value = params.temperature ?? "";
+      maxTokensInput.value = params.max_new_tokens ?? "";
+    } catch (_) {
+      showNotice("error", T.network);
+      return;
+    }
+    settingsDialog.showModal();
+    temperatureInput.focus();
+  }
+
+  async function saveSettings(event) {
+    event.preventDefault();
+    const save = $("settings-save");
+    const wanted = {};
+    // Sent as typed: the server checks them and names what is wrong.
+    if (temperatureInput.value.trim() !== "") wanted.temperature = Number(temperatureInput.value);
+    if (maxTokensInput.value.trim() !== "") wanted.max_new_tokens = Number(maxTokensInput.value);
+    save.disabled = true;
+    try {
+      const response = await fetch("set_generation_params", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(wanted),
+        credentials: "same-origin",
+      });
+      const body = await readJson(response);
+      if (!response.ok || !body || body.success === false) {
+        settingsError.textContent = (body && body.message) || T.settingsFailed;
+        settingsError.hidden = false;
+        return;
+      }
+      settingsDialog.close();
+    } catch (_) {
+      settingsError.textContent = T.network;
+      settingsError.hidden = false;
+    } finally {
+      save.disabled = false;
+    }
+  }
+
   // ------------------------------------------------------------------ history
 
   // The server keeps the conversation in the session; show it again after a reload.
@@ -1058,6 +1132,9 @@
 
   stopButton.addEventListener("click", stop);
   clearButton.addEventListener("click", clearChat);
+  settingsButton.addEventListener("click", openSettings);
+  $("settings-cancel").addEventListener("click", () => settingsDialog.close());
+  settingsForm.addEventListener("submit", saveSettings);
 
   setBusy(false);
   historyLoaded = loadHistory().then(resumePending);
