@@ -21,7 +21,7 @@ from starlette.types import Scope
 from chatstream.core import ConfigError
 from chatstream.core.roles import ClientRole, ClientRoles
 
-from .session_stores import SessionData
+from .session_stores import SessionData, StoreUnavailable
 from .sessions import Session, get_session
 
 __all__ = [
@@ -301,3 +301,13 @@ class RequestContext:
 
     def allows(self, api_name: str) -> bool:
         return self.role is not None and self.role.allows(api_name)
+
+
+def store_unavailable(error: StoreUnavailable) -> JSONResponse:
+    """The answer to a request that needs the session store while it is unreachable."""
+    return error_response(
+        503,
+        "session_store_unavailable",
+        "the session store cannot be reached; try again shortly",
+        {"Retry-After": str(error.retry_after)},
+    )

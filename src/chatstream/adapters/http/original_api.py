@@ -47,17 +47,12 @@ from .common import (
     error_response,
     forbidden,
     read_json_object,
+    store_unavailable,
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ChatMetrics, RequestTimer
 from .resources import resource_usage
-from .resumable import (
-    StreamJournal,
-    StreamJournals,
-    is_stream_id,
-    parse_event_id,
-    stream_mirror_of,
-)
+from .resumable_routes import ResumableStreams
 from .session_stores import SessionData, StoreUnavailable
 from .sessions import Session, get_session
 from .streaming import EOS, ERROR_MARK, TurnResponse, sse_event
@@ -95,7 +90,7 @@ class HttpApi:
         self.metrics = metrics or ChatMetrics(model_name=lambda: service.model_id)
         self._durations = _RunningMean()
         self._turns = TurnGuard()
-        self._journals = StreamJournals(keep_sec=self.options.resume_keep_sec)
+        self._streams = ResumableStreams(self.options, service.logger)
 
     # ------------------------------------------------------------------ chat
 
@@ -234,144 +229,34 @@ class HttpApi:
                 on_end=on_end,
                 feeders=[hold.keep] if hold is not None and hold.shared else (),
             )
+
+        async def cancelled() -> dict[str, Any]:
+            turn.close()
+            await settle()  # saved before the client hears of it
+            return _done(turn.reply.id, FinishReason.CANCELLED, turn, timer)
+
         # Server-Sent Events are resumable: the turn writes them to a journal that this
         # response, and any request that resumes the stream, reads.
-        owner = context.session.id if context.session is not None else None
-        journal = self._journals.open(turn.reply.id, owner)
-        # With a store that several processes share, any of them can resume it.
-        mirror = stream_mirror_of(context.session.store) if context.session is not None else None
-
-        async def produce() -> None:
-            copier = mirror.copier(journal) if mirror is not None else None
-            try:
-                async with anyio.create_task_group() as copying:
-                    if copier is not None:
-                        copying.start_soon(_copy_journal, cs, copier.run)
-                    try:
-                        await run_turn()
-                    finally:
-                        copying.cancel_scope.cancel()
-            finally:
-                if copier is not None:
-                    # The last events reach the store even when the response is closing.
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(3):
-                        await _copy_journal(cs, copier.finish)
-
-        async def run_turn() -> None:
-            ended = False  # the last event (done or error) is written
-            try:
-                with anyio.CancelScope() as producing:
-                    journal.stop = producing.cancel
-                    async for name, data in self._sse_events(turn, timer, outcome, settle):
-                        journal.append(name, data)
-                        ended = name in ("done", "error")
-            except Exception as error:  # a stream must end with an event
-                cs.logger.exception("a chat stream failed")
-                journal.append("error", {"message": str(error) or "error", "reason": "error"})
-                ended = True
-            finally:
-                if not ended:
-                    # Stopped (or abandoned): the reply so far stays, marked cancelled.
-                    turn.close()
-                    with anyio.CancelScope(shield=True):
-                        await settle()  # saved before the client hears of it
-                    done = _done(turn.reply.id, FinishReason.CANCELLED, turn, timer)
-                    journal.append("done", done)
-                self._journals.close(journal)
-
-        async def remote_readers() -> bool:
-            if mirror is None:
-                return False
-            try:
-                return await mirror.has_readers(journal.stream_id)
-            except StoreUnavailable:
-                return True  # cannot tell now: ask again in a second
-
-        feeders = [produce, *([hold.keep] if hold is not None and hold.shared else [])]
-        grace = self.options.resume_grace_sec
-        return TurnResponse(
-            journal.follow(keepalive=self.options.keepalive_sec),
-            media_type="text/event-stream; charset=utf-8",
-            headers={"X-ChatStream-Last-Generated-Message-Id": turn.reply.id},
+        return self._streams.respond(
+            turn.reply.id,
+            context,
+            self._sse_events(turn, timer, outcome, settle),
+            cancelled,
             on_end=on_end,
-            feeders=feeders,
-            linger=lambda: journal.linger(grace, remote_readers),
+            feeders=[hold.keep] if hold is not None and hold.shared else (),
         )
 
     async def handle_chat_stream_resume_request(self, request: Request) -> Response:
-        """``GET /chat_stream``: the rest of a turn's Server-Sent Events, after the one named
-        by the ``Last-Event-ID`` header (or ``last_event_id`` in the query), or all of them
-        for ``?message_id=`` alone; 204 when the stream had already ended there."""
+        """``GET /chat_stream``: resume a turn's Server-Sent Events
+        (:meth:`.ResumableStreams.resume`)."""
         context = await RequestContext.of(request, self.roles, create_session=False)
         if not context.allows("chat_stream"):
             return forbidden(_session_hint(context))
-        last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        message_id = request.query_params.get("message_id")
-        after = -1
-        if last:
-            try:
-                stream_id, after = parse_event_id(last)
-            except ValueError:
-                return error_response(
-                    400, "invalid_field", "'Last-Event-ID' is not an event id of this server"
-                )
-            if message_id is not None and message_id != stream_id:
-                return error_response(
-                    400, "invalid_field", "'Last-Event-ID' is not an event of 'message_id'"
-                )
-            message_id = stream_id
-        if not message_id:
-            return error_response(
-                400, "missing_message_id", "give 'message_id' or a 'Last-Event-ID' header"
-            )
-        if not is_stream_id(message_id):
-            return _stream_not_found()
-        keepalive = self.options.keepalive_sec
-        journal = self._journal_of(context, message_id)
-        mirror = None
-        if journal is not None:
-            finished, final = journal.finished, len(journal) - 1
-        else:
-            # Not run here: another process that shares the store may run it.
-            mirror = stream_mirror_of(context.session.store) if context.session else None
-            try:
-                mirrored = await mirror.lookup(message_id) if mirror is not None else None
-            except StoreUnavailable as error:
-                return store_unavailable(error)
-            owner = context.session.id if context.session is not None else None
-            if mirror is None or mirrored is None or mirrored.owner not in (None, owner):
-                return _stream_not_found()
-            finished, final = mirrored.finished, mirrored.last
-        if after > final:
-            # No client can have received an event that was never sent.
-            return error_response(
-                400, "invalid_field", "'Last-Event-ID' names an event this stream does not have"
-            )
-        if finished and after >= final:
-            # Nothing more will come: 204 also tells an EventSource not to reconnect.
-            return Response(status_code=204)
-        if journal is not None:
-            chunks = journal.follow(after, keepalive=keepalive)
-        else:
-            assert mirror is not None
-            if not mirror.can_follow():
-                return error_response(
-                    503,
-                    "too_many_resumes",
-                    "this server follows as many streams of other servers as it can; try"
-                    " again shortly",
-                    {"Retry-After": "1"},
-                )
-            chunks = mirror.follow(message_id, after, keepalive=keepalive)
-        return TurnResponse(
-            chunks,
-            media_type="text/event-stream; charset=utf-8",
-            headers={"X-ChatStream-Last-Generated-Message-Id": message_id},
-        )
+        return await self._streams.resume(request, context)
 
     async def handle_chat_stream_stop_request(self, request: Request) -> Response:
-        """``POST /chat_stream/stop`` with ``{"message_id": ...}``: stop a running turn of
-        this session, wherever its client is (its reply so far stays, cancelled)."""
+        """``POST /chat_stream/stop``: stop a running turn of this session
+        (:meth:`.ResumableStreams.stop`)."""
         try:
             body = await read_json_object(request, None, self.options)
         except BadRequest as error:
@@ -379,25 +264,7 @@ class HttpApi:
         context = await RequestContext.of(request, self.roles, create_session=False)
         if not context.allows("chat_stream"):
             return forbidden(_session_hint(context))
-        message_id = body.get("message_id")
-        if not isinstance(message_id, str) or not message_id:
-            return error_response(400, "invalid_field", "'message_id' must be a string")
-        if not is_stream_id(message_id):
-            return _stream_not_found()
-        journal = self._journal_of(context, message_id)
-        if journal is None:
-            return _stream_not_found()
-        stopping = not journal.finished
-        journal.stop()
-        return JSONResponse({"success": True, "message": "success", "stopped": stopping})
-
-    def _journal_of(self, context: RequestContext, message_id: str) -> StreamJournal | None:
-        """The journal of a stream of this caller's (None for another session's)."""
-        journal = self._journals.get(message_id)
-        owner = context.session.id if context.session is not None else None
-        if journal is None or (journal.owner is not None and journal.owner != owner):
-            return None
-        return journal
+        return self._streams.stop(body, context)
 
     def _user_input(self, body: Mapping[str, Any], regenerate: bool) -> str | None:
         user_input = body.get("user_input")
@@ -806,14 +673,6 @@ def configure_http(service: ChatService, options: HttpOptions | None) -> HttpApi
     return api
 
 
-async def _copy_journal(cs: ChatService, copy: Callable[[], Awaitable[None]]) -> None:
-    """Copy a journal to the shared store; an outage stops the copy, never the turn."""
-    try:
-        await copy()
-    except Exception as error:  # the copy is a convenience: it must never stop a turn
-        cs.logger.warning("a stream is no longer copied to the session store: %s", error)
-
-
 #: How long a finished turn tries to save its reply while the store is unreachable (a Redis
 #: restart), holding its conversation's lock so that no later turn overtakes it.
 SAVE_RETRY_SEC = 10.0
@@ -841,15 +700,6 @@ async def _save_reply(
                 cs.logger.warning("a reply could not be saved: %s", error)
                 return
         await anyio.sleep(0.5)
-
-
-def _stream_not_found() -> Response:
-    return error_response(
-        404,
-        "stream_not_found",
-        "no such stream here: it ended a while ago (its reply is in /get_history) or runs on"
-        " another node",
-    )
 
 
 def _done(message_id: str, reason: FinishReason, turn: Turn, timer: RequestTimer) -> dict[str, Any]:
@@ -894,16 +744,6 @@ async def _store_reachable(request: Request) -> bool:
 
 def _busy_clearing() -> Response:
     return error_response(409, "conversation_busy", "a reply is being generated; stop it first")
-
-
-def store_unavailable(error: StoreUnavailable) -> Response:
-    """The answer to a request that needs the session store while it is unreachable."""
-    return error_response(
-        503,
-        "session_store_unavailable",
-        "the session store cannot be reached; try again shortly",
-        {"Retry-After": str(error.retry_after)},
-    )
 
 
 def _not_running() -> Response:
