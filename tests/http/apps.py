@@ -77,8 +77,16 @@ def redis_app() -> Starlette:
 
 def original_style_app() -> Starlette:
     """An app written the way the original's docs wrote them: hand-made routes calling the
-    ``handle_*`` methods, request-body interception and a finish callback."""
+    ``handle_*`` methods, request-body interception and a finish callback; its sessions in
+    Redis when ``CHATSTREAM_TEST_APP`` holds a ``redis_url``."""
     import contextlib
+
+    from chatstream.adapters.http.redis_store import RedisStore
+
+    redis_url = json.loads(os.environ.get("CHATSTREAM_TEST_APP", "{}")).get("redis_url")
+    sessions: dict[str, Any] = {"secret_key": "test secret"}
+    if redis_url:
+        sessions["store"] = RedisStore(redis_url)
 
     chat_stream = _chat_stream()
     finished: list[str] = []
@@ -104,7 +112,7 @@ def original_style_app() -> Starlette:
         ],
         lifespan=lifespan,
     )
-    chat_stream.append_middlewares(app, {"fast_session": {"secret_key": "test secret"}})
+    chat_stream.append_middlewares(app, {"fast_session": sessions})
     chat_stream.append_apis(app, {"exclude": ["chat_stream"]})
     app.state.chat_stream = chat_stream
     return app

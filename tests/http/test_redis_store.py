@@ -219,6 +219,21 @@ def test_a_conversation_continues_on_the_other_node(
         assert http.get(f"{a.base_url}/get_history").json()["messages"] == []
 
 
+def test_an_app_built_the_original_way_shares_the_store(
+    start_server: ServerFactory, redis_server: RedisServer
+) -> None:
+    # ChatStream.append_middlewares(app, {"fast_session": {..., "store": RedisStore(...)}})
+    # beside a create_app node: one conversation across both.
+    app = {"redis_url": redis_server.url}
+    original = start_server(factory="tests.http.apps:original_style_app", app=app)
+    made = start_server(factory="tests.http.apps:redis_app", app=app)
+    with httpx.Client(timeout=30) as http:
+        assert chat(http, original, "hello").status_code == 200
+        assert chat(http, made, "and on").status_code == 200
+        messages = http.get(f"{original.base_url}/get_history").json()["messages"]
+        assert [m["content"] for m in messages if m["role"] == "user"] == ["hello", "and on"]
+
+
 def test_one_turn_at_a_time_across_nodes(
     start_server: ServerFactory, redis_server: RedisServer, client: redis.Redis
 ) -> None:
