@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import logging
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -38,8 +37,6 @@ __all__ = [
     "parse_event_id",
     "stream_mirror_of",
 ]
-
-logger = logging.getLogger("chatstream")
 
 
 def event_id(stream_id: str, index: int) -> str:
