@@ -92,6 +92,16 @@ def test_a_reply_renders_as_markdown(echo_server: Server, open_page: PageFactory
     expect(code.locator("span.hljs-string").first).to_be_visible()
     expect(reply.locator(".code-block .code-lang")).to_have_text("python")
     expect(reply.locator("p").last).to_have_text("Done.")
+    # The highlighter's colours follow the page's theme.
+    keyword = code.locator("span.hljs-keyword").first
+    colour = "k => getComputedStyle(k).color"
+    before = keyword.evaluate(colour)
+    theme = page.locator("html").get_attribute("data-theme")
+    page.get_by_role("button", name="Dark mode").click()
+    expect(page.locator("html")).not_to_have_attribute("data-theme", str(theme))
+    assert keyword.evaluate(colour) != before
+    page.get_by_role("button", name="Dark mode").click()
+    assert keyword.evaluate(colour) == before
     # What the user typed is shown as typed.
     user = page.locator("#messages > .msg.user .text")
     assert user.text_content() == SAMPLE
@@ -233,7 +243,7 @@ def test_a_code_reply_screenshot(
     echo_server: Server, open_page: PageFactory, screenshot: Screenshot
 ) -> None:
     """docs/web-ui-code.png: a question and a reply with a code block, in the light theme."""
-    page = open_page(echo_server, color_scheme="light", viewport={"width": 1000, "height": 720})
+    page = open_page(echo_server, color_scheme="light", viewport={"width": 1000, "height": 780})
     reply = (
         "Read it line by line with a `with` block, so the file is closed even on an error:\n\n"
         "```python\n"
@@ -295,3 +305,43 @@ def test_the_vendored_files_are_served(echo_server: Server) -> None:
         assert response.status_code == 404, name
     traversal = httpx.get(f"{echo_server.base_url}/vendor/marked/LICENSE")
     assert traversal.status_code == 404
+
+
+def test_the_vendored_files_follow_the_script_s_role_and_selection() -> None:
+    from starlette.testclient import TestClient
+
+    from chatstream import ChatStream
+    from chatstream.adapters.starlette import create_app
+
+    name = next(iter(VENDOR))
+    no_script = {
+        "user": {
+            "apis": {
+                "allow": ["chat_stream", "webui_index"],
+                "auth_method": "nothing",
+                "use_session": True,
+            },
+        },
+    }
+    denied = ChatStream(use_mock_response=True, client_roles=no_script)
+    with TestClient(create_app(denied, secret_key="test secret")) as client:
+        assert client.get("/chatstream.js").status_code == 403
+        response = client.get(f"/vendor/{name}")
+        assert response.status_code == 403
+        assert response.json()["detail"] == "Denied on role layer."
+    # An API selection without the script has no vendor route either.
+    chat = ChatStream(use_mock_response=True)
+    app = create_app(chat, apis={"exclude": ["webui_js"]}, secret_key="test secret")
+    with TestClient(app) as client:
+        assert client.get(f"/vendor/{name}").status_code == 404
+    # The original's append_apis gets the route with the script.
+    from starlette.applications import Starlette
+
+    original = ChatStream(use_mock_response=True)
+    plain = Starlette()
+    original.append_apis(plain, {"all": True})
+    original.append_middlewares(plain, {"fast_session": {"secret_key": "test secret"}})
+    with TestClient(plain) as client:
+        response = client.get(f"/vendor/{name}")
+        assert response.status_code == 200
+        assert response.headers["content-type"] == VENDOR[name][1]
