@@ -38,7 +38,7 @@ from .rate_limit import RateLimitMiddleware
 from .request_body import RequestBodyGuard
 from .session_stores import SessionStore
 from .sessions import SessionMiddleware
-from .web_ui import index_page, script
+from .web_ui import index_page, script, vendor
 
 __all__ = [
     "API_PATHS",
@@ -104,7 +104,8 @@ def routes(
     open_metrics: bool = False,
     metrics_token: str | None = None,
 ) -> list[BaseRoute]:
-    """The routes of the chosen APIs (all by default), plus ``/health`` and ``/load``, and with the
+    """The routes of the chosen APIs (all by default), plus ``/health`` and ``/load``; with
+    ``webui_js`` ``/vendor/{name}`` (the page's libraries); with the
     ``openai`` API ``/v1/models``, ``/v1/models/{model}``, ``/tokenize``, ``/detokenize`` and
     ``/version``, ready for ``Starlette(routes=...)`` or ``Mount``.
 
@@ -159,6 +160,10 @@ def routes(
             Route(one, _endpoint(conversations.delete), methods=["DELETE"]),
             Route(f"{one}/select", _endpoint(conversations.select), methods=["POST"]),
         ]
+    if "webui_js" in selected:
+        # The page's vendored libraries (markdown, sanitizer, highlighter), with its script.
+        libraries = _endpoint(lambda request: vendor(request, http.roles))
+        out.append(Route("/vendor/{name}", libraries, methods=["GET"]))
     out.append(Route("/health", http.handle_health_request, methods=["GET"]))
     out.append(Route("/load", http.handle_load_request, methods=["GET"]))
     if "openai" in selected:
