@@ -14,7 +14,7 @@ what such requests saved meanwhile (:meth:`SessionData.merge_turn`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -102,64 +102,46 @@ class ConversationsApi:
 
     async def create(self, request: Request) -> Response:
         """``POST /conversations``: a new conversation, current from now on."""
-        try:
-            body = await read_json_object(request, None, self.http.options)
+
+        async def create(context: RequestContext, body: Mapping[str, Any]) -> str:
             title, system = self._fields(body)
-            context = await self._context(request)
-            if isinstance(context, Response):
-                return context
             data = await context.data_for_writing()
-            if data is None or context.session is None:
-                return error_response(400, "no_session", "conversations need a browser session")
+            if data is None:
+                raise BadRequest(400, "no_session", "conversations need a browser session")
             key = data.new_conversation()
             conversation = data.conversations[key]
             conversation.title = title.value if title is not None else None
             conversation.system = system.value if system is not None else None
-            await context.session.save()
-        except BadRequest as error:
-            return error.response()
-        except StoreUnavailable as error:
-            return store_unavailable(error)
-        return JSONResponse({"success": True, "conversation": _entry(key, conversation)})
+            return key
+
+        return await self._change(request, create)
 
     async def update(self, request: Request) -> Response:
         """``PATCH /conversations/{id}``: its title and system prompt."""
-        try:
-            body = await read_json_object(request, None, self.http.options)
+
+        async def update(context: RequestContext, body: Mapping[str, Any]) -> str:
             title, system = self._fields(body)
-            context = await self._context(request)
-            if isinstance(context, Response):
-                return context
-            key = request.path_params["conversation_id"]
+            key = str(request.path_params["conversation_id"])
             conversation = find_conversation(context.data, key)
             if title is not None:
                 conversation.title = title.value
             if system is not None:
                 conversation.system = system.value
-            assert context.session is not None
-            await context.session.save()
-        except BadRequest as error:
-            return error.response()
-        except StoreUnavailable as error:
-            return store_unavailable(error)
-        return JSONResponse({"success": True, "conversation": _entry(key, conversation)})
+            return key
+
+        return await self._change(request, update)
 
     async def select(self, request: Request) -> Response:
         """``POST /conversations/{id}/select``: make it current."""
-        try:
-            context = await self._context(request)
-            if isinstance(context, Response):
-                return context
-            key = request.path_params["conversation_id"]
-            conversation = find_conversation(context.data, key)
-            assert context.data is not None and context.session is not None
+
+        async def select(context: RequestContext, body: Mapping[str, Any]) -> str:
+            key = str(request.path_params["conversation_id"])
+            find_conversation(context.data, key)
+            assert context.data is not None
             context.data.current_id = key
-            await context.session.save()
-        except BadRequest as error:
-            return error.response()
-        except StoreUnavailable as error:
-            return store_unavailable(error)
-        return JSONResponse({"success": True, "conversation": _entry(key, conversation)})
+            return key
+
+        return await self._change(request, select)
 
     async def delete(self, request: Request) -> Response:
         """``DELETE /conversations/{id}``; 409 while it has a reply streaming."""
@@ -200,11 +182,35 @@ class ConversationsApi:
 
     # ------------------------------------------------------------------ internals
 
-    async def _context(self, request: Request, api_name: str = "conversations") -> Any:
+    async def _context(
+        self, request: Request, api_name: str = "conversations"
+    ) -> RequestContext | Response:
         context = await RequestContext.of(request, self.http.roles, create_session=False)
         if not context.allows(api_name):
             return forbidden()
         return context
+
+    async def _change(
+        self,
+        request: Request,
+        change: Callable[[RequestContext, Mapping[str, Any]], Awaitable[str]],
+    ) -> Response:
+        # A change that cannot race a turn's messages: no lock; a turn that saves later
+        # keeps it (SessionData.merge_turn). Answers the conversation it changed.
+        context = await self._context(request)
+        if isinstance(context, Response):
+            return context
+        try:
+            body = await read_json_object(request, None, self.http.options)
+            key = await change(context, body)
+            assert context.data is not None and context.session is not None
+            await context.session.save()
+        except BadRequest as error:
+            return error.response()
+        except StoreUnavailable as error:
+            return store_unavailable(error)
+        entry = _entry(key, context.data.conversations[key])
+        return JSONResponse({"success": True, "conversation": entry})
 
     async def _locked_change(
         self,
