@@ -133,8 +133,10 @@ def test_start_turn_streams_into_the_reply() -> None:
         content="",
         status=MessageStatus.STREAMING,
         in_reply_to="u1",
+        parent="u1",
+        seq=1,
     )
-    assert conv.messages[0] == Message(id="u1", role=Role.USER, content="hi")
+    assert conv.messages[0] == Message(id="u1", role=Role.USER, content="hi", seq=0)
     conv.append_reply("Hel")
     conv.append_reply("lo")
     assert reply.content == "Hello"
@@ -630,8 +632,10 @@ def test_json_round_trip_is_lossless() -> None:
     conv.set_feedback("u1", is_like=True)
     conv.start_turn("streaming", user_message_id="u4", reply_id="r4")
     conv.append_reply("so f")
+    conv.system = "Be brief."
+    conv.title = "Japanese"
     data = conv.to_json()
-    assert data["version"] == 1
+    assert data["version"] == 2
     restored = round_trip(conv)
     assert restored == conv
     assert restored.to_json() == data
@@ -644,7 +648,13 @@ def test_json_round_trip_is_lossless() -> None:
 
 def test_message_json_leaves_out_empty_fields() -> None:
     message = Message(id="u1", role=Role.USER, content="hi")
-    assert message.to_json() == {"id": "u1", "role": "user", "content": "hi", "status": "complete"}
+    assert message.to_json() == {
+        "id": "u1",
+        "role": "user",
+        "content": "hi",
+        "status": "complete",
+        "seq": 0,
+    }
     full = Message(
         id="r1",
         role=Role.ASSISTANT,
@@ -653,12 +663,16 @@ def test_message_json_leaves_out_empty_fields() -> None:
         finish_reason="cancelled",
         in_reply_to="u1",
         feedback=Feedback(is_like=True, data=None),
+        parent="u1",
+        seq=4,
     )
     assert full.to_json() == {
         "id": "r1",
         "role": "assistant",
         "content": "yo",
         "status": "cancelled",
+        "seq": 4,
+        "parent": "u1",
         "finish_reason": "cancelled",
         "in_reply_to": "u1",
         "feedback": {"is_like": True, "data": None},
@@ -685,7 +699,7 @@ def test_from_json_without_archive() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        {"version": 2, "messages": []},
+        {"version": 3, "messages": []},
         {"version": "1", "messages": []},
         {"version": 0, "messages": []},
         {"messages": []},
@@ -758,16 +772,15 @@ ENCODERS: dict[str, Encode] = {"bytes": byte_tokens, "bpe": bpe_tokens}
 
 
 class ConversationMachine(RuleBasedStateMachine):
-    """Random turns, regenerates, cancels, clears and feedback against a simple model.
-
-    The model is a list of ``[user text, reply text, finish reason or None]`` per turn.
-    """
+    """Random turns, regenerates, edits, switches of versions, trims, cancels, clears and
+    feedback against a simple model: every message as ``[parent id, role, text, finish
+    reason]`` in the order they were made, and the ids of the current path."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = Conversation()
-        self.turns: list[list[Any]] = []
-        self.archived_ids: list[str] = []
+        self.nodes: dict[str, list[Any]] = {}
+        self.path: list[str] = []
         self.next_id = 0
 
     def new_id(self) -> str:
@@ -776,6 +789,24 @@ class ConversationMachine(RuleBasedStateMachine):
 
     def known_ids(self) -> list[str]:
         return [m.id for m in [*self.conv.messages, *self.conv.archived]]
+
+    @property
+    def turns(self) -> list[list[Any]]:
+        """``[user text, reply text, finish reason]`` per exchange on the path."""
+        return [
+            [self.nodes[user][2], self.nodes[reply][2], self.nodes[reply][3]]
+            for user, reply in zip(self.path[::2], self.path[1::2], strict=True)
+        ]
+
+    def branch(self, message_id: str) -> list[str]:
+        ids = [message_id]
+        while self.nodes[ids[-1]][0] is not None:
+            ids.append(self.nodes[ids[-1]][0])
+        return ids[::-1]
+
+    def add_turn(self, text: str, parent: str | None, user_id: str, reply_id: str) -> None:
+        self.nodes[user_id] = [parent, Role.USER, text, None]
+        self.nodes[reply_id] = [user_id, Role.ASSISTANT, "", None]
 
     # -- operations
 
@@ -788,7 +819,8 @@ class ConversationMachine(RuleBasedStateMachine):
             return
         reply = self.conv.start_turn(text, user_message_id=user_id, reply_id=reply_id)
         assert (reply.id, reply.in_reply_to, reply.content) == (reply_id, user_id, "")
-        self.turns.append([text, "", None])
+        self.add_turn(text, self.path[-1] if self.path else None, user_id, reply_id)
+        self.path += [user_id, reply_id]
 
     @rule()
     def regenerate(self) -> None:
@@ -797,28 +829,106 @@ class ConversationMachine(RuleBasedStateMachine):
             with pytest.raises(TurnInFlightError):
                 self.conv.start_regenerate(reply_id=reply_id)
             return
-        if not self.turns:
+        if not self.path:
             with pytest.raises(NothingToRegenerateError):
                 self.conv.start_regenerate(reply_id=reply_id)
             return
-        old = self.conv.messages[-1]
         reply = self.conv.start_regenerate(reply_id=reply_id)
-        assert reply.in_reply_to == self.conv.messages[-2].id
-        assert self.conv.archived[-1] is old
-        self.archived_ids.append(old.id)
-        self.turns[-1][1:] = ["", None]
+        assert reply.in_reply_to == self.path[-2]
+        self.nodes[reply_id] = [self.path[-2], Role.ASSISTANT, "", None]
+        self.path[-1] = reply_id
+
+    @precondition(lambda self: bool(self.path))
+    @rule(data=st.data(), text=TEXT)
+    def edit(self, data: st.DataObject, text: str) -> None:
+        target = data.draw(st.sampled_from(self.known_ids()))
+        user_id, reply_id = self.new_id(), self.new_id()
+        if self.conv.in_flight:
+            with pytest.raises(TurnInFlightError):
+                self.conv.start_edit(target, text, user_message_id=user_id, reply_id=reply_id)
+            return
+        if target not in self.path or self.nodes[target][1] is not Role.USER:
+            before = self.conv.to_json()
+            with pytest.raises(UnknownMessageError):
+                self.conv.start_edit(target, text, user_message_id=user_id, reply_id=reply_id)
+            assert self.conv.to_json() == before
+            return
+        self.conv.start_edit(target, text, user_message_id=user_id, reply_id=reply_id)
+        self.add_turn(text, self.nodes[target][0], user_id, reply_id)
+        self.path = [*self.path[: self.path.index(target)], user_id, reply_id]
+        assert target in [m.id for m in self.conv.versions(user_id)]
+
+    @precondition(lambda self: bool(self.path))
+    @rule(data=st.data())
+    def switch(self, data: st.DataObject) -> None:
+        target = data.draw(st.sampled_from(self.known_ids()))
+        if self.conv.in_flight:
+            with pytest.raises(TurnInFlightError):
+                self.conv.switch_to(target)
+            return
+        self.conv.switch_to(target)
+        if target not in self.path:
+            path = self.branch(target)
+            while below := [k for k, node in self.nodes.items() if node[0] == path[-1]]:
+                path.append(below[-1])  # the newest version
+            self.path = path
+        assert target in [m.id for m in self.conv.messages]
+
+    @precondition(lambda self: bool(self.path))
+    @rule(data=st.data())
+    def versions(self, data: st.DataObject) -> None:
+        target = data.draw(st.sampled_from(self.known_ids()))
+        expected = [k for k, node in self.nodes.items() if node[0] == self.nodes[target][0]]
+        assert [m.id for m in self.conv.versions(target)] == expected
+
+    @rule(limit=st.integers(1, 4))
+    def trim(self, limit: int) -> None:
+        before = list(self.path)
+        self.conv.trim(limit)
+        path = [m.id for m in self.conv.messages]
+        if self.conv.in_flight or len(before) <= limit:
+            assert path == before
+        else:
+            # Whole exchanges from the oldest, never the newest.
+            assert path == before[len(before) - len(path) :]
+            assert len(path) % 2 == 0 and path
+            assert len(path) <= limit or len(path) == 2
+            assert self.conv.messages[0].parent is None
+        assert len(self.conv.archived) <= max(limit, len(self.nodes) - len(self.path))
+        if not self.conv.in_flight:
+            assert len(self.conv.archived) <= limit
+        # Update the model: what is kept is unchanged, its first message is now a root.
+        kept = set(self.known_ids())
+        self.nodes = {k: node for k, node in self.nodes.items() if k in kept}
+        if path:
+            self.nodes[path[0]][0] = None
+        self.path = path
 
     @precondition(lambda self: self.conv.in_flight)
     @rule(text=TEXT)
     def stream(self, text: str) -> None:
         self.conv.append_reply(text)
-        self.turns[-1][1] += text
+        self.nodes[self.path[-1]][2] += text
 
     @precondition(lambda self: self.conv.in_flight)
     @rule(reason=FINISH)
     def finish(self, reason: str) -> None:
         self.conv.finish_reply(reason)
-        self.turns[-1][2] = reason
+        self.nodes[self.path[-1]][3] = reason
+
+    @precondition(lambda self: self.conv.in_flight)
+    @rule()
+    def abort(self) -> None:
+        reply_id = self.path[-1]
+        self.conv.abort_turn()
+        # As before the turn: the model remembers nothing of how it began, so undo by the
+        # ids: the reply goes, and so does its user message if the turn added one.
+        user_id = self.nodes.pop(reply_id)[0]
+        added_user = user_id not in [m.id for m in self.conv.messages]
+        if added_user:
+            del self.nodes[user_id]
+        self.path = [m.id for m in self.conv.messages]
+        assert set(self.path) <= set(self.nodes)
 
     @rule()
     def clear(self) -> None:
@@ -827,8 +937,8 @@ class ConversationMachine(RuleBasedStateMachine):
                 self.conv.clear()
             return
         self.conv.clear()
-        self.turns.clear()
-        self.archived_ids.clear()
+        self.nodes.clear()
+        self.path.clear()
 
     @precondition(lambda self: bool(self.conv.messages))
     @rule(data=st.data(), is_like=st.booleans(), payload=JSON_DATA)
@@ -843,13 +953,7 @@ class ConversationMachine(RuleBasedStateMachine):
     def history(self, data: st.DataObject) -> None:
         message_id = data.draw(st.sampled_from(self.known_ids()))
         history = self.conv.history_until(message_id)
-        assert history[-1].id == message_id
-        if message_id in self.archived_ids:
-            *before, _ = history
-            assert before[-1].id == history[-1].in_reply_to
-            assert before == self.conv.messages[: len(before)]
-        else:
-            assert history == self.conv.messages[: len(history)]
+        assert [m.id for m in history] == self.branch(message_id)
 
     @precondition(lambda self: bool(self.conv.messages) and not self.conv.in_flight)
     @rule(data=st.data())
@@ -860,6 +964,8 @@ class ConversationMachine(RuleBasedStateMachine):
             self.conv.start_turn("x", user_message_id=self.new_id(), reply_id=taken)
         with pytest.raises(LocalProtocolError, match="must be new"):
             self.conv.start_regenerate(reply_id=taken)
+        with pytest.raises(LocalProtocolError, match="must be new"):
+            self.conv.start_edit(self.path[0], "x", user_message_id=taken, reply_id="new")
         assert self.conv.to_json() == before
 
     @rule(prompt=st.sampled_from(sorted(PROMPTS)), encoder=st.sampled_from(sorted(ENCODERS)))
@@ -907,21 +1013,21 @@ class ConversationMachine(RuleBasedStateMachine):
     def ids_are_unique(self) -> None:
         ids = self.known_ids()
         assert len(ids) == len(set(ids))
-        assert [m.id for m in self.conv.archived] == self.archived_ids
+        assert len({m.seq for m in [*self.conv.messages, *self.conv.archived]}) == len(ids)
 
     @invariant()
-    def history_matches_the_model(self) -> None:
-        messages = self.conv.messages
-        assert len(messages) == 2 * len(self.turns)
-        for (user_text, reply_text, reason), user, reply in zip(
-            self.turns, messages[::2], messages[1::2], strict=True
-        ):
-            assert (user.role, user.content) == (Role.USER, user_text)
-            assert (reply.role, reply.content) == (Role.ASSISTANT, reply_text)
-            assert reply.in_reply_to == user.id
-            assert reply.finish_reason == reason
-        user_ids = {m.id for m in messages if m.role is Role.USER}
-        assert all(m.in_reply_to in user_ids for m in self.conv.archived)
+    def tree_matches_the_model(self) -> None:
+        assert [m.id for m in self.conv.messages] == self.path
+        # Off the path: everything else, in the order it was made.
+        assert [m.id for m in self.conv.archived] == [k for k in self.nodes if k not in self.path]
+        for message in [*self.conv.messages, *self.conv.archived]:
+            parent, role, text, reason = self.nodes[message.id]
+            assert (message.parent, message.role, message.content) == (parent, role, text)
+            assert message.finish_reason == reason
+            if role is Role.ASSISTANT:
+                assert message.in_reply_to == parent
+        for user, reply in zip(self.conv.messages[::2], self.conv.messages[1::2], strict=True):
+            assert (user.role, reply.role, reply.parent) == (Role.USER, Role.ASSISTANT, user.id)
 
     @invariant()
     def json_round_trip_is_equal(self) -> None:
@@ -931,9 +1037,180 @@ class ConversationMachine(RuleBasedStateMachine):
 
 
 ConversationMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=30, deadline=None
+    max_examples=150, stateful_step_count=40, deadline=None
 )
 TestConversationMachine = ConversationMachine.TestCase
+
+
+# -- versions: edit, regenerate, switch ------------------------------------------------------
+
+
+def branching() -> Conversation:
+    """u1 r1 u2 r2, then u2 edited (u2b r2b), then r2b regenerated (r2c)."""
+    conv = Conversation()
+    turn(conv, 1, "a", "b")
+    turn(conv, 2, "c", "d")
+    conv.start_edit("u2", "c again", user_message_id="u2b", reply_id="r2b")
+    conv.append_reply("e")
+    conv.finish_reply("stop")
+    conv.start_regenerate(reply_id="r2c")
+    conv.append_reply("f")
+    conv.finish_reply("stop")
+    return conv
+
+
+def ids(messages: Sequence[Message]) -> list[str]:
+    return [m.id for m in messages]
+
+
+def test_edit_branches_the_conversation() -> None:
+    conv = branching()
+    assert ids(conv.messages) == ["u1", "r1", "u2b", "r2c"]
+    assert ids(conv.archived) == ["u2", "r2", "r2b"]
+    assert conv.find("u2b").parent == "r1"
+    assert ids(conv.versions("u2b")) == ids(conv.versions("u2")) == ["u2", "u2b"]
+    assert ids(conv.versions("r2c")) == ["r2b", "r2c"]
+    assert ids(conv.versions("u1")) == ["u1"]
+    # The model sees the current path only.
+    conv.start_turn("g", user_message_id="u3", reply_id="r3")
+    rendered = conv.render(RedPajama, encode=byte_tokens, budget=BIG)
+    assert rendered.text == red_pajama_text([("a", "b"), ("c again", "f")], "g")
+
+
+def test_switch_brings_back_a_branch_with_its_newest_versions() -> None:
+    conv = branching()
+    conv.switch_to("u2")
+    assert ids(conv.messages) == ["u1", "r1", "u2", "r2"]
+    assert ids(conv.archived) == ["u2b", "r2b", "r2c"]
+    conv.switch_to("r2")  # on the path: nothing changes
+    assert ids(conv.messages) == ["u1", "r1", "u2", "r2"]
+    # Back to the edit: below it, the newest reply.
+    conv.switch_to("u2b")
+    assert ids(conv.messages) == ["u1", "r1", "u2b", "r2c"]
+    conv.switch_to("r2b")
+    assert ids(conv.messages) == ["u1", "r1", "u2b", "r2b"]
+    assert conv.history_until("r2") == [conv.find(i) for i in ("u1", "r1", "u2", "r2")]
+    with pytest.raises(UnknownMessageError):
+        conv.switch_to("nope")
+    conv.start_turn("h", user_message_id="u3", reply_id="r3")
+    with pytest.raises(TurnInFlightError):
+        conv.switch_to("u2")
+
+
+def test_edit_refuses_what_is_not_a_user_message_on_the_path() -> None:
+    conv = branching()
+    before = conv.to_json()
+    for target in ("r1", "u2", "nope"):
+        with pytest.raises(UnknownMessageError, match="on the current path"):
+            conv.start_edit(target, "x", user_message_id="n1", reply_id="n2")
+    assert conv.to_json() == before
+
+
+def test_an_aborted_edit_puts_the_branch_back() -> None:
+    conv = branching()
+    conv.set_feedback("r2c", is_like=True)
+    before = conv.to_json()
+    conv.start_edit("u1", "first again", user_message_id="u1b", reply_id="r1b")
+    assert ids(conv.messages) == ["u1b", "r1b"]
+    assert ids(conv.versions("u1b")) == ["u1", "u1b"]
+    conv.abort_turn()
+    assert conv.to_json() == before
+
+
+def test_trim_drops_the_branches_of_dropped_exchanges() -> None:
+    conv = branching()
+    turn(conv, 3, "i", "j")
+    conv.start_edit("u1", "a2", user_message_id="u1b", reply_id="r1b")
+    conv.finish_reply("stop")
+    conv.switch_to("r3")
+    assert ids(conv.messages) == ["u1", "r1", "u2b", "r2c", "u3", "r3"]
+    conv.trim(4)
+    # u1 r1 went, with the other version of u1 (u1b r1b); what grew below u2b stays.
+    assert ids(conv.messages) == ["u2b", "r2c", "u3", "r3"]
+    assert ids(conv.archived) == ["r2b"]
+    assert conv.messages[0].parent is None
+    assert ids(conv.versions("u2b")) == ["u2b"]
+    assert round_trip(conv) == conv
+
+
+def test_trim_bounds_the_versions_kept_off_the_path() -> None:
+    conv = Conversation()
+    turn(conv, 1, "a", "b")
+    for n in range(5):
+        conv.start_edit(conv.messages[0].id, f"v{n}", user_message_id=f"e{n}", reply_id=f"x{n}")
+        conv.finish_reply("stop")
+    assert len(conv.archived) == 10
+    conv.trim(4)
+    # The oldest branches go whole: a user message with its reply.
+    assert ids(conv.archived) == ["e2", "x2", "e3", "x3"]
+    assert ids(conv.messages) == ["e4", "x4"]
+    # The newest exchange stays, even over the limit; a turn in flight is left alone.
+    conv.trim(1)
+    assert ids(conv.messages) == ["e4", "x4"]
+    conv.start_regenerate(reply_id="y")
+    before = conv.to_json()
+    conv.trim(1)
+    assert conv.to_json() == before
+
+
+def test_drop_oldest_everything() -> None:
+    conv = branching()
+    conv.drop_oldest(len(conv.messages))
+    assert conv == Conversation()
+
+
+def test_a_conversation_system_text_replaces_the_prompt_class_one() -> None:
+    conv = chat(("a", "b"), current="c")
+    conv.system = "Answer in French.\n"
+    rendered = conv.render(SystemFewShot, encode=byte_tokens, budget=BIG)
+    assert rendered.text.startswith("Answer in French.\n" + FEW_SHOT)
+    assert SYSTEM not in rendered.text
+    assert (conv.render_history(SystemFewShot) or "").startswith("Answer in French.\n")
+
+
+def test_default_title() -> None:
+    conv = Conversation()
+    assert conv.default_title() == ""
+    turn(conv, 1, "  Plan a trip\nto Kyoto  ", "ok")
+    assert conv.default_title() == "Plan a trip"
+    conv.start_edit("u1", "x" * 100, user_message_id="u1b", reply_id="r1b")
+    assert conv.default_title() == "x" * 79 + "…"
+    conv.title = "Kyoto"
+    assert conv.default_title() == "Kyoto"
+
+
+def test_version_1_json_becomes_a_tree() -> None:
+    conv = Conversation.from_json(
+        {
+            "version": 1,
+            "messages": [
+                {"id": "u1", "role": "user", "content": "a"},
+                {"id": "r1", "role": "assistant", "content": "b", "in_reply_to": "u1"},
+                {"id": "u2", "role": "user", "content": "c"},
+                {"id": "r2b", "role": "assistant", "content": "d2", "in_reply_to": "u2"},
+            ],
+            "archived": [{"id": "r2", "role": "assistant", "content": "d", "in_reply_to": "u2"}],
+        }
+    )
+    assert [m.parent for m in conv.messages] == [None, "u1", "r1", "u2"]
+    assert ids(conv.versions("r2b")) == ["r2", "r2b"]
+    conv.switch_to("r2")
+    assert ids(conv.messages) == ["u1", "r1", "u2", "r2"]
+    assert round_trip(conv) == conv
+
+
+def test_a_parent_cycle_from_a_store_is_an_error() -> None:
+    conv = Conversation.from_json(
+        {
+            "version": 2,
+            "messages": [
+                {"id": "u1", "role": "user", "content": "a", "parent": "r1", "seq": 0},
+                {"id": "r1", "role": "assistant", "content": "b", "parent": "u1", "seq": 1},
+            ],
+        }
+    )
+    with pytest.raises(LocalProtocolError, match="lost its place"):
+        conv.history_until("r1")
 
 
 def test_abort_turn_restores_the_history_before_the_turn() -> None:
