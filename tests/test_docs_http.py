@@ -164,6 +164,7 @@ def test_every_endpoint_is_in_the_table_with_its_default_access() -> None:
     ]
     endpoints += [
         ("/chat_stream/stop", "POST", "chat_stream"),
+        ("/vendor/{name}", "GET", "webui_js"),
         ("/v1/models", "GET", "openai"),
         ("/v1/models/{model}", "GET", "openai"),
         ("/v1/completions", "POST", "openai"),

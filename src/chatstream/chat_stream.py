@@ -310,13 +310,18 @@ class ChatStream(HttpMethods):
         user_input: str | None,
         *,
         regenerate: bool = False,
+        edit_message_id: str | None = None,
         generation_params: Mapping[str, object] | None = None,
     ) -> Turn:
         """Start a turn and submit it; return once the engine has admitted or queued it.
 
+        With ``edit_message_id`` (a user message on the current path), ``user_input`` is a
+        new version of that message: the conversation branches there.
+
         Raises:
             TurnInFlightError: the conversation already has a turn running (409).
             NothingToRegenerateError: regenerate with no user message (400).
+            UnknownMessageError: ``edit_message_id`` is no user message on the path (404).
             ConfigError: invalid generation parameters (400).
             PromptTooLongError: the turn does not fit the context (400).
             RequestRejected: queue full (429), draining or model gone (503).
@@ -329,7 +334,12 @@ class ChatStream(HttpMethods):
             if user_input is None:
                 raise ConfigError("user_input", "is required unless regenerating")
             _check_text("user_input", user_input)
-            conversation.start_turn(user_input, user_message_id=_new_id(), reply_id=_new_id())
+            if edit_message_id is not None:
+                conversation.start_edit(
+                    edit_message_id, user_input, user_message_id=_new_id(), reply_id=_new_id()
+                )
+            else:
+                conversation.start_turn(user_input, user_message_id=_new_id(), reply_id=_new_id())
         try:
             prompt = await anyio.to_thread.run_sync(self._render, conversation)
             handle = driver.submit(

@@ -115,6 +115,12 @@ class HttpMethods:
 
         return await script(request, self.roles)
 
+    async def vendor(self: ChatService, request: Any, response: Any = None) -> Any:
+        """A vendored library of the web UI, for a hand-written ``/vendor/{name}`` route."""
+        from .adapters.http.web_ui import vendor
+
+        return await vendor(request, self.roles)
+
 
 def _api(service: ChatService) -> HttpApi:
     from .adapters.http.original_api import http_api_of

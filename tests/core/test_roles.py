@@ -89,6 +89,7 @@ def test_default_roles_let_the_web_ui_work() -> None:
         "webui_js",
         "openai",
         "get_history",
+        "conversations",
     }
     for api in ("webui_index", "webui_js", "chat_stream", "openai", "get_load", "get_history"):
         assert user_role.allows(api)
@@ -135,7 +136,7 @@ def test_api_and_auth_names() -> None:
         "webui_index",
         "webui_js",
     )
-    assert set(API_NAMES[10:]) == {"openai", "metrics", "dev_tool", "get_history"}
+    assert set(API_NAMES[10:]) == {"openai", "metrics", "dev_tool", "get_history", "conversations"}
     assert len(set(API_NAMES)) == len(API_NAMES)
     assert "health" not in API_NAMES
     assert AUTH_METHODS == (

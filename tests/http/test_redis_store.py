@@ -64,7 +64,7 @@ async def test_sessions_round_trip_as_versioned_json_with_an_expiry(
     loaded = await store.load("a")
     assert loaded is not None and loaded.to_json() == data.to_json()
     assert loaded is not data
-    assert json.loads(client.get("chatstream:session:a") or b"")["version"] == 1
+    assert json.loads(client.get("chatstream:session:a") or b"")["version"] == 2
     assert 590 <= client.ttl("chatstream:session:a") <= 600
     # No reply yet: a shorter life, so that a flood of new sessions leaves little behind.
     await store.save("b", SessionData(generation_params={"top_k": 3}))

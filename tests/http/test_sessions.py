@@ -1035,7 +1035,7 @@ def ids(messages: list[Message]) -> list[str]:
         (4, ["u1", "a1", "u2", "a2"]),
         (3, ["u2", "a2"]),
         (2, ["u2", "a2"]),
-        (1, []),
+        (1, ["u2", "a2"]),  # never the newest exchange
     ],
 )
 async def test_history_is_trimmed_in_whole_pairs(limit: int | None, kept: list[str]) -> None:

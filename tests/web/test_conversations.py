@@ -22,6 +22,7 @@ from playwright.sync_api import Dialog, Page, expect  # noqa: E402
 
 from .test_web_ui import (  # noqa: E402
     Screenshot,
+    expect_reply_text,
     last_reply,
     reply_longer_than,
     send,
@@ -36,7 +37,7 @@ def shown(page: Page) -> list[list[str]]:
     """The messages on the page: [role, text] each."""
     result: list[list[str]] = page.eval_on_selector_all(
         "#messages > .msg",
-        "nodes => nodes.map(n => [n.dataset.role, n.querySelector('.text').textContent])",
+        "nodes => nodes.map(n => [n.dataset.role, n.querySelector('.text').dataset.source])",
     )
     return result
 
@@ -123,7 +124,7 @@ def test_new_chat_has_its_own_history_and_switching_back_shows_the_first(
         send(page, "And then?")
     assert turn.value.post_data_json == {"user_input": "And then?", "conversation_id": first}
     wait_replies(page, 2)
-    expect(last_reply(page).locator(".text")).to_have_text(ROUND_EN[1])
+    expect_reply_text(last_reply(page), ROUND_EN[1])
     expect(page.locator(ITEMS)).to_have_text(["First chat", "Second chat"])
     assert history_of(page, second) == [["user", "Second chat"], ["assistant", ROUND_EN[0]]]
 

@@ -98,7 +98,7 @@ def story_server() -> Iterator[Server]:
 def shown_messages(page: Page) -> list[list[str]]:
     return page.eval_on_selector_all(  # type: ignore[no-any-return]
         "#messages > .msg",
-        "nodes => nodes.map(n => [n.dataset.role, n.querySelector('.text').textContent])",
+        "nodes => nodes.map(n => [n.dataset.role, n.querySelector('.text').dataset.source])",
     )
 
 
@@ -116,7 +116,7 @@ def test_a_network_drop_mid_reply_resumes_with_the_missing_events(
         expect(page.locator("body")).to_have_attribute("data-state", "idle")
         history = server_history(page)
         assert history is not None and history[-1]["status"] == "complete"
-        shown = reply.locator(".text").text_content() or ""
+        shown = reply.locator(".text").get_attribute("data-source") or ""
         assert shown == history[-1]["content"] == LONG_EN  # nothing lost, nothing twice
         assert shown.startswith(before)
         # It came back with the id of the last event it had, and no notice says it was lost.

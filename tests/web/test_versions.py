@@ -20,7 +20,14 @@ pytest.importorskip("playwright.sync_api", reason="the web UI tests need `pip in
 
 from playwright.sync_api import Page, expect  # noqa: E402
 
-from .test_web_ui import Screenshot, last_reply, send, server_history, wait_replies  # noqa: E402
+from .test_web_ui import (  # noqa: E402
+    Screenshot,
+    expect_reply_text,
+    last_reply,
+    send,
+    server_history,
+    wait_replies,
+)
 
 USERS = "#messages > .msg.user"
 REPLIES = "#messages > .msg.assistant"
@@ -33,7 +40,7 @@ def on_page(page: Page) -> list[dict[str, Any]]:
         """nodes => nodes.map(n => ({
             id: n.dataset.messageId || null,
             role: n.dataset.role,
-            content: n.querySelector('.text').textContent,
+            content: n.querySelector('.text').dataset.source,
         }))""",
     )
     return result
@@ -118,7 +125,7 @@ def test_editing_a_message_makes_a_new_version(
     expect(user.locator(".text")).to_have_text("What is HTTP?\nBriefly.")
     new_reply = last_reply(page).get_attribute("data-message-id")
     assert new_reply and new_reply != old_reply
-    expect(last_reply(page).locator(".text")).to_have_text(ROUND_EN[1])
+    expect_reply_text(last_reply(page), ROUND_EN[1])
     expect_versions(user, "2 / 2")
     expect(versions(last_reply(page))).to_have_count(0)  # the reply has no other version
     expect(versions(page.locator(USERS).first)).to_have_count(0)

@@ -51,15 +51,33 @@ def wait_replies(page: Page, count: int) -> None:
 
 
 def reply_longer_than(page: Page, length: int) -> str:
-    """Wait until the last reply's text is longer than ``length``; return the text seen then."""
+    """Wait until the last reply's text (its markdown source) is longer than ``length``; return
+    the text seen then."""
     handle = page.wait_for_function(
         """([selector, length]) => {
-            const node = document.querySelector(selector);
-            return node && node.textContent.length > length ? node.textContent : false;
+            const source = document.querySelector(selector)?.dataset.source || "";
+            return source.length > length ? source : false;
         }""",
         arg=[LAST_REPLY_TEXT, length],
     )
     return str(handle.json_value())
+
+
+def reply_source(reply: Any) -> str:
+    """The text of a reply as the model wrote it (markdown), kept beside its rendering."""
+    return str(reply.locator(".text").get_attribute("data-source"))
+
+
+def expect_reply_text(reply: Any, text: str) -> None:
+    """The reply's source is ``text``, and the page shows it (the mock's "1. ..." lines render
+    as ordered lists; their items read as the line without its number)."""
+    expect(reply.locator(".text")).to_have_attribute("data-source", text)
+    number, _, item = text.partition(". ")
+    if number.isdigit():
+        expect(reply.locator(".text > ol > li")).to_have_text(item)
+        assert reply.locator(".text > ol").evaluate("ol => ol.start") == int(number)
+    else:
+        expect(reply.locator(".text")).to_have_text(text)
 
 
 def server_history(page: Page) -> list[dict[str, Any]] | None:
@@ -104,7 +122,7 @@ def test_streamed_reply_appears_progressively(
     assert full.startswith(second) and len(second) > len(first)
     wait_replies(page, 1)
     reply = last_reply(page)
-    expect(reply.locator(".text")).to_have_text(full)
+    expect_reply_text(reply, full)
     assert len(reply.get_attribute("data-message-id") or "") == 32
     expect(page.locator("#stop")).to_be_hidden()
     expect(page.locator("#send")).to_be_visible()
@@ -178,10 +196,10 @@ def test_stop_keeps_the_partial_reply(
     reply = page.locator("#messages > .msg.assistant").first
     expect(reply).to_have_attribute("data-status", "cancelled")
     expect(reply.locator(".note")).to_have_text("Stopped")
-    stopped = reply.locator(".text").text_content() or ""
+    stopped = reply_source(reply)
     assert stopped.startswith(seen) and len(stopped) < len(LONG_EN)
     page.wait_for_timeout(300)
-    assert reply.locator(".text").text_content() == stopped  # nothing more arrives
+    assert reply_source(reply) == stopped  # nothing more arrives
     screenshot(page, "stopped")
     wait_idle(busy_server)  # the server cancelled the turn and freed the slot
     history = server_history(page)
@@ -196,7 +214,7 @@ def test_stop_keeps_the_partial_reply(
     page.keyboard.press("Escape")  # Escape in the composer stops too
     expect(last_reply(page)).to_have_attribute("data-status", "cancelled")
     first = page.locator("#messages > .msg.assistant").first
-    expect(first.locator(".text")).to_have_text(stopped)
+    expect(first.locator(".text")).to_have_attribute("data-source", stopped)
     wait_idle(busy_server)
 
 
@@ -213,7 +231,7 @@ def test_regenerate_replaces_the_last_reply(asyncio_server: Server, open_page: P
     wait_replies(page, 1)
     expect(page.locator("#messages > .msg.assistant")).to_have_count(1)
     expect(page.locator("#messages > .msg.user")).to_have_count(1)
-    expect(last_reply(page).locator(".text")).to_have_text(ROUND_EN[0])
+    expect_reply_text(last_reply(page), ROUND_EN[0])
     new_id = last_reply(page).get_attribute("data-message-id")
     history = server_history(page)
     if history is not None:
@@ -238,7 +256,7 @@ def test_clear_empties_the_chat_and_the_server_history(
     # The next turn is the first of a new conversation.
     send(page, "Hello again")
     wait_replies(page, 1)
-    expect(last_reply(page).locator(".text")).to_have_text(ROUND_EN[0])
+    expect_reply_text(last_reply(page), ROUND_EN[0])
 
 
 def test_like_and_dislike_send_feedback(
@@ -434,6 +452,7 @@ def test_user_and_model_text_are_not_html(asyncio_server: Server, open_page: Pag
     send(page, "and you?")
     wait_replies(page, 2)
     expect(last_reply(page).locator(".text")).to_have_text(model_attack)
+    expect(last_reply(page).locator(".text")).to_have_attribute("data-source", model_attack)
     assert page.locator("#messages img, #messages script, #messages b").count() == 0
     page.unroute("**/chat_stream")
     # The history shown after a reload is text too.
@@ -458,7 +477,7 @@ def test_history_is_kept_across_reloads(asyncio_server: Server, open_page: PageF
     wait_replies(page, 2)
     shown = page.eval_on_selector_all(
         "#messages > .msg",
-        "nodes => nodes.map(n => [n.dataset.role, n.querySelector('.text').textContent])",
+        "nodes => nodes.map(n => [n.dataset.role, n.querySelector('.text').dataset.source])",
     )
     reply_ids = page.eval_on_selector_all(
         "#messages > .msg.assistant", "nodes => nodes.map(n => n.dataset.messageId)"
@@ -470,7 +489,7 @@ def test_history_is_kept_across_reloads(asyncio_server: Server, open_page: PageF
     expect(page.locator("body")).to_have_attribute("data-history", "loaded")
     assert page.eval_on_selector_all(
         "#messages > .msg",
-        "nodes => nodes.map(n => [n.dataset.role, n.querySelector('.text').textContent])",
+        "nodes => nodes.map(n => [n.dataset.role, n.querySelector('.text').dataset.source])",
     ) == [
         ["user", "First question"],
         ["assistant", ROUND_EN[0]],
@@ -479,7 +498,7 @@ def test_history_is_kept_across_reloads(asyncio_server: Server, open_page: PageF
     ]
     assert shown == page.eval_on_selector_all(
         "#messages > .msg",
-        "nodes => nodes.map(n => [n.dataset.role, n.querySelector('.text').textContent])",
+        "nodes => nodes.map(n => [n.dataset.role, n.querySelector('.text').dataset.source])",
     )
     assert reply_ids == page.eval_on_selector_all(
         "#messages > .msg.assistant", "nodes => nodes.map(n => n.dataset.messageId)"
@@ -491,7 +510,7 @@ def test_history_is_kept_across_reloads(asyncio_server: Server, open_page: PageF
     # The conversation goes on where it was: the third turn gets the third line.
     send(page, "Third")
     wait_replies(page, 3)
-    expect(last_reply(page).locator(".text")).to_have_text(ROUND_EN[2])
+    expect_reply_text(last_reply(page), ROUND_EN[2])
 
 
 # ---------------------------------------------------------------------- language, phone
@@ -519,7 +538,7 @@ def test_japanese_ui(
     expect(forced).to_have_title("チャット")
     send(browser_ja, "こんにちは")
     wait_replies(browser_ja, 1)
-    expect(last_reply(browser_ja).locator(".text")).to_have_text(ROUND_JA[0])
+    expect_reply_text(last_reply(browser_ja), ROUND_JA[0])
     expect(last_reply(browser_ja).get_by_role("button", name="良い回答")).to_be_visible()
     expect(last_reply(browser_ja).get_by_role("button", name="再生成")).to_be_visible()
     browser_ja.mouse.move(0, 0)

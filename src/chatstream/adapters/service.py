@@ -70,13 +70,16 @@ class ChatService(Protocol):
         user_input: str | None,
         *,
         regenerate: bool = False,
+        edit_message_id: str | None = None,
         generation_params: Mapping[str, object] | None = None,
     ) -> Turn:
-        """Start one turn of ``conversation``; return once it is admitted or queued.
+        """Start one turn of ``conversation``; return once it is admitted or queued. With
+        ``edit_message_id``, ``user_input`` is a new version of that user message.
 
         Raises:
             TurnInFlightError: the conversation has a turn running.
             NothingToRegenerateError: regenerate with no user message.
+            UnknownMessageError: ``edit_message_id`` is no user message on the path.
             ConfigError: invalid generation parameters.
             PromptTooLongError: the turn does not fit the context.
             RequestRejected: queue full, draining or model gone.

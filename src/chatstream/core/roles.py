@@ -44,7 +44,8 @@ __all__ = [
 ]
 
 #: Every API a role can allow: the original's ten, then the OpenAI-compatible API, the
-#: Prometheus metrics, the developer tool and the session's history (for the web UI).
+#: Prometheus metrics, the developer tool, the session's history and its conversations (for
+#: the web UI).
 #: Health checks are never role-gated.
 API_NAMES: Final[tuple[str, ...]] = (
     "chat_stream",
@@ -61,6 +62,7 @@ API_NAMES: Final[tuple[str, ...]] = (
     "metrics",
     "dev_tool",
     "get_history",
+    "conversations",
 )
 
 AuthMethod = Literal[
@@ -99,6 +101,7 @@ _DEFAULT_USER_APIS: Final = (
     "webui_js",
     "openai",
     "get_history",
+    "conversations",
 )
 _DEFAULT_AGENT_APIS: Final = ("get_load",)
 

@@ -1,8 +1,10 @@
 // The chatstream web UI: a chat page over the HTTP API of chatstream.
 //
-// Plain browser JavaScript, no dependencies and no build step. Every endpoint is fetched with
-// a RELATIVE url, so the app works when mounted under a prefix. Text from users and from the
-// model is only ever inserted with textContent / text nodes, never parsed as HTML.
+// Plain browser JavaScript, no build step; the libraries it uses to render replies as markdown
+// (marked, DOMPurify, highlight.js) are vendored and loaded by index.html before it. Every
+// endpoint is fetched with a RELATIVE url, so the app works when mounted under a prefix. A
+// user's text is only ever inserted as text; a reply's markdown is rendered to HTML that is
+// sanitized before it reaches the page, and raw HTML in it is shown as text (see "markdown").
 //
 // Init params (the server writes them in place of `const opts = {}` in index.html):
 //   lang:  "en" or "ja" (default: the browser's language)
@@ -45,6 +47,7 @@
       like: "Good reply",
       dislike: "Bad reply",
       copy: "Copy",
+      copyCode: "Copy code",
       copied: "Copied",
       regenerate: "Regenerate",
       dismiss: "Dismiss",
@@ -112,6 +115,7 @@
       like: "良い回答",
       dislike: "良くない回答",
       copy: "コピー",
+      copyCode: "コードをコピー",
       copied: "コピーしました",
       regenerate: "再生成",
       dismiss: "閉じる",
@@ -317,6 +321,227 @@
   systemDark.addEventListener("change", applyTheme);
   applyTheme();
 
+  // ------------------------------------------------------------------ markdown
+
+  // Replies are markdown: CommonMark plus GitHub's tables, task lists and strikethrough, by the
+  // vendored marked; every piece of HTML it makes goes through DOMPurify before it reaches the
+  // page, and fenced code is highlighted by highlight.js. Raw HTML in a reply is shown as text,
+  // never parsed; images are shown as links (a reply must not make the browser fetch URLs by
+  // itself); links open in a new tab, without an opener or a referrer. Without the libraries
+  // (an app that serves no vendor/), replies are plain text, as users' messages always are.
+  //
+  // renderMarkdownInto(target, source, {final}) is incremental: the source is lexed into its
+  // top-level blocks; a block followed by another (or any block once final) is finished, and
+  // its nodes stay as they are while its text does not change; only the growing last block is
+  // rendered again. Code is highlighted once its block is finished (its closing fence seen, or
+  // the reply done); until then it is plain monospace text.
+
+  const markedLib = window.marked;
+  const purifier = window.DOMPurify;
+  const markdown =
+    markedLib && typeof markedLib.Marked === "function" && purifier && purifier.isSupported
+      ? new markedLib.Marked({
+          gfm: true,
+          breaks: false,
+          renderer: {
+            html(token) {
+              const text = escapeHtml(token.text.replace(/\n+$/, ""));
+              return token.block ? '<p class="raw-html">' + text + "</p>\n" : text;
+            },
+            image(token) {
+              return '<a href="' + escapeHtml(token.href) + '">' + escapeHtml(token.text || token.href) + "</a>";
+            },
+            code(token) {
+              const lang = (token.lang || "").trim().split(/\s+/)[0];
+              const attr = lang ? ' data-lang="' + escapeHtml(lang) + '"' : "";
+              return "<pre><code" + attr + ">" + escapeHtml(token.text) + "</code></pre>\n";
+            },
+          },
+        })
+      : null;
+
+  // What marked makes, and highlight.js's spans: nothing else survives.
+  const PURIFY = {
+    ALLOWED_TAGS: [
+      "a", "blockquote", "br", "code", "del", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr",
+      "input", "li", "ol", "p", "pre", "span", "strong", "table", "tbody", "td", "th", "thead",
+      "tr", "ul",
+    ],
+    ALLOWED_ATTR: ["align", "checked", "class", "data-lang", "disabled", "href", "start", "title", "type"],
+    ALLOW_DATA_ATTR: false,
+    RETURN_DOM_FRAGMENT: true,
+  };
+  if (markdown) {
+    purifier.addHook("afterSanitizeAttributes", (node) => {
+      if (node.tagName === "A" && node.hasAttribute("href")) {
+        node.setAttribute("target", "_blank");
+        node.setAttribute("rel", "noopener noreferrer");
+      } else if (node.tagName === "INPUT") {
+        // Only the task lists' ticks, which nobody can tick.
+        if (node.getAttribute("type") !== "checkbox") node.remove();
+        else node.setAttribute("disabled", "");
+      }
+    });
+  }
+
+  function escapeHtml(text) {
+    return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  }
+
+  // Per rendered element: {source, final, links, blocks: [{raw, finished, nodes}]}.
+  const rendered = new WeakMap();
+
+  function renderMarkdownInto(target, source, { final = false } = {}) {
+    if (!markdown) {
+      if (target.textContent !== source) target.textContent = source;
+      return;
+    }
+    let state = rendered.get(target);
+    if (!state) {
+      state = { source: null, final: false, links: "{}", blocks: [] };
+      rendered.set(target, state);
+      target.replaceChildren();
+    }
+    if (state.source === source && state.final === final) return;
+    let tokens;
+    try {
+      tokens = markdown.lexer(source);
+    } catch (_) {
+      tokens = null;
+    }
+    if (!tokens) {
+      rendered.delete(target);
+      target.textContent = source;
+      return;
+    }
+    state.source = source;
+    state.final = final;
+    // A link definition anywhere applies to every block: all again when they change.
+    const links = JSON.stringify(tokens.links || {});
+    let keep = links === state.links ? 0 : -1;
+    state.links = links;
+    if (keep === 0) {
+      while (keep < state.blocks.length && keep < tokens.length) {
+        const block = state.blocks[keep];
+        const token = tokens[keep];
+        if (block.raw !== token.raw || (!block.finished && isFinished(tokens, keep, final))) break;
+        keep++;
+      }
+    }
+    keep = Math.max(keep, 0);
+    for (const block of state.blocks.splice(keep)) {
+      for (const node of block.nodes) node.remove();
+    }
+    for (let i = keep; i < tokens.length; i++) {
+      const finished = isFinished(tokens, i, final);
+      const nodes = renderBlock(tokens[i], tokens.links, finished);
+      state.blocks.push({ raw: tokens[i].raw, finished, nodes });
+      target.append(...nodes);
+    }
+  }
+
+  function isFinished(tokens, index, final) {
+    return final || index < tokens.length - 1 || fenceClosed(tokens[index]);
+  }
+
+  // A fenced code block whose closing fence has come.
+  function fenceClosed(token) {
+    if (token.type !== "code") return false;
+    const open = /^ {0,3}(`{3,}|~{3,})/.exec(token.raw);
+    const lines = token.raw.replace(/\n+$/, "").split("\n");
+    if (!open || lines.length < 2) return false;
+    const close = /^ {0,3}(`+|~+)[ \t]*$/.exec(lines[lines.length - 1]);
+    return !!close && close[1][0] === open[1][0] && close[1].length >= open[1].length;
+  }
+
+  function renderBlock(token, links, finished) {
+    const one = [token];
+    one.links = links;
+    const fragment = purifier.sanitize(markdown.parser(one), PURIFY);
+    for (const code of fragment.querySelectorAll("pre > code")) decorateCode(code, finished);
+    return Array.from(fragment.childNodes);
+  }
+
+  // A code block: its language and a copy button above it; highlighted once finished.
+  function decorateCode(code, finished) {
+    const pre = code.parentNode;
+    const lang = code.dataset.lang || "";
+    const box = el("div", "code-block");
+    const head = el("div", "code-head");
+    head.append(el("span", "code-lang", lang), copyCodeButton(code));
+    pre.replaceWith(box);
+    box.append(head, pre);
+    if (finished) highlightCode(code, lang);
+  }
+
+  // Only a language the fence names (no guessing: detection runs every grammar on the text,
+  // and guesses wrong on short snippets); an unknown one stays plain.
+  function highlightCode(code, lang) {
+    const hljs = window.hljs;
+    if (!hljs || !lang || !hljs.getLanguage(lang)) return;
+    try {
+      const result = hljs.highlight(code.textContent, { language: lang, ignoreIllegals: true });
+      code.replaceChildren(purifier.sanitize(result.value, PURIFY));
+      code.classList.add("hljs");
+    } catch (_) {
+      /* left plain */
+    }
+  }
+
+  function copyCodeButton(code) {
+    const button = el("button", "code-copy");
+    button.type = "button";
+    const show = (name, label, text) => {
+      button.replaceChildren(icon(name), el("span", null, text));
+      button.setAttribute("aria-label", label);
+      button.classList.toggle("done", name === "check");
+    };
+    show("copy", T.copyCode, T.copy);
+    let timer = 0;
+    button.addEventListener("click", async () => {
+      await copyText(code.textContent);
+      show("check", T.copied, T.copied);
+      clearTimeout(timer);
+      timer = setTimeout(() => show("copy", T.copyCode, T.copy), 1500);
+    });
+    return button;
+  }
+
+  // The clipboard, or a hidden text area and the copy command where it is refused.
+  async function copyText(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (_) {
+      const area = el("textarea");
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.style.position = "fixed";
+      area.style.opacity = "0";
+      document.body.appendChild(area);
+      area.select();
+      try {
+        document.execCommand("copy");
+      } catch (_) {
+        /* nothing more to try */
+      }
+      area.remove();
+    }
+  }
+
+  // The highlighter's colours follow the page's theme.
+  function syncCodeTheme() {
+    const dark = document.documentElement.dataset.theme === "dark";
+    const light = $("code-light");
+    const night = $("code-dark");
+    if (light) light.media = dark ? "not all" : "all";
+    if (night) night.media = dark ? "all" : "not all";
+  }
+  new MutationObserver(syncCodeTheme).observe(document.documentElement, {
+    attributes: true,
+    attributeFilter: ["data-theme"],
+  });
+  syncCodeTheme();
+
   // ------------------------------------------------------------------ messages
 
   // Each message: {id, role, content, status, finishReason, feedback, node, parts}.
@@ -347,12 +572,13 @@
       stats: "",
       node: null,
       parts: null,
+      frame: 0, // a render of the reply waiting for the next animation frame
     };
     const node = el("div", "msg " + message.role);
     node.dataset.role = message.role;
     const body = el("div", "body");
     const bubble = el("div", "bubble");
-    const text = el("div", "text");
+    const text = el("div", message.role === "assistant" && markdown ? "text md" : "text");
     const label = el("span", "sr-only", message.role === "user" ? T.you : T.assistant);
     label.textContent += ": ";
     bubble.appendChild(label);
@@ -381,8 +607,9 @@
     }
     node.appendChild(body);
     message.node = node;
-    message.parts = { text, textNode: document.createTextNode(message.content), pending, pendingLabel, note, actions, stats };
-    text.appendChild(message.parts.textNode);
+    message.parts = { text, textNode: document.createTextNode(""), pending, pendingLabel, note, actions, stats };
+    if (message.role === "user") text.appendChild(message.parts.textNode);
+    showText(message);
     update(message);
     return message;
   }
@@ -404,17 +631,48 @@
 
   function setText(message, content) {
     message.content = content;
-    message.parts.textNode.data = content;
+    showText(message);
   }
 
   function appendText(message, text) {
     message.content += text;
-    message.parts.textNode.appendData(text);
+    showText(message);
+  }
+
+  // The text element keeps the message's source (markdown, for a reply) in data-source. A
+  // user's message is shown as typed; a reply is rendered as markdown, at most once a frame
+  // while it streams, and at once when it has ended.
+  function showText(message) {
+    message.parts.text.dataset.source = message.content;
+    if (message.role === "user") message.parts.textNode.data = message.content;
+    else if (isLive(message)) scheduleRender(message);
+    else renderReply(message);
+  }
+
+  function isLive(message) {
+    return message.status === "pending" || message.status === "streaming";
+  }
+
+  function scheduleRender(message) {
+    if (message.frame) return;
+    message.frame = requestAnimationFrame(() => {
+      message.frame = 0;
+      renderReply(message);
+    });
+  }
+
+  function renderReply(message) {
+    if (message.frame) {
+      cancelAnimationFrame(message.frame);
+      message.frame = 0;
+    }
+    renderMarkdownInto(message.parts.text, message.content, { final: !isLive(message) });
   }
 
   // Refresh the status, notes and actions of one message from its fields.
   function update(message) {
     const { node, parts } = message;
+    if (message.role === "assistant" && !isLive(message)) renderReply(message); // its end
     node.dataset.status = message.status;
     if (message.id) node.dataset.messageId = message.id;
     else delete node.dataset.messageId;
@@ -990,23 +1248,7 @@
   }
 
   async function copy(message, actions) {
-    try {
-      await navigator.clipboard.writeText(message.content);
-    } catch (_) {
-      const area = el("textarea");
-      area.value = message.content;
-      area.setAttribute("readonly", "");
-      area.style.position = "fixed";
-      area.style.opacity = "0";
-      document.body.appendChild(area);
-      area.select();
-      try {
-        document.execCommand("copy");
-      } catch (_) {
-        /* nothing more to try */
-      }
-      area.remove();
-    }
+    await copyText(message.content);
     const button = actions.querySelector('[data-action="copy"]');
     if (!button) return;
     button.replaceChildren(icon("check"));

@@ -30,6 +30,7 @@ from chatstream.core import ConfigError
 
 from .auth import ApiKeyMiddleware, guarded_by_token
 from .common import HttpOptions
+from .conversation_routes import ConversationsApi
 from .openai_api import OpenAIApi
 from .operations import OperationsApi
 from .original_api import HttpApi, configure_http, http_api_of
@@ -37,7 +38,7 @@ from .rate_limit import RateLimitMiddleware
 from .request_body import RequestBodyGuard
 from .session_stores import SessionStore
 from .sessions import SessionMiddleware
-from .web_ui import index_page, script
+from .web_ui import index_page, script, vendor
 
 __all__ = [
     "API_PATHS",
@@ -64,6 +65,7 @@ API_PATHS: dict[str, tuple[str, tuple[str, ...]]] = {
     "openai": ("/v1/chat/completions", ("POST",)),
     "metrics": ("/metrics", ("GET",)),
     "get_history": ("/get_history", ("GET",)),
+    "conversations": ("/conversations", ("GET", "POST")),
 }
 
 
@@ -102,7 +104,8 @@ def routes(
     open_metrics: bool = False,
     metrics_token: str | None = None,
 ) -> list[BaseRoute]:
-    """The routes of the chosen APIs (all by default), plus ``/health`` and ``/load``, and with the
+    """The routes of the chosen APIs (all by default), plus ``/health`` and ``/load``; with
+    ``webui_js`` ``/vendor/{name}`` (the page's libraries); with the
     ``openai`` API ``/v1/models``, ``/v1/models/{model}``, ``/tokenize``, ``/detokenize`` and
     ``/version``, ready for ``Starlette(routes=...)`` or ``Mount``.
 
@@ -114,6 +117,7 @@ def routes(
     """
     http = http_api_of(chat_stream)
     openai = OpenAIApi(http)
+    conversations = ConversationsApi(http)
     web_ui_params = dict((opts or {}).get("web_ui_params") or {})
     handlers: dict[str, Callable[[Request], Any]] = {
         "chat_stream": lambda request: (
@@ -133,6 +137,11 @@ def routes(
         "openai": openai.chat_completions,
         "metrics": _metrics_handler(http, open_metrics, metrics_token),
         "get_history": http.handle_get_history_request,
+        "conversations": lambda request: (
+            conversations.list(request)
+            if request.method in ("GET", "HEAD")
+            else conversations.create(request)
+        ),
     }
     selected = select_apis(opts)
     out: list[BaseRoute] = [
@@ -142,6 +151,19 @@ def routes(
     if "chat_stream" in selected:
         stop = _endpoint(http.handle_chat_stream_stop_request)
         out.append(Route("/chat_stream/stop", stop, methods=["POST"]))
+        switch = _endpoint(conversations.switch_version)
+        out.append(Route("/switch_version", switch, methods=["POST"]))
+    if "conversations" in selected:
+        one = "/conversations/{conversation_id}"
+        out += [
+            Route(one, _endpoint(conversations.update), methods=["PATCH"]),
+            Route(one, _endpoint(conversations.delete), methods=["DELETE"]),
+            Route(f"{one}/select", _endpoint(conversations.select), methods=["POST"]),
+        ]
+    if "webui_js" in selected:
+        # The page's vendored libraries (markdown, sanitizer, highlighter), with its script.
+        libraries = _endpoint(lambda request: vendor(request, http.roles))
+        out.append(Route("/vendor/{name}", libraries, methods=["GET"]))
     out.append(Route("/health", http.handle_health_request, methods=["GET"]))
     out.append(Route("/load", http.handle_load_request, methods=["GET"]))
     if "openai" in selected:

@@ -49,6 +49,7 @@ from .common import (
     read_json_object,
     store_unavailable,
 )
+from .conversation_routes import conversation_id_of, find_conversation, history_view
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ChatMetrics, RequestTimer
 from .resources import resource_usage
@@ -89,7 +90,8 @@ class HttpApi:
         self.options = options or HttpOptions()
         self.metrics = metrics or ChatMetrics(model_name=lambda: service.model_id)
         self._durations = _RunningMean()
-        self._turns = TurnGuard()
+        #: One turn per session at a time (see :mod:`.turn_guard`).
+        self.turns = TurnGuard()
         self._streams = ResumableStreams(self.options, service.logger)
 
     # ------------------------------------------------------------------ chat
@@ -114,6 +116,8 @@ class HttpApi:
             if not isinstance(regenerate, bool):
                 raise BadRequest(400, "invalid_field", "'regenerate' must be true or false")
             user_input = self._user_input(body, regenerate)
+            conversation_id = conversation_id_of(body.get("conversation_id"))
+            edit_message_id = _edit_message_id(body, regenerate)
             overrides = body.get("generation_params", {})
             if overrides is None:
                 overrides = {}
@@ -134,23 +138,36 @@ class HttpApi:
                 return self._role_granted(promoted.name, promoted.enable_dev_tool, request, body)
             # A browser without a session yet gets one only once its turn is accepted: a
             # refused request (a 400, a full queue) stores nothing and creates nothing.
-            conversation = context.data.conversation if context.data is not None else Conversation()
+            if context.data is None:
+                if conversation_id is not None:
+                    find_conversation(None, conversation_id)  # a 404: there is no session
+                conversation = Conversation()
+            else:
+                conversation = find_conversation(context.data, conversation_id)
             # One turn per session at a time: in this process, and in every process that
             # shares the store when it has a turn lock.
             if context.session is not None and context.session.id is not None:
-                hold = await self._turns.hold(context.session)
+                hold = await self.turns.hold(context.session)
                 if hold.shared:
                     # Another process may have saved a turn since this request loaded the
                     # session: continue from what the store holds now that no one else may.
                     context.data = await context.session.reload()
                     if context.data is not None:
-                        conversation = context.data.conversation
+                        conversation = find_conversation(context.data, conversation_id)
+            if context.data is not None:
+                conversation_id = conversation_id or context.data.current_id
             timer = RequestTimer(self.metrics)
             timer.submitted()
             started = anyio.current_time()
             turn = await cs.start_turn(
-                conversation, user_input, regenerate=regenerate, generation_params=params
+                conversation,
+                user_input,
+                regenerate=regenerate,
+                edit_message_id=edit_message_id,
+                generation_params=params,
             )
+            if context.data is not None and conversation_id is not None:
+                context.data.touch(conversation_id)  # current, and most recently used
             if context.data is None and context.session is not None:
                 try:
                     data = await context.data_for_writing()
@@ -159,8 +176,9 @@ class HttpApi:
                     raise
                 assert data is not None
                 data.conversation = conversation
+                conversation_id = data.current_id
                 try:
-                    hold = await self._turns.hold(context.session)
+                    hold = await self.turns.hold(context.session)
                 except BaseException:
                     turn.close()
                     raise
@@ -194,9 +212,8 @@ class HttpApi:
                 return
             try:
                 if context.session is not None and context.data is not None:
-                    await _save_reply(
-                        cs, context.session, context.data, shared=hold is not None and hold.shared
-                    )
+                    assert conversation_id is not None
+                    await _save_reply(cs, context.session, context.data, conversation_id)
             finally:
                 # Only once the reply is saved: another process may take the turn next.
                 if hold is not None:
@@ -401,16 +418,25 @@ class HttpApi:
         if context.data is None or context.session is None:
             return JSONResponse({"success": False, "message": "no context."})
         try:
+            # The original sent no body (that is {}); a body may name the conversation.
+            body = await read_json_object(request, None, self.options)
+            conversation_id = conversation_id_of(body.get("conversation_id"))
+            find_conversation(context.data, conversation_id)
+        except BadRequest as error:
+            return error.response()
+        try:
             # Held while clearing, so that a turn running here or on another node cannot
             # save its reply over the cleared history.
-            hold = await self._turns.hold(context.session)
+            hold = await self.turns.hold(context.session)
         except TurnInFlightError:
             return _busy_clearing()
         try:
             data = await context.session.reload() if hold.shared else context.data
             assert data is not None
             try:
-                data.conversation.clear()
+                find_conversation(data, conversation_id).clear()
+            except BadRequest as error:
+                return error.response()
             except TurnInFlightError:
                 return _busy_clearing()
             await context.session.save()
@@ -424,9 +450,13 @@ class HttpApi:
             return forbidden(_session_hint(context))
         if context.data is None:
             return JSONResponse({"success": False, "message": "no context."})
-        prompt = await anyio.to_thread.run_sync(
-            self.service.render_history, context.data.conversation
-        )
+        try:
+            conversation = find_conversation(
+                context.data, conversation_id_of(request.query_params.get("conversation_id"))
+            )
+        except BadRequest as error:
+            return error.response()
+        prompt = await anyio.to_thread.run_sync(self.service.render_history, conversation)
         if prompt is None:
             return JSONResponse(
                 {"success": True, "message": "no prompt", "prompt": None, "prompt_text": None}
@@ -446,8 +476,25 @@ class HttpApi:
         context = await RequestContext.of(request, self.roles, create_session=False)
         if not context.allows("get_history"):
             return forbidden(_session_hint(context))
-        messages = context.data.conversation.to_json()["messages"] if context.data else []
-        return JSONResponse({"success": True, "message": "success", "messages": messages})
+        conversation_id = request.query_params.get("conversation_id")
+        try:
+            conversation_id = conversation_id_of(conversation_id)
+            if context.data is None and conversation_id is None:
+                return JSONResponse(
+                    {"success": True, "message": "success", "conversation_id": None, "messages": []}
+                )
+            conversation = find_conversation(context.data, conversation_id)
+        except BadRequest as error:
+            return error.response()
+        assert context.data is not None
+        return JSONResponse(
+            {
+                "success": True,
+                "message": "success",
+                "conversation_id": conversation_id or context.data.current_id,
+                "messages": history_view(conversation),
+            }
+        )
 
     async def handle_set_generation_params_request(self, request: Request) -> Response:
         try:
@@ -531,7 +578,12 @@ class HttpApi:
             )
         if context.data is None or context.session is None:
             return error_response(404, "unknown_message_id", "no conversation in this session")
-        conversation = context.data.conversation
+        try:
+            conversation = find_conversation(
+                context.data, conversation_id_of(body.get("conversation_id"))
+            )
+        except BadRequest as error:
+            return error.response()
         try:
             message = conversation.set_feedback(message_id, is_like=is_like, data=form_data)
         except UnknownMessageError:
@@ -679,19 +731,20 @@ SAVE_RETRY_SEC = 10.0
 
 
 async def _save_reply(
-    cs: ChatService, session: Session, data: SessionData, *, shared: bool
+    cs: ChatService, session: Session, data: SessionData, conversation_id: str
 ) -> None:
     deadline = anyio.current_time() + SAVE_RETRY_SEC
     while True:
         try:
-            if shared and session.id is not None:
-                # Other requests may have saved feedback, parameters or a role since this
-                # turn loaded the session: the turn owns only its conversation's messages.
+            if session.id is not None:
+                # Other requests may have saved feedback, parameters, a role, titles or other
+                # conversations since this turn loaded the session (a store that keeps
+                # copies): the turn owns only its conversation's messages.
                 latest = await session.store.load(session.id)
-                if latest is not None:
-                    data.conversation.adopt_feedback(latest.conversation)
-                    data.generation_params = latest.generation_params
-                    data.role = latest.role
+                if latest is not None and latest is not data:
+                    data.merge_turn(latest, conversation_id)
+            # Current and most recently used, as the turn made it when it began.
+            data.touch(conversation_id)
             await session.save()
             return
         except StoreUnavailable as error:
@@ -775,7 +828,22 @@ def _wants_sse(request: Request, body: Mapping[str, Any]) -> bool:
     return request.query_params.get("stream") == "sse" or body.get("stream") == "sse"
 
 
+def _edit_message_id(body: Mapping[str, Any], regenerate: bool) -> str | None:
+    value = body.get("edit_message_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise BadRequest(400, "invalid_field", "'edit_message_id' must be a message id")
+    if regenerate:
+        raise BadRequest(
+            400, "invalid_field", "'edit_message_id' and 'regenerate' cannot go together"
+        )
+    return value
+
+
 def _error_code(error: Exception) -> str:
+    if isinstance(error, UnknownMessageError):
+        return "unknown_message_id"
     if isinstance(error, PromptTooLongError):
         return "prompt_too_long"
     if isinstance(error, ConfigError):

@@ -19,12 +19,13 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from chatstream.core import ConfigError, Conversation, LocalProtocolError, Role
 
 __all__ = [
+    "MAX_CONVERSATIONS",
     "JSONMemoryStore",
     "MemoryStore",
     "SessionData",
@@ -35,32 +36,128 @@ __all__ = [
     "trim_session",
 ]
 
-#: Version of the JSON layout written by :meth:`SessionData.to_json`.
-_JSON_VERSION = 1
+#: Version of the JSON layout written by :meth:`SessionData.to_json` (1: one conversation,
+#: read still; 2: several).
+_JSON_VERSION = 2
+
+#: A session keeps at most this many conversations: a new one beyond it forgets the least
+#: recently used (as the history limits forget the oldest exchanges).
+MAX_CONVERSATIONS = 50
 
 # ---------------------------------------------------------------------- data
 
 
-@dataclass
 class SessionData:
     """Everything the server keeps for one browser session.
 
     Attributes:
-        conversation: the chat history.
+        conversations: the session's conversations by id, least recently used first. Ids
+            are "1", "2", ... in the order they were made, never reused within a session.
+        current_id: the conversation requests without a conversation id use.
         generation_params: this session's overrides of the generation defaults
             (JSON values only, so that every store can keep them).
         role: the name of the client role granted to this session, if any.
     """
 
-    conversation: Conversation = field(default_factory=Conversation)
-    generation_params: dict[str, Any] = field(default_factory=dict)
-    role: str | None = None
+    __slots__ = ("conversations", "current_id", "generation_params", "next_number", "role")
+
+    def __init__(
+        self,
+        conversation: Conversation | None = None,
+        generation_params: dict[str, Any] | None = None,
+        role: str | None = None,
+    ) -> None:
+        self.conversations: dict[str, Conversation] = {
+            "1": conversation if conversation is not None else Conversation()
+        }
+        self.current_id = "1"
+        self.next_number = 2
+        self.generation_params: dict[str, Any] = (
+            generation_params if generation_params is not None else {}
+        )
+        self.role = role
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SessionData):
+            return NotImplemented
+        return self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"SessionData({len(self.conversations)} conversations, role={self.role!r})"
+
+    @property
+    def conversation(self) -> Conversation:
+        """The current conversation."""
+        return self.conversations[self.current_id]
+
+    @conversation.setter
+    def conversation(self, conversation: Conversation) -> None:
+        self.conversations[self.current_id] = conversation
+
+    def get(self, conversation_id: str | None) -> Conversation | None:
+        """The conversation with this id (None: the current one), or None if there is none."""
+        return self.conversations.get(
+            self.current_id if conversation_id is None else conversation_id
+        )
+
+    def new_conversation(self) -> str:
+        """Add an empty conversation, make it current, and return its id. Beyond
+        :data:`MAX_CONVERSATIONS` the least recently used idle one is forgotten."""
+        conversation_id = str(self.next_number)
+        self.next_number += 1
+        self.conversations[conversation_id] = Conversation()
+        self.current_id = conversation_id
+        idle = [k for k, c in self.conversations.items() if not c.in_flight]
+        while len(self.conversations) > MAX_CONVERSATIONS and idle:
+            del self.conversations[idle.pop(0)]
+        return conversation_id
+
+    def touch(self, conversation_id: str) -> None:
+        """Make this conversation current and the most recently used."""
+        self.conversations[conversation_id] = self.conversations.pop(conversation_id)
+        self.current_id = conversation_id
+
+    def delete(self, conversation_id: str) -> None:
+        """Forget a conversation; if it was current, the most recently used other one is
+        current now (a new empty one if it was the last)."""
+        del self.conversations[conversation_id]
+        if not self.conversations:
+            self.new_conversation()
+        elif conversation_id == self.current_id:
+            self.current_id = next(reversed(self.conversations))
+
+    def merge_turn(self, latest: SessionData, conversation_id: str) -> None:
+        """Take ``latest`` (the session as the store holds it now) except for the messages
+        of the conversation this turn ran in: other requests may have saved feedback,
+        parameters, a role, titles or other conversations while the turn ran."""
+        ours = self.conversations[conversation_id]
+        theirs = latest.conversations.get(conversation_id)
+        if theirs is not None:
+            ours.adopt_feedback(theirs)
+            ours.title, ours.system = theirs.title, theirs.system
+        latest.conversations[conversation_id] = ours
+        self.conversations = latest.conversations
+        self.current_id = latest.current_id
+        self.next_number = max(self.next_number, latest.next_number)
+        self.generation_params = latest.generation_params
+        self.role = latest.role
+
+    def in_flight(self) -> bool:
+        """Whether any of the conversations has a turn in flight."""
+        return any(c.in_flight for c in self.conversations.values())
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict; :meth:`from_json` gives back equal data."""
         return {
             "version": _JSON_VERSION,
-            "conversation": self.conversation.to_json(),
+            "conversations": [
+                {"id": key, **conversation.to_json()}
+                for key, conversation in self.conversations.items()
+            ],
+            "current": self.current_id,
+            "next": self.next_number,
             # A copy: the result must not change when the live params do.
             "generation_params": copy.deepcopy(self.generation_params),
             "role": self.role,
@@ -68,18 +165,27 @@ class SessionData:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SessionData:
-        """Rebuild session data from :meth:`to_json`'s output.
+        """Rebuild session data from :meth:`to_json`'s output (or version 1's).
 
         Raises:
             LocalProtocolError: the data was written by an unknown version.
         """
-        if data.get("version") != _JSON_VERSION:
-            raise LocalProtocolError(f"unsupported session version {data.get('version')!r}")
-        return cls(
-            conversation=Conversation.from_json(data["conversation"]),
+        version = data.get("version")
+        if version not in (1, _JSON_VERSION):
+            raise LocalProtocolError(f"unsupported session version {version!r}")
+        out = cls(
             generation_params=copy.deepcopy(dict(data.get("generation_params", {}))),
             role=data.get("role"),
         )
+        if version == 1:
+            out.conversation = Conversation.from_json(data["conversation"])
+            return out
+        out.conversations = {str(c["id"]): Conversation.from_json(c) for c in data["conversations"]}
+        out.current_id = str(data["current"])
+        out.next_number = int(data["next"])
+        if out.current_id not in out.conversations:
+            raise LocalProtocolError("the current conversation is missing")
+        return out
 
 
 class SessionStore(Protocol):
@@ -228,7 +334,7 @@ class _BoundedMemoryStore(abc.ABC, Generic[_V]):
             max_history_messages=self.max_history_messages,
             max_session_bytes=self.max_session_bytes,
         )
-        is_new = not _has_reply(data.conversation)
+        is_new = not has_reply(data)
         entry = self._entries.get(session_id)
         if entry is None:
             if is_new and len(self._new) >= self.max_new_sessions:
@@ -325,7 +431,7 @@ class MemoryStore(_BoundedMemoryStore[SessionData]):
         return value
 
     def _in_flight(self, value: SessionData) -> bool:
-        return value.conversation.in_flight
+        return value.in_flight()
 
 
 class _Frozen(NamedTuple):
@@ -344,7 +450,7 @@ class JSONMemoryStore(_BoundedMemoryStore[_Frozen]):
     """
 
     def _pack(self, data: SessionData) -> _Frozen:
-        return _Frozen(json.dumps(data.to_json()), data.conversation.in_flight)
+        return _Frozen(json.dumps(data.to_json()), data.in_flight())
 
     def _unpack(self, value: _Frozen) -> SessionData:
         return SessionData.from_json(json.loads(value.text))
@@ -372,61 +478,49 @@ def check_limits(max_history_messages: int | None, max_session_bytes: int | None
 def trim_session(
     data: SessionData, *, max_history_messages: int | None, max_session_bytes: int | None
 ) -> None:
-    """Bound what a session keeps, as every store does on save: the oldest exchanges go
-    first (a user message with its replies), never while a turn is in flight and never the
-    newest exchange. None: no such limit."""
+    """Bound what a session keeps, as every store does on save: in each conversation the
+    oldest exchanges go first (a user message with its replies and the versions that grew
+    from them), never while a turn is in flight and never the newest exchange; over the byte
+    limit, the least recently used other conversations go first. None: no such limit."""
     if max_history_messages is not None:
-        _trim_history(data.conversation, max_history_messages)
+        for conversation in data.conversations.values():
+            conversation.trim(max_history_messages)
     if max_session_bytes is not None:
         _trim_to_bytes(data, max_session_bytes)
 
 
 def has_reply(data: SessionData) -> bool:
     """Whether the session holds a conversation (a reply), not only a first turn or params."""
-    return _has_reply(data.conversation)
-
-
-def _has_reply(conversation: Conversation) -> bool:
-    return any(m.role is Role.ASSISTANT for m in conversation.messages)
+    return any(m.role is Role.ASSISTANT for c in data.conversations.values() for m in c.messages)
 
 
 def session_bytes(data: SessionData) -> int:
-    """What a session holds, in bytes of UTF-8: its messages (archived replies included),
-    their feedback data, and its generation parameters."""
-    conversation = data.conversation
+    """What a session holds, in bytes of UTF-8: its messages (other versions included),
+    their feedback data, system prompts and titles, and its generation parameters."""
     size = len(json.dumps(data.generation_params, ensure_ascii=False).encode())
-    for message in (*conversation.messages, *conversation.archived):
-        size += len(message.content.encode()) + 64  # the id, role and status around it
-        if message.feedback is not None:
-            size += len(json.dumps(message.feedback.data, ensure_ascii=False).encode())
+    for conversation in data.conversations.values():
+        size += 64 + len((conversation.system or "").encode())
+        size += len((conversation.title or "").encode())
+        for message in (*conversation.messages, *conversation.archived):
+            size += len(message.content.encode()) + 64  # the id, role and status around it
+            if message.feedback is not None:
+                size += len(json.dumps(message.feedback.data, ensure_ascii=False).encode())
     return size
 
 
 def _trim_to_bytes(data: SessionData, limit: int) -> None:
-    # Whole exchanges, oldest first, as the history limit does; never while a turn is in
-    # flight, and never the last exchange (the HTTP limits on input and feedback keep that
-    # far below any sensible limit).
-    conversation = data.conversation
-    while not conversation.in_flight and session_bytes(data) > limit:
-        users = [i for i, m in enumerate(conversation.messages) if m.role is Role.USER]
-        if len(users) < 2:
+    # Other idle conversations first, least recently used first; then whole exchanges of
+    # what remains, oldest first, never while a turn is in flight, and never the last
+    # exchange (the HTTP limits on input and feedback keep that far below any sensible
+    # limit).
+    for key in [k for k, c in data.conversations.items() if not c.in_flight]:
+        if session_bytes(data) <= limit:
             return
-        _trim_history(conversation, len(conversation.messages) - users[1])
-
-
-def _trim_history(conversation: Conversation, limit: int) -> None:
-    messages = conversation.messages
-    if conversation.in_flight or len(messages) <= limit:
-        return
-    cut = 0
-    while len(messages) - cut > limit:
-        cut += 1
-        # Take the replies with their question: the model never sees a reply without one.
-        while cut < len(messages) and messages[cut].role is Role.ASSISTANT:
-            cut += 1
-    dropped = {m.id for m in messages[:cut]}
-    del messages[:cut]
-    # Archived replies to dropped questions have lost their place in the history; regenerate
-    # could otherwise grow the archive without bound.
-    kept = [m for m in conversation.archived if m.in_reply_to not in dropped]
-    conversation.archived[:] = kept[-limit:]
+        if key != data.current_id:
+            del data.conversations[key]
+    for conversation in data.conversations.values():
+        while session_bytes(data) > limit:
+            before = len(conversation.messages) + len(conversation.archived)
+            conversation.trim(max(1, len(conversation.messages) - 1))
+            if len(conversation.messages) + len(conversation.archived) == before:
+                break
