@@ -101,6 +101,11 @@ def test_new_chat_has_its_own_history_and_switching_back_shows_the_first(
     second = shown_id(page)
     assert second != first
     expect(page.locator(CURRENT)).to_have_text("Untitled chat")
+    # Empty already: New chat does not make a second empty one.
+    page.locator("#new-chat").click()
+    expect(page.locator("#input")).to_be_focused()
+    assert len(listed(page)["conversations"]) == 2
+    expect(page.locator(ITEMS)).to_have_count(2)
     with page.expect_request("**/chat_stream") as turn:
         send(page, "Second chat")
     assert turn.value.post_data_json == {"user_input": "Second chat", "conversation_id": second}

@@ -1558,6 +1558,12 @@
 
   function newChat() {
     if (busy) return;
+    if (!messages.length) {
+      // The one shown is empty already (or there is none yet): no second empty one.
+      closeSidebar();
+      focusInput();
+      return;
+    }
     historyLoaded = (async () => {
       hideNotice();
       const answer = await request("conversations", "POST", {});
