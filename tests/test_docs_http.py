@@ -164,6 +164,10 @@ def test_every_endpoint_is_in_the_table_with_its_default_access() -> None:
     ]
     endpoints += [
         ("/chat_stream/stop", "POST", "chat_stream"),
+        ("/switch_version", "POST", "chat_stream"),
+        ("/conversations/{id}", "PATCH", "conversations"),
+        ("/conversations/{id}", "DELETE", "conversations"),
+        ("/conversations/{id}/select", "POST", "conversations"),
         ("/vendor/{name}", "GET", "webui_js"),
         ("/v1/models", "GET", "openai"),
         ("/v1/models/{model}", "GET", "openai"),

@@ -2,7 +2,8 @@
 (:mod:`.original_api`), the OpenAI-compatible API (:mod:`.openai_api`), streaming formats
 (:mod:`.streaming`) and their resumption (:mod:`.resumable`, :mod:`.resumable_routes`),
 sessions, their stores and the turn lock (:mod:`.sessions`, :mod:`.session_stores`,
-:mod:`.redis_store`, :mod:`.turn_guard`), metrics (:mod:`.metrics`), resource usage
+:mod:`.redis_store`, :mod:`.turn_guard`), a session's conversations and their versions
+(:mod:`.conversation_routes`), metrics (:mod:`.metrics`), resource usage
 (:mod:`.resources`) and the web UI files (:mod:`.web_ui`).
 
 It is typed against :class:`chatstream.adapters.service.ChatService` and never imports the
