@@ -68,3 +68,65 @@ def test_settings_are_the_sessions_and_shape_the_next_reply(
     expect(page.get_by_label("Longest reply (tokens)")).to_have_value("3")
     page.get_by_role("button", name="Cancel").click()
     expect(page.get_by_role("dialog")).to_be_hidden()
+
+
+def current_entry(page: Page) -> dict[str, object]:
+    """The shown conversation's entry in ``GET /conversations``."""
+    body = page.request.get("conversations").json()
+    shown = page.get_attribute("body", "data-conversation")
+    assert shown == body["current"]
+    (entry,) = [c for c in body["conversations"] if c["id"] == shown]
+    return dict(entry)
+
+
+def test_the_system_prompt_is_the_conversations_own(
+    asyncio_server: Server, open_page: PageFactory
+) -> None:
+    page = open_page(asyncio_server)
+    send(page, "Hello")
+    expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    expect(page.locator("body")).to_have_attribute("data-state", "idle")
+    assert current_entry(page)["system_prompt"] is None
+    page.get_by_role("button", name="Settings").click()
+    dialog = page.get_by_role("dialog", name="Settings")
+    prompt = dialog.get_by_role("textbox", name="System prompt")
+    expect(prompt).to_have_value("")
+    expect(prompt).to_have_accessible_description("Empty: the model's default.")
+    prompt.fill("You are a pirate.\nAnswer in one line.")
+    with page.expect_request("**/conversations/*") as patch:
+        dialog.get_by_role("button", name="Save").click()
+    assert patch.value.method == "PATCH"
+    assert patch.value.post_data_json == {"system_prompt": "You are a pirate.\nAnswer in one line."}
+    expect(dialog).to_be_hidden()
+    assert current_entry(page)["system_prompt"] == "You are a pirate.\nAnswer in one line."
+
+    # A turn with it (the server puts it in place of the model's default system text).
+    send(page, "Who are you?")
+    expect(page.locator("#messages > .msg.assistant[data-status=complete]")).to_have_count(2)
+    expect(page.locator("body")).to_have_attribute("data-state", "idle")
+
+    # Kept by the server: the same after a reload.
+    page.reload()
+    page.wait_for_selector("body[data-history]", state="attached")
+    page.get_by_role("button", name="Settings").click()
+    expect(prompt).to_have_value("You are a pirate.\nAnswer in one line.")
+    page.get_by_role("button", name="Cancel").click()
+
+    # Another conversation has its own (none yet).
+    page.locator("#new-chat").click()
+    expect(page.locator("#messages > .msg")).to_have_count(0)
+    page.get_by_role("button", name="Settings").click()
+    expect(prompt).to_have_value("")
+    page.get_by_role("button", name="Cancel").click()
+
+    # Emptied: back to the model's default (null).
+    page.locator("#conversations button[data-action=open]").nth(1).click()
+    expect(page.locator("#messages > .msg")).to_have_count(4)
+    page.get_by_role("button", name="Settings").click()
+    expect(prompt).to_have_value("You are a pirate.\nAnswer in one line.")
+    prompt.fill("")
+    with page.expect_request("**/conversations/*") as patch:
+        dialog.get_by_role("button", name="Save").click()
+    assert patch.value.post_data_json == {"system_prompt": None}
+    expect(dialog).to_be_hidden()
+    assert current_entry(page)["system_prompt"] is None

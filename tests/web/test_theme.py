@@ -67,7 +67,32 @@ CONTRAST = """() => {
     "send icon": [make('<button class="round-button">x</button>')],
     "stop icon": [make('<button class="round-button stop">x</button>')],
     "pressed like": [make('<button class="icon-button" aria-pressed="true">x</button>')],
+    "versions counter": [make('<span class="versions-count">1 / 2</span>')],
+    "editor": [make('<div class="editor"><textarea>x</textarea></div>').firstElementChild],
   };
+  // The sidebar's entries: one of each kind, in the list itself.
+  const list = q("#conversations");
+  const entry = (html) => {
+    const item = document.createElement("li");
+    item.className = "conversation";
+    item.innerHTML = html;
+    list.append(item);
+    made.push(item);
+    return item.firstElementChild;
+  };
+  pairs["conversation"] = [entry('<button class="conversation-open">x</button>')];
+  pairs["current conversation"] = [
+    entry('<button class="conversation-open" aria-current="true">x</button>'),
+  ];
+  pairs["untitled conversation"] = [entry('<button class="conversation-open untitled">x</button>')];
+  pairs["current untitled"] = [
+    entry('<button class="conversation-open untitled" aria-current="true">x</button>'),
+  ];
+  pairs["renamed title"] = [entry('<input class="conversation-rename" value="x">')];
+  pairs["new chat"] = [q("#new-chat")];
+  // The settings dialog's system prompt and its hint (computed while the dialog is closed).
+  pairs["system prompt"] = [q("#setting-system-prompt")];
+  pairs["system prompt hint"] = [q("#system-prompt-hint")];
   const out = {};
   for (const [name, [fg, bgNode]] of Object.entries(pairs)) {
     out[name] = ratio(rgb(getComputedStyle(fg).color), background(bgNode || fg));

@@ -91,6 +91,12 @@ def server_history(page: Page) -> list[dict[str, Any]] | None:
     return list(body["messages"])
 
 
+def with_conversation(page: Page, body: dict[str, Any]) -> dict[str, Any]:
+    """A chat call's body as the page sends it: naming the conversation it shows, if any."""
+    conversation = page.get_attribute("body", "data-conversation")
+    return {**body, "conversation_id": conversation} if conversation else body
+
+
 def sse(*events: tuple[str, dict[str, Any]]) -> str:
     return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events)
 
@@ -220,7 +226,7 @@ def test_regenerate_replaces_the_last_reply(asyncio_server: Server, open_page: P
     assert old_id
     with page.expect_request("**/chat_stream") as request:
         last_reply(page).get_by_role("button", name="Regenerate").click()
-    assert request.value.post_data_json == {"regenerate": True}
+    assert request.value.post_data_json == with_conversation(page, {"regenerate": True})
     expect(last_reply(page)).not_to_have_attribute("data-message-id", old_id)
     wait_replies(page, 1)
     expect(page.locator("#messages > .msg.assistant")).to_have_count(1)
@@ -270,11 +276,9 @@ def test_like_and_dislike_send_feedback(
             button.click()
         assert response.value.status == 200
         assert response.value.json()["success"] is True
-        assert response.value.request.post_data_json == {
-            "message_id": message_id,
-            "is_like": is_like,
-            "form_data": "",
-        }
+        assert response.value.request.post_data_json == with_conversation(
+            page, {"message_id": message_id, "is_like": is_like, "form_data": ""}
+        )
         expect(like).to_have_attribute("aria-pressed", str(is_like).lower())
         expect(dislike).to_have_attribute("aria-pressed", str(not is_like).lower())
     # By keyboard: the focus stays on the button.

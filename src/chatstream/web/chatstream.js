@@ -75,6 +75,21 @@
       ttft: (s) => s + " s to first token",
       rate: (r) => r + " tokens/s",
       cached: (n) => n + (n === 1 ? " token" : " tokens") + " from cache",
+      conversations: "Conversations",
+      newChat: "New chat",
+      untitled: "Untitled chat",
+      rename: "Rename",
+      renameLabel: "Title",
+      deleteChat: "Delete",
+      deleteConfirm: (t) => "Delete “" + t + "”? Its messages are gone for good.",
+      conversationFailed: "The conversation could not be changed.",
+      edit: "Edit",
+      editLabel: "Edit your message",
+      versions: "Versions",
+      previousVersion: "Previous version",
+      nextVersion: "Next version",
+      systemPrompt: "System prompt",
+      systemPromptHint: "Empty: the model's default.",
     },
     ja: {
       conversation: "会話",
@@ -127,6 +142,21 @@
       ttft: (s) => "最初のトークンまで " + s + " 秒",
       rate: (r) => r + " トークン/秒",
       cached: (n) => "キャッシュから " + n + " トークン",
+      conversations: "会話一覧",
+      newChat: "新しいチャット",
+      untitled: "無題のチャット",
+      rename: "名前を変更",
+      renameLabel: "タイトル",
+      deleteChat: "削除",
+      deleteConfirm: (t) => "「" + t + "」を削除しますか?メッセージは元に戻せません。",
+      conversationFailed: "会話を変更できませんでした。",
+      edit: "編集",
+      editLabel: "メッセージを編集",
+      versions: "バージョン",
+      previousVersion: "前のバージョン",
+      nextVersion: "次のバージョン",
+      systemPrompt: "システムプロンプト",
+      systemPromptHint: "空欄: モデルの既定のプロンプト。",
     },
   };
 
@@ -163,6 +193,11 @@
     close: ["M6 6l12 12M18 6L6 18"],
     theme: ["M20 14.5A8 8 0 0 1 9.5 4a8 8 0 1 0 10.5 10.5z"],
     settings: ["M4 7h10M18 7h2M4 17h4M12 17h8", { circle: [16, 7, 2] }, { circle: [10, 17, 2] }],
+    plus: ["M12 5v14M5 12h14"],
+    menu: ["M4 7h16M4 12h16M4 17h16"],
+    edit: ["M4 20h4L19 9a2.8 2.8 0 0 0-4-4L4 16z", "M13.5 6.5l4 4"],
+    prev: ["M14.5 6l-6 6 6 6"],
+    next: ["M9.5 6l6 6-6 6"],
   };
 
   function icon(name) {
@@ -531,6 +566,7 @@
       status: data.status || "complete",
       finishReason: data.finish_reason || null,
       feedback: data.feedback || null,
+      versions: Array.isArray(data.versions) ? data.versions.map(String) : null,
       pendingLabel: "",
       note: null,
       stats: "",
@@ -673,8 +709,14 @@
   }
 
   function fillActions(message, actions) {
+    if (message.role === "user") {
+      fillUserActions(message, actions);
+      return;
+    }
     if (message.role !== "assistant" || !message.id) return;
     if (message.status === "pending" || message.status === "streaming") return;
+    const versions = versionsNav(message);
+    if (versions) actions.appendChild(versions);
     if (message.content) {
       actions.appendChild(iconButton("copy", T.copy, () => copy(message, actions)));
     }
@@ -730,8 +772,10 @@
     stopButton.hidden = !value;
     sendButton.hidden = value;
     clearButton.disabled = value;
+    if (value) closeEditor();
     updateSendButton();
     refreshAll();
+    renderConversations();
   }
 
   function updateSendButton() {
@@ -921,7 +965,7 @@
         response = await fetch("chat_stream", {
           method: "POST",
           headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-          body: JSON.stringify(payload),
+          body: JSON.stringify(withConversation(payload)),
           credentials: "same-origin",
           signal,
         });
@@ -981,6 +1025,7 @@
       focusInput();
     }
     if (lost) await recoverFromHistory(lost);
+    await afterTurn(Boolean(payload.edit_message_id || payload.regenerate));
   }
 
   // The line under a finished reply: time to its first token, its speed, and the prompt
@@ -1190,7 +1235,7 @@
       const response = await fetch("set_feedback", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ message_id: message.id, is_like: isLike, form_data: "" }),
+        body: JSON.stringify(withConversation({ message_id: message.id, is_like: isLike, form_data: "" })),
         credentials: "same-origin",
       });
       const body = await readJson(response);
@@ -1218,7 +1263,12 @@
     hideNotice();
     clearButton.disabled = true;
     try {
-      const response = await fetch("clear_context", { method: "POST", credentials: "same-origin" });
+      const response = await fetch("clear_context", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(withConversation({})),
+        credentials: "same-origin",
+      });
       const body = await readJson(response);
       // {"success": false, "message": "no context."} means there was nothing to clear.
       if (!response.ok) {
@@ -1227,6 +1277,7 @@
         return;
       }
       for (const message of messages.slice()) removeMessage(message);
+      refreshConversations();
       focusInput();
     } catch (_) {
       showNotice("error", T.network);
@@ -1242,14 +1293,18 @@
   async function openSettings() {
     settingsError.hidden = true;
     try {
-      const response = await fetch("get_generation_params", {
-        credentials: "same-origin",
-        headers: { Accept: "application/json" },
-      });
+      const [response] = await Promise.all([
+        fetch("get_generation_params", {
+          credentials: "same-origin",
+          headers: { Accept: "application/json" },
+        }),
+        refreshConversations(),
+      ]);
       const body = await readJson(response);
       const params = (response.ok && body && body.generation_params) || {};
       temperatureInput.value = params.temperature ?? "";
       maxTokensInput.value = params.max_new_tokens ?? "";
+      loadSystemPrompt();
     } catch (_) {
       showNotice("error", T.network);
       return;
@@ -1279,6 +1334,12 @@
         settingsError.hidden = false;
         return;
       }
+      const refused = await saveSystemPrompt();
+      if (refused) {
+        settingsError.textContent = refused;
+        settingsError.hidden = false;
+        return;
+      }
       settingsDialog.close();
     } catch (_) {
       settingsError.textContent = T.network;
@@ -1294,25 +1355,31 @@
   async function loadHistory() {
     let state = "unavailable";
     try {
-      const history = await fetchHistory();
+      const [history] = await Promise.all([fetchHistory(conversationId), refreshConversations()]);
       if (history && !busy) {
         showHistory(history);
         state = "loaded";
       }
     } finally {
+      renderConversations();
       document.body.dataset.history = state;
     }
   }
 
-  // The session's messages, or null (offline; or an older server, or an API selection
-  // without get_history).
-  async function fetchHistory() {
+  // The messages of a conversation (null: the session's current one), or null (offline; or
+  // an older server, or an API selection without get_history).
+  async function fetchHistory(id) {
     try {
-      const response = await fetch("get_history", {
+      const query = id ? "?conversation_id=" + encodeURIComponent(id) : "";
+      const response = await fetch("get_history" + query, {
         credentials: "same-origin",
         headers: { Accept: "application/json" },
       });
       const body = response.ok ? await readJson(response) : null;
+      // The page shows the session's current conversation until it chooses another.
+      if (body && conversationId === null && body.conversation_id != null) {
+        conversationId = String(body.conversation_id);
+      }
       return body && Array.isArray(body.messages) ? body.messages : null;
     } catch (_) {
       return null;
@@ -1322,7 +1389,7 @@
   // A stream that could not be resumed (it ended long ago): the server may have kept the
   // whole reply; then show it instead of the cut one.
   async function recoverFromHistory(replyId) {
-    const history = await fetchHistory();
+    const history = await fetchHistory(conversationId);
     const kept = history && history.find((m) => m && m.id === replyId);
     if (!kept || kept.status === "streaming" || busy) return;
     showHistory(history);
@@ -1330,6 +1397,7 @@
   }
 
   function showHistory(history) {
+    closeEditor();
     for (const message of messages.slice()) removeMessage(message);
     for (const data of history) {
       if (!data || (data.role !== "user" && data.role !== "assistant")) continue;
@@ -1340,10 +1408,490 @@
         status: data.status,
         finish_reason: data.finish_reason,
         feedback: data.feedback,
+        versions: data.versions,
       });
     }
     refreshAll();
     scrollToBottom();
+  }
+
+  // ------------------------------------------------------------------ conversations
+
+  // Several conversations per session (GET /conversations): a sidebar on wide screens, an
+  // overlay behind the menu button on narrow ones. Every chat call names the conversation this
+  // page shows, so that a tab keeps to its own even when another tab switches. While a reply
+  // streams, switching, New chat and Delete are disabled (Stop first); renaming is not.
+  const sidebar = $("sidebar");
+  const sidebarToggle = $("sidebar-toggle");
+  const conversationList = $("conversations");
+  const newChatButton = $("new-chat");
+  const systemPromptField = $("system-prompt-field");
+  const systemPromptInput = $("setting-system-prompt");
+  let conversationId = null; // the conversation shown (null: the session's current one, if any)
+  let conversations = []; // [{id, title, messages, system_prompt}], most recently used first
+  let conversationsAvailable = false; // the server has /conversations (and allows it)
+  let renaming = null; // the id whose title is being edited in the list
+
+  function withConversation(body) {
+    return conversationId ? Object.assign({}, body, { conversation_id: conversationId }) : body;
+  }
+
+  function conversationPath(id, action) {
+    return "conversations/" + encodeURIComponent(id) + (action ? "/" + action : "");
+  }
+
+  // A JSON request about conversations or versions: its body, or null once a notice says why.
+  async function request(path, method, body) {
+    try {
+      const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+      if (body !== undefined) {
+        init.headers["Content-Type"] = "application/json";
+        init.body = JSON.stringify(body);
+      }
+      const response = await fetch(path, init);
+      const answer = await readJson(response);
+      if (!response.ok || !answer || answer.success === false) {
+        const why = refusal(response, answer);
+        showNotice(why.kind, why.conflict ? T.conversationBusy : why.text || T.conversationFailed);
+        return null;
+      }
+      return answer;
+    } catch (_) {
+      showNotice("error", T.network);
+      return null;
+    }
+  }
+
+  // Reads the list again (titles change after a first reply; the order after every turn).
+  async function refreshConversations() {
+    let body = null;
+    try {
+      const response = await fetch("conversations", {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+      });
+      body = response.ok ? await readJson(response) : null;
+    } catch (_) {
+      return; // offline: keep what is shown
+    }
+    if (!body || !Array.isArray(body.conversations)) {
+      conversationsAvailable = false; // an older server, or an API selection without it
+      sidebar.hidden = true;
+      sidebarToggle.hidden = true;
+      return;
+    }
+    conversationsAvailable = true;
+    conversations = body.conversations
+      .filter((c) => c && c.id != null)
+      .map((c) => ({
+        id: String(c.id),
+        title: typeof c.title === "string" ? c.title : "",
+        messages: Number(c.messages) || 0,
+        system_prompt: typeof c.system_prompt === "string" ? c.system_prompt : null,
+      }));
+    if (conversationId === null && body.current != null) conversationId = String(body.current);
+    sidebar.hidden = false;
+    sidebarToggle.hidden = false;
+    renderConversations();
+  }
+
+  function renderConversations() {
+    if (!conversationsAvailable || renaming !== null) return;
+    if (conversationId !== null) document.body.dataset.conversation = conversationId;
+    newChatButton.disabled = busy;
+    // Keep the keyboard focus on the same button across the re-render.
+    const active = document.activeElement;
+    const focused =
+      active && conversationList.contains(active) && active.closest("li")
+        ? [active.closest("li").dataset.conversationId, active.dataset.action]
+        : null;
+    conversationList.replaceChildren();
+    for (const entry of conversations) {
+      const item = el("li", "conversation");
+      item.dataset.conversationId = entry.id;
+      const title = entry.title || T.untitled;
+      const open = el("button", "conversation-open" + (entry.title ? "" : " untitled"), title);
+      open.type = "button";
+      open.title = title;
+      open.dataset.action = "open";
+      const isCurrent = entry.id === conversationId;
+      if (isCurrent) open.setAttribute("aria-current", "true");
+      open.disabled = busy && !isCurrent;
+      open.addEventListener("click", () => openConversation(entry.id));
+      const rename = iconButton("edit", T.rename, () => startRename(entry.id));
+      const remove = iconButton("clear", T.deleteChat, () => deleteConversation(entry.id));
+      remove.disabled = busy;
+      item.append(open, rename, remove);
+      conversationList.appendChild(item);
+      if (focused && focused[0] === entry.id) {
+        const again = item.querySelector('[data-action="' + focused[1] + '"]');
+        if (again && !again.disabled) again.focus();
+      }
+    }
+  }
+
+  // Show another conversation: the server makes it the session's current one.
+  function openConversation(id) {
+    if (busy) return;
+    if (id === conversationId) {
+      closeSidebar();
+      return;
+    }
+    historyLoaded = (async () => {
+      hideNotice();
+      const answer = await request(conversationPath(id, "select"), "POST");
+      if (!answer || busy) return;
+      await showConversation(id);
+      closeSidebar();
+    })();
+  }
+
+  async function showConversation(id) {
+    conversationId = id;
+    document.body.dataset.conversation = id;
+    const history = await fetchHistory(id);
+    if (busy) return;
+    showHistory(history || []);
+    renderConversations();
+    await refreshConversations();
+  }
+
+  function newChat() {
+    if (busy) return;
+    if (!messages.length) {
+      // The one shown is empty already (or there is none yet): no second empty one.
+      closeSidebar();
+      focusInput();
+      return;
+    }
+    historyLoaded = (async () => {
+      hideNotice();
+      const answer = await request("conversations", "POST", {});
+      if (!answer || !answer.conversation || busy) return;
+      conversationId = String(answer.conversation.id);
+      document.body.dataset.conversation = conversationId;
+      showHistory([]);
+      closeSidebar();
+      focusInput();
+      await refreshConversations();
+    })();
+  }
+
+  function deleteConversation(id) {
+    if (busy) return;
+    const entry = conversations.find((c) => c.id === id);
+    if (!window.confirm(T.deleteConfirm((entry && entry.title) || T.untitled))) return;
+    historyLoaded = (async () => {
+      hideNotice();
+      const answer = await request(conversationPath(id), "DELETE");
+      if (!answer) return;
+      if (id === conversationId && !busy) {
+        // The server chose the conversation that is current now.
+        conversationId = answer.current != null ? String(answer.current) : null;
+        const history = await fetchHistory(conversationId);
+        if (!busy) showHistory(history || []);
+      }
+      await refreshConversations();
+    })();
+  }
+
+  // The title becomes a text box: Enter (or leaving it) saves, Esc cancels; an empty title
+  // goes back to the default one (the first line of the first message).
+  function startRename(id) {
+    const item = conversationList.querySelector('[data-conversation-id="' + CSS.escape(id) + '"]');
+    const entry = conversations.find((c) => c.id === id);
+    if (!item || !entry || renaming !== null) return;
+    renaming = id;
+    const field = el("input", "conversation-rename");
+    field.type = "text";
+    field.value = entry.title;
+    field.maxLength = 200;
+    field.setAttribute("aria-label", T.renameLabel);
+    item.replaceChildren(field);
+    field.focus();
+    field.select();
+    let done = false;
+    const finish = async (save) => {
+      if (done) return;
+      done = true;
+      renaming = null;
+      const title = field.value.trim();
+      const changed = save && title !== entry.title;
+      if (changed) entry.title = title; // shown at once; the server's answer follows
+      renderConversations();
+      const again = conversationList.querySelector(
+        '[data-conversation-id="' + CSS.escape(id) + '"] [data-action="open"]'
+      );
+      if (again) again.focus();
+      if (changed) {
+        await request(conversationPath(id), "PATCH", { title: title || null });
+        await refreshConversations();
+      }
+    };
+    field.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.isComposing && event.keyCode !== 229) {
+        event.preventDefault();
+        finish(true);
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        event.stopPropagation();
+        finish(false);
+      }
+    });
+    field.addEventListener("blur", () => finish(true));
+  }
+
+  // Narrow screens: the list overlays the chat while open.
+  function setSidebar(open) {
+    document.body.dataset.sidebar = open ? "open" : "closed";
+    sidebarToggle.setAttribute("aria-expanded", String(open));
+  }
+
+  function closeSidebar() {
+    if (document.body.dataset.sidebar === "open") setSidebar(false);
+  }
+
+  sidebarToggle.addEventListener("click", () => {
+    const open = document.body.dataset.sidebar !== "open";
+    setSidebar(open);
+    if (open) {
+      const target = conversationList.querySelector('[aria-current="true"]') || newChatButton;
+      target.focus();
+    }
+  });
+  $("sidebar-backdrop").addEventListener("click", closeSidebar);
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || document.body.dataset.sidebar !== "open") return;
+    if (!sidebarToggle.offsetParent) return; // wide screen: nothing overlays
+    closeSidebar();
+    sidebarToggle.focus();
+  });
+  newChatButton.addEventListener("click", newChat);
+  setSidebar(false);
+
+  // After a turn: the ids and versions of what was shown (the user's message gets its id
+  // only from the history), and the list's titles and order.
+  function afterTurn(rerender) {
+    historyLoaded = (async () => {
+      const [history] = await Promise.all([
+        fetchHistory(conversationId),
+        refreshConversations(),
+      ]);
+      if (!history || busy) return;
+      if (!mergeHistory(history) && rerender) showHistory(history);
+    })();
+    return historyLoaded;
+  }
+
+  // Ids and versions from the server into the messages shown, when they are the same path
+  // (same roles; the replies' ids agree). False otherwise: nothing is changed.
+  function mergeHistory(history) {
+    const kept = history.filter((d) => d && (d.role === "user" || d.role === "assistant"));
+    if (kept.length !== messages.length) return false;
+    for (let i = 0; i < kept.length; i++) {
+      const message = messages[i];
+      if (kept[i].role !== message.role) return false;
+      if (message.role === "assistant" && message.id && String(kept[i].id) !== message.id) return false;
+    }
+    kept.forEach((data, i) => {
+      const message = messages[i];
+      message.id = data.id != null ? String(data.id) : message.id;
+      message.versions = Array.isArray(data.versions) ? data.versions.map(String) : null;
+      update(message);
+    });
+    return true;
+  }
+
+  // ------------------------------------------------------------------ versions
+
+  // "‹ 2 / 3 ›" under a message with other versions (same parent): the arrows make the
+  // neighbour's branch the conversation's current path.
+  function versionsNav(message) {
+    const versions = message.versions;
+    if (!message.id || !versions || versions.length < 2) return null;
+    const index = versions.indexOf(message.id);
+    if (index < 0) return null;
+    const nav = el("span", "versions");
+    nav.setAttribute("role", "group");
+    nav.setAttribute("aria-label", T.versions);
+    const prev = iconButton("prev", T.previousVersion, () => switchVersion(message, versions[index - 1], "prev"));
+    const next = iconButton("next", T.nextVersion, () => switchVersion(message, versions[index + 1], "next"));
+    prev.disabled = busy || index === 0;
+    next.disabled = busy || index === versions.length - 1;
+    nav.append(prev, el("span", "versions-count", index + 1 + " / " + versions.length), next);
+    return nav;
+  }
+
+  function switchVersion(message, targetId, action) {
+    if (busy || !targetId) return;
+    const position = messages.indexOf(message);
+    historyLoaded = (async () => {
+      hideNotice();
+      const answer = await request("switch_version", "POST", withConversation({ message_id: targetId }));
+      if (!answer || !Array.isArray(answer.messages) || busy) return;
+      const top = scroller.scrollTop;
+      showHistory(answer.messages);
+      scroller.scrollTop = top; // the message stays where it was, not the end of the thread
+      // The focus stays on the arrow (or the other one, at an end).
+      const shown = messages[position];
+      const buttons = shown ? shown.parts.actions : null;
+      const again =
+        buttons && (buttons.querySelector('[data-action="' + action + '"]:not(:disabled)') ||
+          buttons.querySelector(".versions button:not(:disabled)"));
+      if (again) again.focus();
+      await refreshConversations();
+    })();
+  }
+
+  // ------------------------------------------------------------------ editing a sent message
+
+  let editing = null; // {message, box}
+
+  function fillUserActions(message, actions) {
+    if (!message.id) return;
+    const versions = versionsNav(message);
+    if (versions) actions.appendChild(versions);
+    const edit = iconButton("edit", T.edit, () => openEditor(message));
+    edit.disabled = busy;
+    actions.appendChild(edit);
+  }
+
+  function lastUser() {
+    for (let i = messages.length - 1; i >= 0; i--) if (messages[i].role === "user") return messages[i];
+    return null;
+  }
+
+  // ↑ in the empty message box: edit the last message sent (once its id is known).
+  async function editLastMessage() {
+    await historyLoaded;
+    const last = lastUser();
+    if (last && !busy) openEditor(last);
+  }
+
+  function openEditor(message) {
+    if (busy || !message.id || !messages.includes(message)) return;
+    closeEditor();
+    const box = el("div", "editor");
+    const area = el("textarea");
+    area.rows = 1;
+    area.value = message.content;
+    area.setAttribute("aria-label", T.editLabel);
+    area.setAttribute("enterkeyhint", "send");
+    const buttons = el("div", "editor-buttons");
+    const cancel = el("button", "ghost-button", T.cancel);
+    cancel.type = "button";
+    const send = el("button", "primary-button", T.send);
+    send.type = "button";
+    buttons.append(cancel, send);
+    box.append(area, buttons);
+    message.node.classList.add("editing");
+    message.node.querySelector(".body").appendChild(box);
+    editing = { message, box };
+    const grow = () => {
+      area.style.height = "auto";
+      area.style.height = Math.min(area.scrollHeight, 300) + "px";
+      send.disabled = !area.value.trim();
+    };
+    grow();
+    area.addEventListener("input", grow);
+    area.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") {
+        event.preventDefault();
+        closeEditor();
+        focusInput();
+        return;
+      }
+      if (event.key !== "Enter" || event.isComposing || event.keyCode === 229) return;
+      if (event.shiftKey || event.altKey) return; // a newline
+      event.preventDefault();
+      submitEdit(message, area.value);
+    });
+    cancel.addEventListener("click", () => {
+      closeEditor();
+      focusInput();
+    });
+    send.addEventListener("click", () => submitEdit(message, area.value));
+    area.focus();
+    area.setSelectionRange(area.value.length, area.value.length);
+    box.scrollIntoView({ block: "nearest" });
+  }
+
+  function closeEditor() {
+    if (!editing) return;
+    editing.message.node.classList.remove("editing");
+    editing.box.remove();
+    editing = null;
+  }
+
+  // Sends the new version of a user message: what followed it is replaced on screen by the
+  // new reply (the server keeps it as the other version).
+  async function submitEdit(message, text) {
+    if (busy || !text.trim()) return;
+    await historyLoaded;
+    if (busy || !messages.includes(message) || !message.id) return;
+    closeEditor();
+    hideNotice();
+    const before = message.content;
+    const after = messages.slice(messages.indexOf(message) + 1);
+    for (const later of after) removeMessage(later);
+    setText(message, text);
+    const reply = addMessage({ role: "assistant", content: "", status: "pending" });
+    reply.pendingLabel = T.waiting;
+    update(reply);
+    scrollToBottom();
+    const undo = () => {
+      removeMessage(reply);
+      setText(message, before);
+      for (const later of after) {
+        messages.push(later);
+        list.appendChild(later.node);
+      }
+      refreshAll();
+    };
+    await runTurn({ user_input: text, edit_message_id: message.id }, reply, {
+      undo,
+      retry: () => submitEdit(message, text),
+      roleGranted: undo,
+    });
+  }
+
+  // ------------------------------------------------------------------ system prompt
+
+  // The conversation's own system prompt (empty: the model's default), in the settings dialog.
+  let loadedSystemPrompt = "";
+
+  function loadSystemPrompt() {
+    systemPromptField.hidden = !conversationsAvailable;
+    const entry = conversations.find((c) => c.id === conversationId);
+    loadedSystemPrompt = (entry && entry.system_prompt) || "";
+    systemPromptInput.value = loadedSystemPrompt;
+  }
+
+  // Saves it when it changed; the server's refusal as a sentence, or null.
+  async function saveSystemPrompt() {
+    if (!conversationsAvailable) return null;
+    const value = systemPromptInput.value;
+    if (value === loadedSystemPrompt) return null;
+    const wanted = { system_prompt: value.trim() ? value : null };
+    const path = conversationId ? conversationPath(conversationId) : "conversations";
+    try {
+      const response = await fetch(path, {
+        method: conversationId ? "PATCH" : "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify(wanted),
+        credentials: "same-origin",
+      });
+      const body = await readJson(response);
+      if (!response.ok || !body || body.success === false) {
+        return (body && body.message) || T.settingsFailed;
+      }
+      if (!conversationId && body.conversation) conversationId = String(body.conversation.id);
+      loadedSystemPrompt = value;
+      await refreshConversations();
+      return null;
+    } catch (_) {
+      return T.network;
+    }
   }
 
   // ------------------------------------------------------------------ events
@@ -1357,6 +1905,12 @@
     if (event.key === "Escape" && busy) {
       event.preventDefault();
       stop();
+      return;
+    }
+    if (event.key === "ArrowUp" && !input.value && !busy && !event.isComposing) {
+      if (event.shiftKey || event.altKey || event.ctrlKey || event.metaKey) return;
+      event.preventDefault();
+      editLastMessage();
       return;
     }
     if (event.key !== "Enter") return;
