@@ -219,6 +219,10 @@ def test_conversation_refusals_change_nothing(start_server: ServerFactory) -> No
         response = client.post("/chat_stream", json={"user_input": "x", "conversation_id": 7})
         assert "conversation_id" in error_of(response)["message"]
         assert (listing(client), history(client)) == before
+    with server.client() as fresh:
+        # A new chat in a session made for it is the session's one conversation.
+        created = fresh.post("/conversations", json={"title": "first"}).json()["conversation"]
+        assert [c["id"] for c in listing(fresh)["conversations"]] == [created["id"]] == ["1"]
 
 
 def test_a_session_keeps_a_bounded_number_of_conversations(start_server: ServerFactory) -> None:

@@ -105,10 +105,12 @@ class ConversationsApi:
 
         async def create(context: RequestContext, body: Mapping[str, Any]) -> str:
             title, system = self._fields(body)
+            fresh = context.data is None
             data = await context.data_for_writing()
             if data is None:
                 raise BadRequest(400, "no_session", "conversations need a browser session")
-            key = data.new_conversation()
+            # A session made now already holds an empty conversation: that one it is.
+            key = data.current_id if fresh else data.new_conversation()
             conversation = data.conversations[key]
             conversation.title = title.value if title is not None else None
             conversation.system = system.value if system is not None else None
