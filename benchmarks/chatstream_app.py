@@ -21,6 +21,9 @@ Environment (all optional):
 ``BENCH_PREFIX_CACHE_MB``  host memory for the prefix cache (``prefix_cache_mb``, 1024)
 ``BENCH_QUANTIZE``         ``auto`` (default: as ``chatstream serve``), ``int8``, ``bf16``,
                            ``none``
+``BENCH_CUDA_GRAPHS``      ``auto`` (default), ``1``: decode steps replayed from CUDA graphs
+                           (on a CPU: the re-running stand-in, which exercises the same
+                           bookkeeping; for the GPU script's dry run), ``0``: eager
 =========================  ==============================================================
 
 Sampling is greedy (``temperature=0``). Besides every chatstream route the app answers
@@ -63,6 +66,7 @@ def settings() -> dict[str, Any]:
         "prefix_cache": env("BENCH_PREFIX_CACHE", "1") != "0",
         "prefix_cache_mb": int(env("BENCH_PREFIX_CACHE_MB", "1024")),
         "quantize": env("BENCH_QUANTIZE", "auto"),
+        "cuda_graphs": {"1": True, "0": False}.get(env("BENCH_CUDA_GRAPHS", "auto"), "auto"),
     }
 
 
@@ -77,6 +81,13 @@ def app_factory() -> Starlette:
         from chatstream.adapters.model import transformers_backend
 
         transformers_backend.splittable = lambda model: False  # type: ignore[attr-defined]
+    if s["cuda_graphs"] is True and not s["device"].startswith("cuda"):
+        from chatstream.adapters.model import transformers_backend
+        from chatstream.adapters.model.decode_graphs import RerunCapturer
+
+        transformers_backend.capturer_for = lambda option, device: (  # type: ignore[attr-defined]
+            RerunCapturer() if option else None
+        )
     model, tokenizer = load_bench_model(s["model"], device=s["device"], dtype=s["dtype"])
     quantize = s["quantize"]
     if quantize == "auto":
@@ -98,6 +109,7 @@ def app_factory() -> Starlette:
         prefix_cache=s["prefix_cache"],
         prefix_cache_mb=s["prefix_cache_mb"],
         quantize=quantize,
+        cuda_graphs=s["cuda_graphs"],
         **extra,
     )
     app = create_app(chat_stream, secret_key="benchmark secret")

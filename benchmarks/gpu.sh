@@ -9,9 +9,10 @@
 # touching torch, and the server's pure-Python dependencies from benchmarks/wheels/ when that
 # folder exists (machines without a registry: fill it with benchmarks/fetch_gpu_wheels.sh),
 # else from the package index. Then runs `python -m benchmarks.run --gpu`: a random-weight
-# model of TinyLlama-1.1B's shape in bf16, chatstream over HTTP at C = 1, 8, 32, 128, the
-# original-style interleaved batch-1 loop, batched generate, the lean batched step and the
-# physical limit (weights bytes / HBM bandwidth), within a time budget (whole script under
+# model of TinyLlama-1.1B's shape in bf16, chatstream over HTTP at C = 1, 8, 32, 128 with CUDA
+# graphs, the original-style interleaved batch-1 loop, batched generate, the lean batched step
+# and the physical limit (weights bytes / HBM bandwidth), then chatstream eager (no graphs) at
+# the same C, each with its event-loop lag p99, within a time budget (whole script under
 # 8 minutes). Writes results.jsonl, table.md, plot.png and servers.log into OUT_DIR.
 set -uo pipefail
 
@@ -20,7 +21,7 @@ out_dir=""
 for arg in "$@"; do
     case "$arg" in
         --cpu-dry-run) dry_run="--cpu-dry-run" ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) out_dir="$arg" ;;
     esac
 done

@@ -180,7 +180,9 @@ async def _sse_request(
                 elif event.startswith(b"event: started"):
                     result.queue_wait = now - result.submitted
                 elif event.startswith(b"event: done"):
-                    data = json.loads(event.split(b"data: ", 1)[1])
+                    # The data line only: resumable streams add an ``id:`` line after it.
+                    (line,) = [x for x in event.split(b"\n") if x.startswith(b"data: ")]
+                    data = json.loads(line[6:])
                     result.tokens = int(data["usage"]["completion_tokens"])
                     result.finish_reason = data.get("finish_reason")
                 elif event.startswith(b"event: error"):

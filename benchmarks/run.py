@@ -20,9 +20,11 @@ CPU (default): for each number of compute threads (``--threads 1,2``), each mode
 Each server is started, warmed up, its lag probe reset, loaded, read and stopped (SIGTERM).
 
 GPU (``--gpu``, see ``benchmarks/gpu.sh``): a random-weight model of TinyLlama-1.1B's shape
-in bf16, chatstream through HTTP at C = 1, 8, 32, 128, the original-style interleaved loop,
-batched generate and the lean batched step at the same C, and the physical limit.
-``--cpu-dry-run`` runs that same path at toy size on the CPU.
+in bf16, chatstream through HTTP at C = 1, 8, 32, 128 with its decode steps replayed from CUDA
+graphs, the original-style interleaved loop, batched generate and the lean batched step at the
+same C, the physical limit, then chatstream eager (``cuda_graphs=False``) at every C.
+``--cpu-dry-run`` runs that same path at toy size on the CPU (the graphs by a stand-in that
+re-runs the captured function).
 
 Writes ``results.jsonl``, ``table.md`` and ``plot.png`` (and ``servers.log``) into
 ``benchmarks/results/<timestamp>/`` or ``--out``.
@@ -158,6 +160,8 @@ def run_http_scenario(
                 step_gap_p99_ms=steps["gap_p99_ms"],
                 decode_step_p50_ms=steps["decode_step_p50_ms"],
                 mean_step_batch=steps["mean_batch"],
+                graph_steps=steps.get("graph_steps"),
+                eager_steps=steps.get("eager_steps"),
                 steps=steps["steps"],
             )
         return record
@@ -195,8 +199,17 @@ class Runner:
         return server_env()
 
     def chatstream(
-        self, model: str, model_dir: str, c: int, quantize: str, *, route: str = "sse"
+        self,
+        model: str,
+        model_dir: str,
+        c: int,
+        quantize: str,
+        *,
+        route: str = "sse",
+        graphs: bool | None = None,
     ) -> None:
+        """One chatstream server; ``graphs``: decode steps from CUDA graphs or eager (on the
+        CPU dry run, True is the re-running stand-in); None: the server's default."""
         a = self.args
         port = free_port()
         env = self.base_env()
@@ -208,10 +221,13 @@ class Runner:
             BENCH_MAX_NEW_TOKENS=str(a.max_new_tokens),
             BENCH_TORCH_THREADS=str(self.threads),
             BENCH_QUANTIZE=quantize,
+            BENCH_CUDA_GRAPHS={None: "auto", True: "1", False: "0"}[graphs],
         )
         command = chatstream_command(port, a.loop)
         weights = weights_of(quantize, device=a.device, dtype=a.dtype, model_dir=model_dir)
-        extra = {"weights": weights, "route": route}
+        extra: dict[str, Any] = {"weights": weights, "route": route}
+        if graphs is not None:
+            extra["cuda_graphs"] = "on" if graphs else "off"
         # The OpenAI route ends replies at EOS, as transformers serve does.
         body = {"model": "chatstream", "temperature": 0}
         fmt: loadgen.Format = "openai" if route == "openai" else "sse"
@@ -408,6 +424,8 @@ def _label(r: dict[str, Any]) -> str:
             r.get("system") == "chatstream" and r.get("route") == "openai"
         ):
             label += "*"
+    if r.get("cuda_graphs"):
+        label += ", CUDA graphs" if r["cuda_graphs"] == "on" else ", eager"
     if r.get("scenario") == "physical_limit":
         label += (
             " (assumed 3.35 TB/s)"
@@ -422,7 +440,8 @@ def _label(r: dict[str, Any]) -> str:
 def _order(r: dict[str, Any]) -> tuple[int, int, int, str]:
     system = SYSTEM_ORDER.get((str(r.get("system")), str(r.get("scenario"))), 9)
     weights = {"int8": 0, "bf16": 1, "fp32": 2}.get(str(r.get("weights")), 3)
-    return (system, r.get("route") == "openai", weights, str(r.get("bandwidth", "")))
+    graphs = {"on": "0", "off": "1"}.get(str(r.get("cuda_graphs")), "")
+    return (system, r.get("route") == "openai", weights, graphs + str(r.get("bandwidth", "")))
 
 
 def weights_of(quantize: str, *, device: str, dtype: str, model_dir: str) -> str:
@@ -538,14 +557,16 @@ def _model_thread_table(rows: list[dict[str, Any]]) -> list[str]:
         "chatstream's model thread: the share of the run it spent in steps, its wait between "
         "two steps, the time of a step without prefill, and the requests a step advances.",
         "",
-        "| C | system | steps | busy | gap p50 | gap p99 | decode step p50 | mean batch |",
-        "|---|---|---|---|---|---|---|---|",
+        "| C | system | steps | busy | gap p50 | gap p99 | decode step p50 | mean batch | "
+        "decode graph / eager |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(traced, key=lambda r: (int(r["concurrency"]), _order(r))):
         lines.append(
             f"| {r['concurrency']} | {_label(r)} | {r['steps']} | {100 * r['model_busy']:.1f} % | "
             f"{_fmt(r.get('step_gap_p50_ms'), 2)} | {_fmt(r.get('step_gap_p99_ms'), 2)} | "
-            f"{_fmt(r.get('decode_step_p50_ms'), 2)} | {_fmt(r.get('mean_step_batch'), 2)} |"
+            f"{_fmt(r.get('decode_step_p50_ms'), 2)} | {_fmt(r.get('mean_step_batch'), 2)} | "
+            f"{_fmt(r.get('graph_steps'))} / {_fmt(r.get('eager_steps'))} |"
         )
     return [*lines, ""]
 
@@ -820,6 +841,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_gpu(runner: Runner, args: argparse.Namespace, models: list[tuple[str, str]]) -> None:
+    """The GPU scenarios: chatstream with CUDA graphs at every C, the bare loops, then
+    chatstream eager at every C (what the time budget cuts first)."""
+    runner.threads = args.threads[0]
+    for model, folder in models:
+        if not args.no_chatstream:
+            for c in args.concurrencies:
+                runner.chatstream(model, folder, c, args.quantize[0], graphs=True)
+        if not args.no_bare:
+            runner.bare(model, folder, args.concurrencies)
+        if not args.no_chatstream:
+            for c in args.concurrencies:
+                runner.chatstream(model, folder, c, args.quantize[0], graphs=False)
+
+
 def replot(folder: Path) -> None:
     """Rewrite table.md and plot.png of a finished run from its results.jsonl."""
     records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
@@ -885,6 +921,9 @@ def main(argv: list[str] | None = None) -> int:
         peers.ensure_peers()
     try:
         models = prepare_models(args, env)
+        if args.gpu:
+            run_gpu(runner, args, models)
+            models = []
         for threads in args.threads:
             runner.threads = threads
             for model, folder in models:

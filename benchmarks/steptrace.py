@@ -10,7 +10,9 @@ The chatstream benchmark server wraps its backend and exposes the figures as
 the last step's end; ``gap`` is the model's wait between the end of a step and the start of
 the next (the event loop's turnaround: the result to the engine, the next plan back);
 ``decode_step`` times the steps without a prefill; ``mean_batch`` counts the requests a step
-advances (decoding rows plus prefill chunks).
+advances (decoding rows plus prefill chunks); ``graph_steps`` and ``eager_steps`` count the
+decode forwards replayed from a CUDA graph and run eagerly (the transformers backend's
+counters; absent for other backends).
 """
 
 from __future__ import annotations
@@ -32,10 +34,21 @@ class StepTrace:
 
     def __init__(self) -> None:
         self._steps: list[tuple[float, float, int, int]] = []
+        self._backend: Any = None
+        self._counted = (0, 0)
+
+    def _counts(self) -> tuple[int, int]:
+        backend = self._backend
+        return (
+            int(getattr(backend, "graph_decode_steps", 0)),
+            int(getattr(backend, "eager_decode_steps", 0)),
+        )
 
     def wrap(self, backend: Any) -> None:
         """Time every ``backend.run_step`` from now on (it runs in the model thread)."""
         run_step = backend.run_step
+        self._backend = backend
+        self._counted = self._counts()
 
         def timed(plan: StepPlan) -> Any:
             start = time.perf_counter()
@@ -51,6 +64,7 @@ class StepTrace:
 
     def reset(self) -> None:
         self._steps = []
+        self._counted = self._counts()
 
     def summary(self) -> dict[str, float | int | None]:
         steps = list(self._steps)
@@ -71,6 +85,14 @@ class StepTrace:
             "gap_p99_ms": ms(percentile(gaps, 99)),
             "decode_step_p50_ms": ms(percentile(decode, 50)),
             "mean_batch": round(sum(p + d for _, _, p, d in steps) / len(steps), 2),
+            **(
+                {}
+                if not hasattr(self._backend, "graph_decode_steps")
+                else {
+                    "graph_steps": self._counts()[0] - self._counted[0],
+                    "eager_steps": self._counts()[1] - self._counted[1],
+                }
+            ),
         }
 
     def routes(self) -> list[Route]:

@@ -120,6 +120,7 @@ class ChatStream(HttpMethods):
         prefix_cache_mb: int = 1024,
         quantize: Quantize | Literal["none"] | None = None,
         torch_threads: int | None = None,
+        cuda_graphs: bool | Literal["auto"] = "auto",
         backend: BackendFactory | Sequence[BackendFactory] | None = None,
         served_model_name: str | None = None,
     ) -> None:
@@ -143,6 +144,7 @@ class ChatStream(HttpMethods):
             prefix_cache=prefix_cache,
             prefix_cache_mb=prefix_cache_mb,
             quantize=cast("Quantize | None", quantize),
+            cuda_graphs=cuda_graphs,
         )
         # A custom backend (one factory per model copy) replaces the mock and transformers.
         self._backend_factories: list[BackendFactory] = (
@@ -783,6 +785,7 @@ class ChatStream(HttpMethods):
             max_positions=self.config.context_len,
             device=self._devices[index],
             name=self._model_name(),
+            cuda_graphs=self.config.cuda_graphs,
         )
 
     def _fit_context(self, backends: list[Backend]) -> ChatStreamConfig:

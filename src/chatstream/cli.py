@@ -52,6 +52,7 @@ _DEFAULTS: dict[str, Any] = {
     "prefix_cache": True,
     "prefix_cache_mb": 1024,
     "quantize": "auto",
+    "cuda_graphs": "auto",
     "torch_threads": None,
     "system": None,
     "lang": None,
@@ -107,6 +108,22 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         help="int8: int8 weights and activations on a CPU; bf16: bfloat16 weights; none: "
         "the weights as loaded; auto: int8 for the embedded model on a CPU with AVX512-VNNI, where "
         "it passed the quality gate, none otherwise (auto)",
+    )
+    graphs = group.add_mutually_exclusive_group()
+    graphs.add_argument(
+        "--cuda-graphs",
+        dest="cuda_graphs",
+        action="store_const",
+        const=True,
+        default=None,
+        help="replay decode steps from CUDA graphs (the default on a CUDA device)",
+    )
+    graphs.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_const",
+        const=False,
+        help="decode eagerly on a CUDA device too",
     )
     gen = parser.add_argument_group("generation defaults")
     gen.add_argument("--max-new-tokens", type=int, metavar="N", help="tokens per reply (256)")
@@ -240,7 +257,7 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
             options[name] = value  # 0 is a value here, not an absent flag
         elif name not in ("command", "config") and value not in (None, False):
             options[name] = value
-        elif name in ("too_many_requests_as_429", "prefix_cache") and value is False:
+        elif name in ("too_many_requests_as_429", "prefix_cache", "cuda_graphs") and value is False:
             options[name] = False
     return options
 
@@ -298,6 +315,7 @@ def build_chat_stream(options: dict[str, Any]) -> Any:
         device=options["device"],
         chat_prompt_clazz=prompt_class,
         quantize=quantize,
+        cuda_graphs=options["cuda_graphs"],
         **common,
     )
 

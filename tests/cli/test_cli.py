@@ -48,6 +48,8 @@ def test_help_explains_every_option() -> None:
         "--config",
         "--drain-timeout",
         "--quantize",
+        "--cuda-graphs",
+        "--no-cuda-graphs",
         "--served-model-name",
         "--api-key-file",
         "--cors-origin",

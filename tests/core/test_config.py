@@ -51,6 +51,16 @@ def test_every_default_of_the_original_constructor() -> None:
     assert config.max_tokens_per_step == 512
     assert config.prompt_budget == 1024 - 256
     assert config.quantize is None
+    assert config.cuda_graphs == "auto"
+
+
+@pytest.mark.parametrize("value", ["on", 1, 0, None, "true"])
+def test_cuda_graphs_is_true_false_or_auto(value: Any) -> None:
+    for valid in (True, False, "auto"):
+        assert ChatStreamConfig(cuda_graphs=valid).cuda_graphs == valid
+    with pytest.raises(ConfigError) as raised:
+        ChatStreamConfig(cuda_graphs=value)
+    assert raised.value.option == "cuda_graphs"
 
 
 def test_quantize_none_is_spelled_as_none_too() -> None:

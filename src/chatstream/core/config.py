@@ -401,6 +401,8 @@ class ChatStreamConfig:
     #: "int8": int8 weights and activations (CPU only); "bf16": bfloat16 weights; None (or
     #: "none"): the weights as loaded.
     quantize: Quantize | None = None
+    #: Replay decode steps from CUDA graphs: "auto" and True on a CUDA device, False never.
+    cuda_graphs: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         _int("num_of_concurrent_executions", self.num_of_concurrent_executions, minimum=1)
@@ -412,6 +414,10 @@ class ChatStreamConfig:
         if self.quantize is not None:
             quantize = _choice("quantize", self.quantize, (*get_args(Quantize), "none"))
             _set(self, "quantize", None if quantize == "none" else quantize)
+        if not (isinstance(self.cuda_graphs, bool) or self.cuda_graphs == "auto"):
+            raise ConfigError(
+                "cuda_graphs", f'must be True, False or "auto", got {self.cuda_graphs!r}'
+            )
         if isinstance(self.mock_params, Mapping):
             _set(self, "mock_params", MockParams.from_mapping(self.mock_params))
         elif not isinstance(self.mock_params, MockParams):

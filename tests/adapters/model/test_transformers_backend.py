@@ -58,7 +58,14 @@ def reference(model: Any, tokenizer: Any, ids: tuple[int, ...], max_new: int) ->
 class Harness:
     """Engine + backend in one thread: the backend's tokens per request are recorded."""
 
-    def __init__(self, model: Any, tokenizer: Any, **options: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        backend_options: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
         self.config = ChatStreamConfig(
             **{
                 "num_of_concurrent_executions": 4,
@@ -72,6 +79,7 @@ class Harness:
             tokenizer,
             num_slots=self.config.num_of_concurrent_executions,
             max_positions=self.config.context_len,
+            **(backend_options or {}),
         )
         self.engine = Engine(
             self.config, self.backend, kv_bytes_per_token=self.backend.kv_bytes_per_token

@@ -37,6 +37,7 @@ from chatstream.core import (
 )
 
 from .backend import TransferLog
+from .decode_graphs import Capturer, DecodeGraphs, GraphOption, capturer_for
 from .grammar import CompiledGrammar, GrammarError, GrammarMatcher, Grammars
 from .sampling import BatchSampler, make_generator, to_device, token_logprobs
 from .shared_prefill import HeldTokens
@@ -85,6 +86,11 @@ class TransformersBackend:
         split_attention: let a decode step whose rows' lengths differ a lot attend in a long
             and a short group, each over its own columns (models on ``sdpa`` only; see
             :mod:`.split_attention`).
+        cuda_graphs: replay decode steps from CUDA graphs (see :mod:`.decode_graphs`):
+            ``"auto"`` and True on a CUDA device (not for a model spread over several
+            devices with "auto"), never elsewhere; False: always eager.
+        graph_capturer: what captures the graphs instead of CUDA (a test's stand-in, which
+            turns graphs on whatever the device).
     """
 
     #: It honours ``PrefillChunk.reused_ids`` (the engine may reuse prefixes).
@@ -102,6 +108,8 @@ class TransformersBackend:
         device: str | torch.device | None = None,
         name: str | None = None,
         split_attention: bool = True,
+        cuda_graphs: GraphOption = "auto",
+        graph_capturer: Capturer | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -168,6 +176,22 @@ class TransformersBackend:
             device=self.device,
         )
         self._mask[:, SCRATCH_COLUMN] = 0
+        if graph_capturer is None:
+            spread = len({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()})
+            option = False if cuda_graphs == "auto" and spread > 1 else cuda_graphs
+            graph_capturer = capturer_for(option, self.device)
+        self._graphs: DecodeGraphs | None = None
+        if graph_capturer is not None:
+            self._graphs = DecodeGraphs(
+                graph_capturer,
+                self._graph_forward,
+                num_slots=num_slots,
+                max_columns=self._cache.max_positions + 1,
+                device=self.device,
+            )
+        #: Decode forwards replayed from a CUDA graph, and run eagerly.
+        self.graph_decode_steps = 0
+        self.eager_decode_steps = 0
         model.eval()
 
     # ------------------------------------------------------------------ tokenizer side
@@ -258,6 +282,8 @@ class TransformersBackend:
                 )
 
     def close(self) -> None:
+        if self._graphs is not None:
+            self._graphs.close()
         self._saved.clear()
         self._slots.clear()
         self._cache = SlotKVCache(num_layers=0, num_slots=0, max_positions=0)
@@ -392,6 +418,12 @@ class TransformersBackend:
     def _decode(self, items: tuple[DecodeItem, ...]) -> torch.Tensor:
         """One forward for every decoding request: their logits ``[len(items), V]``, in the
         order of ``items``."""
+        if self._graphs is not None:
+            out = self._decode_replayed(self._graphs, items)
+            if out is not None:
+                self.graph_decode_steps += 1
+                return out
+        self.eager_decode_steps += 1
         low = min(d.slot for d in items)
         high = max(d.slot for d in items) + 1
         batch = high - low
@@ -411,31 +443,64 @@ class TransformersBackend:
         if split is not None:
             rows.append(split[0] + split[2])  # batch rows, short group first
         step = to_device(rows, torch.long, self.device)  # the step's inputs in one transfer
-        ids, position_ids = step[0, :, None], step[1, :, None]
-        is_live = step[2, :, None].bool()
-        # Rows between decoding slots that do not decode now (free, or still prefilling)
-        # write to the scratch column, and their mask stays as it is.
-        write = torch.where(is_live, position_ids + 1, SCRATCH_COLUMN)
-        mask = self._mask[low:high]
-        mask.scatter_(1, write, torch.where(is_live, 0.0, mask[:, :1]))
         kv_columns = max(d.position for d in items) + 2
-        self._cache.plan_write(slice(low, high), write, kv_columns)
-        decode_mask = mask[:, None, None, :kv_columns]
-        if split is None:
-            out = self._forward(ids, position_ids, decode_mask)
-        else:
+        groups = None
+        if split is not None:
             short, short_columns, long, long_columns = split
             groups = (
                 RowGroup(_rows(short, step[4, : len(short)]), short_columns),
                 RowGroup(_rows(long, step[4, len(short) :]), long_columns),
             )
-            with split_attention(self.model, groups):
-                out = self._forward(ids, position_ids, decode_mask)
+        out = self._decode_forward(step[:3], low, kv_columns, groups)
         for item in items:
             self._held.decoded(item.slot, item.token_id, item.position)
         if order == list(range(batch)):
             return out[:, -1]
         return out[step[3, : len(items)], -1]
+
+    def _decode_replayed(
+        self, graphs: DecodeGraphs, items: tuple[DecodeItem, ...]
+    ) -> torch.Tensor | None:
+        """The decode step from a graph over slots ``0 .. size - 1``, or None: run it eagerly."""
+        high = max(d.slot for d in items) + 1
+        tokens = [0] * high
+        positions = [-1] * high  # not decoding now
+        for d in items:
+            tokens[d.slot] = d.token_id
+            positions[d.slot] = d.position
+        out = graphs.run(tokens, positions, [d.slot for d in items])
+        if out is not None:
+            for item in items:
+                self._held.decoded(item.slot, item.token_id, item.position)
+        return out
+
+    def _graph_forward(self, inputs: torch.Tensor, columns: int) -> torch.Tensor:
+        """The forward a decode graph captures: batch row ``i`` is slot ``i``, inputs only
+        from the static ``inputs`` (token ids, positions, live flags)."""
+        return self._decode_forward(inputs, 0, columns, None)[:, -1]
+
+    def _decode_forward(
+        self,
+        step: torch.Tensor,
+        low: int,
+        kv_columns: int,
+        groups: tuple[RowGroup, RowGroup] | None,
+    ) -> torch.Tensor:
+        """The decode forward of slots ``low ..`` (one per column of ``step``: token ids,
+        positions, live flags), reading ``kv_columns`` columns of the cache."""
+        ids, position_ids = step[0, :, None], step[1, :, None]
+        is_live = step[2, :, None].bool()
+        # Rows between decoding slots that do not decode now (free, or still prefilling)
+        # write to the scratch column, and their mask stays as it is.
+        write = torch.where(is_live, position_ids + 1, SCRATCH_COLUMN)
+        mask = self._mask[low : low + step.shape[1]]
+        mask.scatter_(1, write, torch.where(is_live, 0.0, mask[:, :1]))
+        self._cache.plan_write(slice(low, low + step.shape[1]), write, kv_columns)
+        decode_mask = mask[:, None, None, :kv_columns]
+        if groups is None:
+            return self._forward(ids, position_ids, decode_mask)
+        with split_attention(self.model, groups):
+            return self._forward(ids, position_ids, decode_mask)
 
     def _forward(
         self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
