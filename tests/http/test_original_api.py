@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -203,6 +204,10 @@ def test_original_style_app_with_interception_and_finish_callback(
         assert chunks[-1] == mock_texts.ROUND_EN[0]
         _, chunks = chat(client, {"user_input": "next"})
         assert chunks[-1] == mock_texts.ROUND_EN[1]
+        # The callback runs once the response has ended, which the client may see first.
+        deadline = time.monotonic() + 10
+        while len(client.get("/callbacks").json()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert client.get("/callbacks").json() == ["success", "success"]
         assert client.get("/get_load").status_code == 200
 
