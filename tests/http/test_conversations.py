@@ -262,8 +262,9 @@ def test_a_busy_conversation_cannot_be_deleted_or_switched(
             assert client.patch("/conversations/1", json={"title": "A"}).status_code == 200
             for _ in chunks:
                 pass
-        # The turn's conversation is current again once its reply is saved.
+        # The conversation chosen meanwhile stays current once the turn's reply is saved.
         after = listing(client)
-        assert after["current"] == "1"
+        assert after["current"] == "2"
+        assert [c["id"] for c in after["conversations"]] == ["1", "2"]
         assert {c["id"]: c["title"] for c in after["conversations"]} == {"1": "A", "2": "meanwhile"}
         assert len(history(client, "1")) == 4

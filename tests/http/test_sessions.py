@@ -974,6 +974,61 @@ async def test_a_session_is_kept_within_its_byte_limit(store_class: type[MemoryS
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("store_class", STORES)
+async def test_a_long_conversation_shortens_before_another_goes(
+    store_class: type[MemoryStore],
+) -> None:
+    store = store_class(max_session_bytes=8 * 1024, max_history_messages=None)
+    data = SessionData(conversation=finished_conversation(2))  # "1", the least recently used
+    data.new_conversation()
+    data.conversation = finished_conversation(2)
+    data.new_conversation()
+    data.conversation = finished_conversation(30)
+    for message in data.conversation.messages:
+        message.content += "z" * 300
+    assert session_bytes(data) > 8 * 1024
+    await store.save("s", data)
+    loaded = await store.load("s")
+    assert loaded is not None and session_bytes(loaded) <= 8 * 1024
+    # The long one lost its oldest exchanges; the small ones are whole.
+    assert list(loaded.conversations) == ["1", "2", "3"]
+    assert [len(loaded.conversations[k].messages) for k in ("1", "2")] == [4, 4]
+    assert 2 <= len(loaded.conversation.messages) < 60
+    assert loaded.conversation.messages[-1].id == "a29"
+    # When no conversation can shorten, the least recently used other one goes.
+    for key in ("1", "2", "3"):
+        loaded.conversations[key].messages[-2].content = "y" * 3000  # its newest question
+    await store.save("s", loaded)
+    again = await store.load("s")
+    assert again is not None and list(again.conversations) == ["2", "3"]
+    assert [len(c.messages) for c in again.conversations.values()] == [2, 2]
+
+
+def test_a_turn_s_save_keeps_what_other_requests_saved() -> None:
+    turn = SessionData(conversation=finished_conversation(1))
+    turn.conversation.start_turn("q", user_message_id="uq", reply_id="aq")
+    turn.conversation.finish_reply("stop")
+    # Meanwhile, in the store: feedback, a title, a new conversation chosen as current.
+    latest = SessionData(conversation=finished_conversation(1), role="dev")
+    latest.conversation.set_feedback("a0", is_like=True)
+    latest.conversation.title = "named"
+    latest.new_conversation()
+    turn.merge_turn(latest, "1", current_before="1")
+    assert turn.current_id == "2" and turn.role == "dev"
+    first = turn.conversations["1"]
+    assert [m.id for m in first.messages] == ["u0", "a0", "uq", "aq"]
+    assert first.title == "named" and first.find("a0").feedback is not None
+    # Nobody chose another conversation: the turn's stays current.
+    mine = SessionData(conversation=finished_conversation(1))
+    mine.new_conversation()
+    mine.current_id = "1"
+    other = SessionData.from_json(mine.to_json())
+    other.current_id = "2"
+    mine.merge_turn(other, "1", current_before="2")
+    assert mine.current_id == "1"
+
+
+@pytest.mark.anyio
 async def test_the_last_exchange_is_never_trimmed_away() -> None:
     store = MemoryStore(max_session_bytes=1024)
     data = SessionData(conversation=finished_conversation(1))

@@ -331,3 +331,32 @@ def test_japanese_sidebar(trio_server: Server, open_page: PageFactory) -> None:
     expect(entry).to_contain_text("こんにちは")
     expect(entry.get_by_role("button", name="名前を変更")).to_be_visible()
     expect(entry.get_by_role("button", name="削除")).to_be_visible()
+
+
+def test_a_conversation_deleted_in_another_tab(
+    asyncio_server: Server, open_page: PageFactory
+) -> None:
+    page = open_page(asyncio_server)
+    chat(page, "Kept chat")
+    kept = shown_id(page)
+    new_chat(page)
+    chat(page, "Doomed chat")
+    doomed = shown_id(page)
+    # Another tab of the same session deletes the conversation this page shows.
+    assert page.request.delete(f"conversations/{doomed}").status == 200
+    with page.expect_response("**/chat_stream") as refused:
+        send(page, "Anyone there?")
+    assert refused.value.status == 404
+    # The page says so and shows the conversation the server now calls current; the text
+    # that could not be sent is back in the box.
+    expect(page.locator("#notice")).to_contain_text("deleted")
+    expect(page.locator("body")).to_have_attribute("data-conversation", kept)
+    expect(page.locator("#messages > .msg")).to_have_count(2)
+    assert shown(page) == [["user", "Kept chat"], ["assistant", ROUND_EN[0]]]
+    expect(page.locator("#input")).to_have_value("Anyone there?")
+    expect(page.locator(ITEMS)).to_have_text(["Kept chat"])
+    # And the next send goes to it.
+    with page.expect_request("**/chat_stream") as turn:
+        page.locator("#send").click()
+    assert turn.value.post_data_json == {"user_input": "Anyone there?", "conversation_id": kept}
+    wait_replies(page, 2)

@@ -151,3 +151,33 @@ def test_a_reload_during_a_reply_follows_it_to_its_end(
         "data-status", "complete", timeout=20_000
     )
     wait_idle(story_server)
+
+
+def test_a_reload_follows_the_reply_in_its_own_conversation(
+    story_server: Server, open_page: PageFactory
+) -> None:
+    page = open_page(story_server)
+    send(page, "First")
+    expect(page.locator("#messages > .msg.assistant").last).to_have_attribute(
+        "data-status", "complete", timeout=20_000
+    )
+    first = page.get_attribute("body", "data-conversation")
+    page.locator("#new-chat").click()
+    expect(page.locator("#messages > .msg")).to_have_count(0)
+    second = page.get_attribute("body", "data-conversation")
+    assert first and second and first != second
+    send(page, "Tell me a story")
+    reply_longer_than(page, 40)
+    # Another tab of the session chooses the first conversation meanwhile.
+    assert page.request.post(f"conversations/{first}/select").status == 200
+    page.reload()
+    page.wait_for_selector("body[data-history]", state="attached")
+    reply = page.locator("#messages > .msg.assistant").last
+    expect(reply).to_have_attribute("data-status", "complete", timeout=20_000)
+    expect(page.locator("body")).to_have_attribute("data-state", "idle")
+    # The reply was followed where it belongs, not into the session's current conversation.
+    expect(page.locator("body")).to_have_attribute("data-conversation", second)
+    assert shown_messages(page) == [["user", "Tell me a story"], ["assistant", LONG_EN]]
+    response = page.request.get(f"get_history?conversation_id={first}")
+    assert [m["content"] for m in response.json()["messages"]][:1] == ["First"]
+    wait_idle(story_server)

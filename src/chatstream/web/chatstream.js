@@ -83,6 +83,7 @@
       deleteChat: "Delete",
       deleteConfirm: (t) => "Delete “" + t + "”? Its messages are gone for good.",
       conversationFailed: "The conversation could not be changed.",
+      conversationGone: "This conversation was deleted (in another tab?): here is the current one.",
       edit: "Edit",
       editLabel: "Edit your message",
       versions: "Versions",
@@ -150,6 +151,7 @@
       deleteChat: "削除",
       deleteConfirm: (t) => "「" + t + "」を削除しますか?メッセージは元に戻せません。",
       conversationFailed: "会話を変更できませんでした。",
+      conversationGone: "この会話は削除されました（別のタブで？）。現在の会話を表示します。",
       edit: "編集",
       editLabel: "メッセージを編集",
       versions: "バージョン",
@@ -850,6 +852,7 @@
     if (response.status === 409 || code === "conversation_busy") {
       return { kind: "busy", text: T.conversationBusy, conflict: true };
     }
+    if (code === "unknown_conversation") return { kind: "error", text: T.conversationGone, gone: true };
     if (response.status === 503) return { kind: "busy", text: T.unavailable };
     if (response.status === 403) return { kind: "error", text: T.forbidden };
     const detail = (body && (body.message || body.error)) || response.status + " " + response.statusText;
@@ -937,7 +940,10 @@
 
   function rememberPending(reply, text) {
     try {
-      sessionStorage.setItem(PENDING, JSON.stringify({ id: reply.id, input: text }));
+      sessionStorage.setItem(
+        PENDING,
+        JSON.stringify({ id: reply.id, input: text, conversation: conversationId }),
+      );
     } catch (_) {
       /* storage off: a reload then shows the history only */
     }
@@ -958,6 +964,7 @@
     setBusy(true);
     let ended = false;
     let lost = null;
+    let gone = false; // the conversation was deleted elsewhere
     try {
       let response;
       // Right after a Stop the server may still be closing the stopped turn for a moment.
@@ -980,6 +987,7 @@
         hooks.undo();
         showNotice(why.kind, why.text, why.kind === "busy" && !why.conflict ? { label: T.retry, run: hooks.retry } : null);
         if (why.conflict) loadHistory();
+        gone = Boolean(why.gone);
         return;
       }
       current.answered = true;
@@ -1023,6 +1031,7 @@
       current = null;
       setBusy(false);
       focusInput();
+      if (gone) showCurrentConversation();
     }
     if (lost) await recoverFromHistory(lost);
     await afterTurn(Boolean(payload.edit_message_id || payload.regenerate));
@@ -1152,6 +1161,11 @@
       pending = null;
     }
     if (!pending || typeof pending.id !== "string" || busy) return;
+    // Follow it in its own conversation, whichever the session shows now.
+    if (typeof pending.conversation === "string" && pending.conversation !== conversationId) {
+      await showConversation(pending.conversation);
+      if (busy) return;
+    }
     let reply = messages.find((m) => m.id === pending.id);
     if (reply && reply.status !== "streaming" && reply.status !== "pending") {
       forgetPending(); // it finished while the page was away
@@ -1453,6 +1467,7 @@
       if (!response.ok || !answer || answer.success === false) {
         const why = refusal(response, answer);
         showNotice(why.kind, why.conflict ? T.conversationBusy : why.text || T.conversationFailed);
+        if (why.gone) showCurrentConversation();
         return null;
       }
       return answer;
@@ -1547,6 +1562,7 @@
   }
 
   async function showConversation(id) {
+    if (busy) return; // a reply (or a resumed one) streams into the conversation shown
     conversationId = id;
     document.body.dataset.conversation = id;
     const history = await fetchHistory(id);
@@ -1554,6 +1570,14 @@
     showHistory(history || []);
     renderConversations();
     await refreshConversations();
+  }
+
+  // The conversation shown is gone (deleted in another tab, or forgotten at the session's
+  // limit): show the one the server now calls current.
+  function showCurrentConversation() {
+    if (busy) return;
+    conversationId = null;
+    historyLoaded = loadHistory();
   }
 
   function newChat() {

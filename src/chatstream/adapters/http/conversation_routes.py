@@ -146,7 +146,7 @@ class ConversationsApi:
         return await self._change(request, select)
 
     async def delete(self, request: Request) -> Response:
-        """``DELETE /conversations/{id}``; 409 while it has a reply streaming."""
+        """``DELETE /conversations/{id}``; 409 while a reply streams in the session."""
         key = request.path_params["conversation_id"]
 
         def forget(data: SessionData) -> None:
@@ -199,11 +199,16 @@ class ConversationsApi:
     ) -> Response:
         # A change that cannot race a turn's messages: no lock; a turn that saves later
         # keeps it (SessionData.merge_turn). Answers the conversation it changed.
+        try:
+            # The body first: the session is loaded after it, and saved at once after the
+            # change, so that a turn's save between the two is as unlikely as can be.
+            body = await read_json_object(request, None, self.http.options)
+        except BadRequest as error:
+            return error.response()
         context = await self._context(request)
         if isinstance(context, Response):
             return context
         try:
-            body = await read_json_object(request, None, self.http.options)
             key = await change(context, body)
             assert context.data is not None and context.session is not None
             await context.session.save()

@@ -166,8 +166,10 @@ class HttpApi:
                 edit_message_id=edit_message_id,
                 generation_params=params,
             )
+            current_before = context.data.current_id if context.data is not None else "1"
             if context.data is not None and conversation_id is not None:
-                context.data.touch(conversation_id)  # current, and most recently used
+                context.data.current_id = conversation_id
+                context.data.touch(conversation_id)
             if context.data is None and context.session is not None:
                 try:
                     data = await context.data_for_writing()
@@ -176,7 +178,7 @@ class HttpApi:
                     raise
                 assert data is not None
                 data.conversation = conversation
-                conversation_id = data.current_id
+                conversation_id = current_before = data.current_id
                 try:
                     hold = await self.turns.hold(context.session)
                 except BaseException:
@@ -213,7 +215,9 @@ class HttpApi:
             try:
                 if context.session is not None and context.data is not None:
                     assert conversation_id is not None
-                    await _save_reply(cs, context.session, context.data, conversation_id)
+                    await _save_reply(
+                        cs, context.session, context.data, conversation_id, current_before
+                    )
             finally:
                 # Only once the reply is saved: another process may take the turn next.
                 if hold is not None:
@@ -588,10 +592,11 @@ class HttpApi:
             message = conversation.set_feedback(message_id, is_like=is_like, data=form_data)
         except UnknownMessageError:
             return error_response(404, "unknown_message_id", f"no message {message_id!r}")
+        # Before the save, whose trimming to the session's limits may drop the exchange.
+        history = conversation.history_until(message_id)
         await context.session.save()
         handler = (opts or {}).get("on_feedback_received")
         if handler is not None:
-            history = conversation.history_until(message_id)
             await _call(
                 self.service,
                 handler,
@@ -731,7 +736,11 @@ SAVE_RETRY_SEC = 10.0
 
 
 async def _save_reply(
-    cs: ChatService, session: Session, data: SessionData, conversation_id: str
+    cs: ChatService,
+    session: Session,
+    data: SessionData,
+    conversation_id: str,
+    current_before: str,
 ) -> None:
     deadline = anyio.current_time() + SAVE_RETRY_SEC
     while True:
@@ -742,9 +751,10 @@ async def _save_reply(
                 # copies): the turn owns only its conversation's messages.
                 latest = await session.store.load(session.id)
                 if latest is not None and latest is not data:
-                    data.merge_turn(latest, conversation_id)
-            # Current and most recently used, as the turn made it when it began.
-            data.touch(conversation_id)
+                    data.merge_turn(latest, conversation_id, current_before)
+            # The most recently used, as the turn made it when it began.
+            if conversation_id in data.conversations:
+                data.touch(conversation_id)
             await session.save()
             return
         except StoreUnavailable as error:

@@ -115,9 +115,8 @@ class SessionData:
         return conversation_id
 
     def touch(self, conversation_id: str) -> None:
-        """Make this conversation current and the most recently used."""
+        """Make this conversation the most recently used."""
         self.conversations[conversation_id] = self.conversations.pop(conversation_id)
-        self.current_id = conversation_id
 
     def delete(self, conversation_id: str) -> None:
         """Forget a conversation; if it was current, the most recently used other one is
@@ -128,10 +127,12 @@ class SessionData:
         elif conversation_id == self.current_id:
             self.current_id = next(reversed(self.conversations))
 
-    def merge_turn(self, latest: SessionData, conversation_id: str) -> None:
+    def merge_turn(self, latest: SessionData, conversation_id: str, current_before: str) -> None:
         """Take ``latest`` (the session as the store holds it now) except for the messages
         of the conversation this turn ran in: other requests may have saved feedback,
-        parameters, a role, titles or other conversations while the turn ran."""
+        parameters, a role, titles or other conversations while the turn ran. The turn's
+        conversation stays current unless another request chose one meanwhile (``latest``'s
+        current conversation is no longer ``current_before``, the one when the turn began)."""
         ours = self.conversations[conversation_id]
         theirs = latest.conversations.get(conversation_id)
         if theirs is not None:
@@ -139,7 +140,8 @@ class SessionData:
             ours.title, ours.system = theirs.title, theirs.system
         latest.conversations[conversation_id] = ours
         self.conversations = latest.conversations
-        self.current_id = latest.current_id
+        if latest.current_id != current_before and latest.current_id in self.conversations:
+            self.current_id = latest.current_id
         self.next_number = max(self.next_number, latest.next_number)
         self.generation_params = latest.generation_params
         self.role = latest.role
@@ -498,29 +500,38 @@ def session_bytes(data: SessionData) -> int:
     """What a session holds, in bytes of UTF-8: its messages (other versions included),
     their feedback data, system prompts and titles, and its generation parameters."""
     size = len(json.dumps(data.generation_params, ensure_ascii=False).encode())
-    for conversation in data.conversations.values():
-        size += 64 + len((conversation.system or "").encode())
-        size += len((conversation.title or "").encode())
-        for message in (*conversation.messages, *conversation.archived):
-            size += len(message.content.encode()) + 64  # the id, role and status around it
-            if message.feedback is not None:
-                size += len(json.dumps(message.feedback.data, ensure_ascii=False).encode())
+    return size + sum(_conversation_bytes(c) for c in data.conversations.values())
+
+
+def _conversation_bytes(conversation: Conversation) -> int:
+    size = 64 + len((conversation.system or "").encode())
+    size += len((conversation.title or "").encode())
+    for message in (*conversation.messages, *conversation.archived):
+        size += len(message.content.encode()) + 64  # the id, role and status around it
+        if message.feedback is not None:
+            size += len(json.dumps(message.feedback.data, ensure_ascii=False).encode())
     return size
 
 
 def _trim_to_bytes(data: SessionData, limit: int) -> None:
-    # Other idle conversations first, least recently used first; then whole exchanges of
-    # what remains, oldest first, never while a turn is in flight, and never the last
-    # exchange (the HTTP limits on input and feedback keep that far below any sensible
-    # limit).
-    for key in [k for k, c in data.conversations.items() if not c.in_flight]:
-        if session_bytes(data) <= limit:
-            return
-        if key != data.current_id:
-            del data.conversations[key]
-    for conversation in data.conversations.values():
-        while session_bytes(data) > limit:
+    # The oldest exchange of the largest conversation first, so that one long conversation
+    # shortens before any other goes; whole conversations (least recently used first, never
+    # the current one) only once none can shorten. Never while a turn is in flight, never a
+    # conversation's last exchange (the HTTP limits on input and feedback keep that far below
+    # any sensible limit).
+    while session_bytes(data) > limit:
+        idle = [c for c in data.conversations.values() if not c.in_flight]
+        for conversation in sorted(idle, key=_conversation_bytes, reverse=True):
             before = len(conversation.messages) + len(conversation.archived)
             conversation.trim(max(1, len(conversation.messages) - 1))
-            if len(conversation.messages) + len(conversation.archived) == before:
+            if len(conversation.messages) + len(conversation.archived) < before:
                 break
+        else:
+            others = [
+                key
+                for key, c in data.conversations.items()
+                if key != data.current_id and not c.in_flight
+            ]
+            if not others:
+                return
+            del data.conversations[others[0]]

@@ -124,7 +124,9 @@ class CudaCapturer:
                 function()
         current.wait_stream(side)
         graph = cuda.CUDAGraph()
-        with cuda.graph(graph, pool=self._pool):
+        # thread_local: CUDA calls of other threads (another replica's model thread, a
+        # /get_resource_usage) go on during the capture instead of failing it or themselves.
+        with cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             function()
         cuda.current_stream(self.device).synchronize()
         return graph
