@@ -13,6 +13,7 @@ CORE_MODULES = [
     "admission",
     "config",
     "conversation",
+    "conversations",
     "decoding",
     "engine",
     "errors",

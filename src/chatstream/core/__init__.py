@@ -27,6 +27,7 @@ from .config import (
     choose_quantize,
 )
 from .conversation import Conversation, Feedback, Message, MessageStatus, RenderedPrompt, Role
+from .conversations import MAX_CONVERSATIONS, Conversations, stored_bytes
 from .decoding import (
     DecoderStop,
     DecodingOptions,
@@ -102,6 +103,7 @@ __all__ = [
     "API_NAMES",
     "AUTH_METHODS",
     "GREEDY_TEMPERATURE",
+    "MAX_CONVERSATIONS",
     "MAX_LOGIT_BIAS",
     "MAX_SEED",
     "MAX_STOP_LENGTH",
@@ -128,6 +130,7 @@ __all__ = [
     "ClientRoles",
     "ConfigError",
     "Conversation",
+    "Conversations",
     "DecodeItem",
     "DecoderStop",
     "DecodingOptions",
@@ -194,4 +197,5 @@ __all__ = [
     "common_prefix_length",
     "run_isolated",
     "step_rows",
+    "stored_bytes",
 ]

@@ -20,9 +20,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
 
-from chatstream.core import ConfigError, Conversation, LocalProtocolError, Role
+from chatstream.core import (
+    MAX_CONVERSATIONS,
+    ConfigError,
+    Conversation,
+    Conversations,
+    LocalProtocolError,
+)
 
 __all__ = [
     "MAX_CONVERSATIONS",
@@ -40,26 +46,20 @@ __all__ = [
 #: read still; 2: several).
 _JSON_VERSION = 2
 
-#: A session keeps at most this many conversations: a new one beyond it forgets the least
-#: recently used (as the history limits forget the oldest exchanges).
-MAX_CONVERSATIONS = 50
-
 # ---------------------------------------------------------------------- data
 
 
-class SessionData:
-    """Everything the server keeps for one browser session.
+class SessionData(Conversations):
+    """Everything the server keeps for one browser session: its conversations (see
+    :class:`~chatstream.core.Conversations`), plus
 
     Attributes:
-        conversations: the session's conversations by id, least recently used first. Ids
-            are "1", "2", ... in the order they were made, never reused within a session.
-        current_id: the conversation requests without a conversation id use.
         generation_params: this session's overrides of the generation defaults
             (JSON values only, so that every store can keep them).
         role: the name of the client role granted to this session, if any.
     """
 
-    __slots__ = ("conversations", "current_id", "generation_params", "next_number", "role")
+    __slots__ = ("generation_params", "role")
 
     def __init__(
         self,
@@ -67,11 +67,7 @@ class SessionData:
         generation_params: dict[str, Any] | None = None,
         role: str | None = None,
     ) -> None:
-        self.conversations: dict[str, Conversation] = {
-            "1": conversation if conversation is not None else Conversation()
-        }
-        self.current_id = "1"
-        self.next_number = 2
+        super().__init__(conversation)
         self.generation_params: dict[str, Any] = (
             generation_params if generation_params is not None else {}
         )
@@ -87,86 +83,26 @@ class SessionData:
     def __repr__(self) -> str:
         return f"SessionData({len(self.conversations)} conversations, role={self.role!r})"
 
-    @property
-    def conversation(self) -> Conversation:
-        """The current conversation."""
-        return self.conversations[self.current_id]
-
-    @conversation.setter
-    def conversation(self, conversation: Conversation) -> None:
-        self.conversations[self.current_id] = conversation
-
-    def get(self, conversation_id: str | None) -> Conversation | None:
-        """The conversation with this id (None: the current one), or None if there is none."""
-        return self.conversations.get(
-            self.current_id if conversation_id is None else conversation_id
-        )
-
-    def new_conversation(self) -> str:
-        """Add an empty conversation, make it current, and return its id. Beyond
-        :data:`MAX_CONVERSATIONS` the least recently used idle one is forgotten."""
-        conversation_id = str(self.next_number)
-        self.next_number += 1
-        self.conversations[conversation_id] = Conversation()
-        self.current_id = conversation_id
-        idle = [k for k, c in self.conversations.items() if not c.in_flight]
-        while len(self.conversations) > MAX_CONVERSATIONS and idle:
-            del self.conversations[idle.pop(0)]
-        return conversation_id
-
-    def touch(self, conversation_id: str) -> None:
-        """Make this conversation the most recently used."""
-        self.conversations[conversation_id] = self.conversations.pop(conversation_id)
-
-    def delete(self, conversation_id: str) -> None:
-        """Forget a conversation; if it was current, the most recently used other one is
-        current now (a new empty one if it was the last)."""
-        del self.conversations[conversation_id]
-        if not self.conversations:
-            self.new_conversation()
-        elif conversation_id == self.current_id:
-            self.current_id = next(reversed(self.conversations))
-
     def merge_turn(self, latest: SessionData, conversation_id: str, current_before: str) -> None:
         """Take ``latest`` (the session as the store holds it now) except for the messages
-        of the conversation this turn ran in: other requests may have saved feedback,
-        parameters, a role, titles or other conversations while the turn ran. The turn's
-        conversation stays current unless another request chose one meanwhile (``latest``'s
-        current conversation is no longer ``current_before``, the one when the turn began)."""
-        ours = self.conversations[conversation_id]
-        theirs = latest.conversations.get(conversation_id)
-        if theirs is not None:
-            ours.adopt_feedback(theirs)
-            ours.title, ours.system = theirs.title, theirs.system
-        latest.conversations[conversation_id] = ours
-        self.conversations = latest.conversations
-        if latest.current_id != current_before and latest.current_id in self.conversations:
-            self.current_id = latest.current_id
-        self.next_number = max(self.next_number, latest.next_number)
+        of the conversation this turn ran in (:meth:`Conversations.adopt_others`): other
+        requests may also have saved parameters or a role while the turn ran."""
+        self.adopt_others(latest, conversation_id, current_before)
         self.generation_params = latest.generation_params
         self.role = latest.role
-
-    def in_flight(self) -> bool:
-        """Whether any of the conversations has a turn in flight."""
-        return any(c.in_flight for c in self.conversations.values())
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict; :meth:`from_json` gives back equal data."""
         return {
             "version": _JSON_VERSION,
-            "conversations": [
-                {"id": key, **conversation.to_json()}
-                for key, conversation in self.conversations.items()
-            ],
-            "current": self.current_id,
-            "next": self.next_number,
+            **super().to_json(),
             # A copy: the result must not change when the live params do.
             "generation_params": copy.deepcopy(self.generation_params),
             "role": self.role,
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> SessionData:
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
         """Rebuild session data from :meth:`to_json`'s output (or version 1's).
 
         Raises:
@@ -175,18 +111,12 @@ class SessionData:
         version = data.get("version")
         if version not in (1, _JSON_VERSION):
             raise LocalProtocolError(f"unsupported session version {version!r}")
-        out = cls(
-            generation_params=copy.deepcopy(dict(data.get("generation_params", {}))),
-            role=data.get("role"),
-        )
         if version == 1:
-            out.conversation = Conversation.from_json(data["conversation"])
-            return out
-        out.conversations = {str(c["id"]): Conversation.from_json(c) for c in data["conversations"]}
-        out.current_id = str(data["current"])
-        out.next_number = int(data["next"])
-        if out.current_id not in out.conversations:
-            raise LocalProtocolError("the current conversation is missing")
+            out = cls(Conversation.from_json(data["conversation"]))
+        else:
+            out = super().from_json(data)
+        out.generation_params = copy.deepcopy(dict(data.get("generation_params", {})))
+        out.role = data.get("role")
         return out
 
 
@@ -483,55 +413,23 @@ def trim_session(
     """Bound what a session keeps, as every store does on save: in each conversation the
     oldest exchanges go first (a user message with its replies and the versions that grew
     from them), never while a turn is in flight and never the newest exchange; over the byte
-    limit, the least recently used other conversations go first. None: no such limit."""
+    limit, see :meth:`Conversations.shrink`. None: no such limit."""
     if max_history_messages is not None:
-        for conversation in data.conversations.values():
-            conversation.trim(max_history_messages)
+        data.trim(max_history_messages)
     if max_session_bytes is not None:
-        _trim_to_bytes(data, max_session_bytes)
+        data.shrink(max_session_bytes, other_bytes=_params_bytes(data))
 
 
 def has_reply(data: SessionData) -> bool:
     """Whether the session holds a conversation (a reply), not only a first turn or params."""
-    return any(m.role is Role.ASSISTANT for c in data.conversations.values() for m in c.messages)
+    return data.has_reply()
 
 
 def session_bytes(data: SessionData) -> int:
-    """What a session holds, in bytes of UTF-8: its messages (other versions included),
-    their feedback data, system prompts and titles, and its generation parameters."""
-    size = len(json.dumps(data.generation_params, ensure_ascii=False).encode())
-    return size + sum(_conversation_bytes(c) for c in data.conversations.values())
+    """What a session holds, in bytes of UTF-8: its conversations
+    (:func:`~chatstream.core.stored_bytes`) and its generation parameters as JSON."""
+    return _params_bytes(data) + data.stored_bytes()
 
 
-def _conversation_bytes(conversation: Conversation) -> int:
-    size = 64 + len((conversation.system or "").encode())
-    size += len((conversation.title or "").encode())
-    for message in (*conversation.messages, *conversation.archived):
-        size += len(message.content.encode()) + 64  # the id, role and status around it
-        if message.feedback is not None:
-            size += len(json.dumps(message.feedback.data, ensure_ascii=False).encode())
-    return size
-
-
-def _trim_to_bytes(data: SessionData, limit: int) -> None:
-    # The oldest exchange of the largest conversation first, so that one long conversation
-    # shortens before any other goes; whole conversations (least recently used first, never
-    # the current one) only once none can shorten. Never while a turn is in flight, never a
-    # conversation's last exchange (the HTTP limits on input and feedback keep that far below
-    # any sensible limit).
-    while session_bytes(data) > limit:
-        idle = [c for c in data.conversations.values() if not c.in_flight]
-        for conversation in sorted(idle, key=_conversation_bytes, reverse=True):
-            before = len(conversation.messages) + len(conversation.archived)
-            conversation.trim(max(1, len(conversation.messages) - 1))
-            if len(conversation.messages) + len(conversation.archived) < before:
-                break
-        else:
-            others = [
-                key
-                for key, c in data.conversations.items()
-                if key != data.current_id and not c.in_flight
-            ]
-            if not others:
-                return
-            del data.conversations[others[0]]
+def _params_bytes(data: SessionData) -> int:
+    return len(json.dumps(data.generation_params, ensure_ascii=False).encode())
