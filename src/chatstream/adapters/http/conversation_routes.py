@@ -75,12 +75,22 @@ def find_conversation(data: SessionData | None, conversation_id: str | None) -> 
     return conversation
 
 
-def history_view(conversation: Conversation) -> list[dict[str, Any]]:
-    """The current path as JSON, each message with the ids of its versions."""
-    return [
-        {**m.to_json(), "versions": [v.id for v in conversation.versions(m.id)]}
-        for m in conversation.messages
-    ]
+def history_view(data: SessionData | None, conversation_id: str | None) -> dict[str, Any]:
+    """A conversation's id and its current path as JSON, each message with the ids of its
+    versions (what ``/get_history`` and ``/switch_version`` answer).
+
+    Raises:
+        BadRequest: 404 when the session has no such conversation.
+    """
+    conversation = find_conversation(data, conversation_id)
+    assert data is not None
+    return {
+        "conversation_id": conversation_id or data.current_id,
+        "messages": [
+            {**m.to_json(), "versions": [v.id for v in conversation.versions(m.id)]}
+            for m in conversation.messages
+        ],
+    }
 
 
 class ConversationsApi:
@@ -173,14 +183,9 @@ class ConversationsApi:
         def switch(data: SessionData) -> None:
             find_conversation(data, key).switch_to(message_id)
 
-        def view(data: SessionData) -> dict[str, Any]:
-            conversation = find_conversation(data, key)
-            return {
-                "conversation_id": key or data.current_id,
-                "messages": history_view(conversation),
-            }
-
-        return await self._locked_change(request, switch, view, api_name="chat_stream")
+        return await self._locked_change(
+            request, switch, lambda data: history_view(data, key), api_name="chat_stream"
+        )
 
     # ------------------------------------------------------------------ internals
 

@@ -480,25 +480,15 @@ class HttpApi:
         context = await RequestContext.of(request, self.roles, create_session=False)
         if not context.allows("get_history"):
             return forbidden(_session_hint(context))
-        conversation_id = request.query_params.get("conversation_id")
         try:
-            conversation_id = conversation_id_of(conversation_id)
+            conversation_id = conversation_id_of(request.query_params.get("conversation_id"))
             if context.data is None and conversation_id is None:
-                return JSONResponse(
-                    {"success": True, "message": "success", "conversation_id": None, "messages": []}
-                )
-            conversation = find_conversation(context.data, conversation_id)
+                history: dict[str, Any] = {"conversation_id": None, "messages": []}
+            else:
+                history = history_view(context.data, conversation_id)
         except BadRequest as error:
             return error.response()
-        assert context.data is not None
-        return JSONResponse(
-            {
-                "success": True,
-                "message": "success",
-                "conversation_id": conversation_id or context.data.current_id,
-                "messages": history_view(conversation),
-            }
-        )
+        return JSONResponse({"success": True, "message": "success", **history})
 
     async def handle_set_generation_params_request(self, request: Request) -> Response:
         try:

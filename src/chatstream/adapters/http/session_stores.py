@@ -1,6 +1,6 @@
 """What a session holds and where it is kept: :class:`SessionData` and the stores.
 
-A :class:`SessionStore` maps a random session id to its :class:`SessionData` (the conversation,
+A :class:`SessionStore` maps a random session id to its :class:`SessionData` (its conversations,
 per-session generation params, the client role). Two in-memory stores ship: :class:`MemoryStore`
 keeps the objects themselves, :class:`JSONMemoryStore` their JSON, as a shared store (Redis, a
 database) would. Both are bounded (least recently used out first), expire idle sessions and
