@@ -21,9 +21,12 @@ pytest.importorskip("playwright.sync_api", reason="the web UI tests need `pip in
 from playwright.sync_api import Dialog, Page, expect  # noqa: E402
 
 from .test_web_ui import (  # noqa: E402
+    PHONE_HEIGHT,
+    PHONE_WIDTH,
     Screenshot,
     expect_reply_text,
     last_reply,
+    open_phone,
     reply_longer_than,
     send,
     wait_replies,
@@ -248,14 +251,8 @@ def test_switching_is_disabled_while_a_reply_streams(
 def test_phone_sidebar_hides_behind_a_toggle(
     asyncio_server: Server, open_page: PageFactory, screenshot: Screenshot
 ) -> None:
-    width, height = 375, 740
-    page = open_page(
-        asyncio_server,
-        viewport={"width": width, "height": height},
-        is_mobile=True,
-        has_touch=True,
-        device_scale_factor=2,
-    )
+    width, height = PHONE_WIDTH, PHONE_HEIGHT
+    page = open_phone(open_page, asyncio_server)
     sidebar = page.get_by_role("navigation", name="Conversations")
     toggle = page.get_by_role("button", name="Conversations")
     expect(sidebar).to_be_hidden()

@@ -545,17 +545,26 @@ def test_japanese_ui(
     screenshot(browser_ja, "japanese")
 
 
-def test_phone_sized_screen(
-    asyncio_server: Server, open_page: PageFactory, screenshot: Screenshot
-) -> None:
-    width, height = 375, 740
-    page = open_page(
-        asyncio_server,
-        viewport={"width": width, "height": height},
+#: A phone's screen, in CSS pixels.
+PHONE_WIDTH, PHONE_HEIGHT = 375, 740
+
+
+def open_phone(open_page: PageFactory, server: Server) -> Page:
+    """The page on a phone-sized touch screen."""
+    return open_page(
+        server,
+        viewport={"width": PHONE_WIDTH, "height": PHONE_HEIGHT},
         is_mobile=True,
         has_touch=True,
         device_scale_factor=2,
     )
+
+
+def test_phone_sized_screen(
+    asyncio_server: Server, open_page: PageFactory, screenshot: Screenshot
+) -> None:
+    width, height = PHONE_WIDTH, PHONE_HEIGHT
+    page = open_phone(open_page, asyncio_server)
     composer = page.locator("#composer")
     expect(composer).to_be_in_viewport(ratio=1)
     screenshot(page, "phone-empty")
